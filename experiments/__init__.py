@@ -1,0 +1,1 @@
+"""Runnable experiment files: thin layers over the jaxsae library (run with `python -m`)."""

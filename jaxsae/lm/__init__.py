@@ -1,0 +1,1 @@
+"""Language-model training and evaluation."""

@@ -1,0 +1,125 @@
+"""The schema of a language-model training config, with every field's meaning, and its checks.
+
+Experiment configs (`experiments/configs/lm_*.py`) start from `base_config()` and change
+fields; `validate` rejects unknown keys (with a close-match suggestion) and bad values, all at
+once, before any compute.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from jaxsae import config_check, sharding
+from jaxsae.models.config import TransformerConfig
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Parameter init and data order.
+
+  # The transformer; fields as in jaxsae.models.config.TransformerConfig.
+  c.model = ml_collections.ConfigDict()
+  c.model.vocab_size = config_dict.placeholder(int)  # None: the tokenizer's vocabulary size.
+  c.model.d_model = 128
+  c.model.n_layers = 4
+  c.model.n_heads = 4
+  c.model.d_head = 32
+  c.model.d_mlp = 512
+  c.model.max_len = config_dict.placeholder(int)  # None: data.seq_len.
+  c.model.norm = "layernorm"  # "layernorm" | "rmsnorm"
+  c.model.norm_eps = 1e-5
+  c.model.positions = "learned"  # "learned" | "none"
+  c.model.attention_sink = False
+  c.model.bigram_table = False
+  c.model.activation = "gelu"  # "gelu" (tanh approx.) | "gelu_exact" | "relu"
+  c.model.tied_embeddings = True
+  c.model.use_bias = True
+  c.model.dtype = "float32"  # Matmul dtype: "float32" | "bfloat16" | "float16".
+  c.model.init_std = 0.02
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = "stdlib"  # "stdlib", a directory, a file, or a glob of text files.
+  c.data.pattern = "**/*.py"  # Files searched for under a directory corpus.
+  c.data.validation_fraction = 0.02  # Share of files (by path hash) held out for validation.
+  c.data.test_fraction = 0.02  # Share held out for the final test figure.
+  c.data.tokenizer = "bytes"  # "bytes", or "bpe:/path/to/tokenizer.json".
+  c.data.seq_len = 256  # Tokens per training sequence.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000  # Optimizer steps.
+  c.train.batch_size = 32  # Global sequences per step; divisible by the data axis.
+  c.train.log_every = 20  # Steps between train-metric records.
+  c.train.eval_every = 200  # Steps between validation evaluations (0: only at the end).
+  c.train.eval_sequences = 256  # Validation sequences per evaluation.
+  c.train.checkpoint_every = 200  # Steps between checkpoints.
+  c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
+  c.train.async_checkpoints = True  # Write checkpoints in the background.
+
+  # AdamW with linear warmup, cosine decay and global-norm clipping.
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 3e-3  # Peak learning rate.
+  c.optim.warmup_steps = 100
+  c.optim.final_lr_fraction = 0.1  # Cosine decays to lr * this.
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.1  # Decoupled; matrices only (not norms, biases or the sink).
+  c.optim.clip_norm = 1.0  # Global gradient-norm clip (0: none).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Devices on the data axis; -1: all that `model` leaves.
+  c.mesh.model = 1  # Devices on the model axis.
+  c.mesh.distributed = False  # Call jax.distributed.initialize() (multi-host pods, SLURM).
+  return c
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
+  """The TransformerConfig of an LM config, given the tokenizer's vocabulary size."""
+  values = config.model.to_dict()
+  values["vocab_size"] = values["vocab_size"] or vocab_size
+  values["max_len"] = values["max_len"] or config.data.seq_len
+  return TransformerConfig.from_dict(values)
+
+
+def _check_values(c: ml_collections.ConfigDict, p: list[str]) -> None:
+  req = config_check.require
+  req(c.data.seq_len >= 2, p, f"data.seq_len={c.data.seq_len} is below 2; use 2 or more")
+  for name in ("steps", "batch_size", "log_every", "eval_sequences", "checkpoint_every"):
+    value = c.train[name]
+    req(value >= 1, p, f"train.{name}={value} must be at least 1")
+  req(c.train.eval_every >= 0, p, f"train.eval_every={c.train.eval_every} must be >= 0")
+  req(c.train.keep_checkpoints >= 1, p, "train.keep_checkpoints must be at least 1")
+  req(c.optim.lr > 0, p, f"optim.lr={c.optim.lr} must be positive")
+  req(c.optim.warmup_steps >= 0, p, "optim.warmup_steps must be >= 0")
+  req(0 <= c.optim.final_lr_fraction <= 1, p, "optim.final_lr_fraction must be in [0, 1]")
+  req(0 <= c.optim.b1 < 1 and 0 <= c.optim.b2 < 1, p, "optim.b1 and optim.b2 must be in [0, 1)")
+  req(c.optim.clip_norm >= 0, p, "optim.clip_norm must be >= 0 (0 disables clipping)")
+  for name in ("validation_fraction", "test_fraction"):
+    req(0 < c.data[name] < 0.5, p, f"data.{name}={c.data[name]} must be in (0, 0.5)")
+  max_len = c.model.max_len
+  req(
+    max_len is None or c.model.positions == "none" or max_len >= c.data.seq_len,
+    p,
+    f"model.max_len={max_len} is shorter than data.seq_len={c.data.seq_len}; raise max_len",
+  )
+  model = dict(c.model.to_dict(), vocab_size=c.model.vocab_size or 1, max_len=max_len or 1)
+  try:
+    TransformerConfig.from_dict(model)
+  except ValueError as e:
+    p.extend(getattr(e, "problems", [str(e)]))
+
+
+def validate(config: ml_collections.ConfigDict, n_devices: int | None = None) -> None:
+  """Raise one ConfigError listing every problem of `config`, the batch's split over
+  `n_devices` included."""
+
+  def check_devices(c, p):
+    if n_devices is not None:
+      problem = sharding.divisibility_problem(
+        c.train.batch_size, c.mesh.data, n_devices, c.mesh.model
+      )
+      if problem:
+        p.append(f"train.batch_size: {problem}")
+
+  config_check.validate(config, base_config(), [_check_values, check_devices])

@@ -1,0 +1,2 @@
+"""Models: the GPT-style transformer, its hook points, pretrained weights, sampling and
+transformer-circuits analysis."""

@@ -1,0 +1,193 @@
+"""Saved language models: `config.json` + `model.safetensors` in a folder, and the
+`LanguageModel` bundle (config, params, tokenizer) that users load and run.
+
+The shipped default lives in `jaxsae/pretrained/stdlib_bytes` and loads with
+`load("default")`. Weights are safetensors (no pickle); names are the parameter paths joined
+with "/", e.g. "blocks_0/attn/query/kernel". Every tensor is checked against the shapes the
+config implies before use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxsae.errors import CheckpointError, JaxsaeError
+from jaxsae.models import hooks as hooks_lib
+from jaxsae.models import sampling
+from jaxsae.models.config import TransformerConfig
+from jaxsae.models.transformer import Transformer, param_shapes, run
+from jaxsae.text.tokenizer import Tokenizer, load_tokenizer
+
+FORMAT = "jaxsae.lm"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / "pretrained"
+NAMED = {"default": "stdlib_bytes", "stdlib_bytes": "stdlib_bytes"}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LanguageModel:
+  """A transformer with its parameters and tokenizer: what harvesting, evals and steering take."""
+
+  config: TransformerConfig
+  params: Any
+  tokenizer: Tokenizer
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def module(self) -> Transformer:
+    return Transformer(self.config)
+
+  def hook_names(self) -> list[str]:
+    return hooks_lib.all_names(self.config.n_layers, self.config.positions == "learned")
+
+  def encode(self, text: str, *, separator: bool = True) -> np.ndarray:
+    """Token ids of `text`, preceded by the separator (the start-of-document token)."""
+    ids = self.tokenizer.encode(text)
+    return (
+      np.concatenate([[self.tokenizer.separator_id], ids]).astype(np.int32) if separator else ids
+    )
+
+  def run(
+    self,
+    tokens_BxT,
+    *,
+    capture: Iterable[str] = (),
+    edits: Mapping[str, hooks_lib.EditFn] | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Jitted `transformer.run`. Captures alone reuse a compiled function; edits recompile."""
+    tokens = jnp.asarray(tokens_BxT, jnp.int32)
+    if tokens.ndim == 1:
+      tokens = tokens[None]
+    if edits:
+      fn = jax.jit(functools.partial(run, self.module, capture=tuple(capture), edits=edits))
+      return fn(self.params, tokens)
+    return _jitted_run(self.config, tuple(sorted(set(capture))))(self.params, tokens)
+
+  def generate(
+    self,
+    prompt: str,
+    max_new_tokens: int = 200,
+    *,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    seed: int = 0,
+    edits: Mapping[str, hooks_lib.EditFn] | None = None,
+  ) -> str:
+    """Sample a continuation of `prompt` (the returned text excludes the prompt)."""
+    prompt_ids = self.encode(prompt)[None]
+    sampler = sampling.make_sampler(
+      self.module, max_new_tokens, temperature=temperature, top_k=top_k, edits=edits
+    )
+    out = sampler(self.params, jnp.asarray(prompt_ids), jax.random.key(seed))
+    return self.tokenizer.decode(np.asarray(out[0, prompt_ids.shape[1] :]))
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_run(config: TransformerConfig, capture: tuple[str, ...]):
+  return jax.jit(functools.partial(run, Transformer(config), capture=capture))
+
+
+def _flatten(params: Any) -> dict[str, np.ndarray]:
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def save(
+  path: str | pathlib.Path,
+  config: TransformerConfig,
+  params: Any,
+  tokenizer: Tokenizer,
+  metadata: Mapping[str, Any] | None = None,
+) -> pathlib.Path:
+  """Write `config.json` and `model.safetensors` to the folder `path` (created if needed)."""
+  from safetensors.numpy import save_file
+
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  save_file(_flatten(params), str(path / WEIGHTS_FILE))
+  doc = {
+    "format": FORMAT,
+    "format_version": FORMAT_VERSION,
+    "model": config.to_dict(),
+    "tokenizer": tokenizer.spec(),
+    "metadata": dict(metadata or {}),
+  }
+  (path / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+  return path
+
+
+def resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
+  """A shipped model's name ("default") or a folder path -> the folder."""
+  if str(name_or_path) in NAMED:
+    return PRETRAINED_DIR / NAMED[str(name_or_path)]
+  return pathlib.Path(name_or_path)
+
+
+def load(name_or_path: str | pathlib.Path = "default") -> LanguageModel:
+  """Load a saved model, checking format, version and every tensor's name and shape."""
+  path = resolve(name_or_path)
+  config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+  if not config_file.is_file() or not weights_file.is_file():
+    raise CheckpointError(
+      f"no saved model at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}; pass a folder "
+      f"written by jaxsae.models.pretrained.save or experiments.export_lm, or one of {sorted(NAMED)}"
+    )
+  try:
+    doc = json.loads(config_file.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{config_file} is not valid JSON ({e}); re-export the model") from e
+  if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+    raise CheckpointError(
+      f"{config_file} has format {doc.get('format')!r} version {doc.get('format_version')!r}; "
+      f"this jaxsae reads {FORMAT!r} version {FORMAT_VERSION}"
+    )
+  try:
+    config = TransformerConfig.from_dict(doc["model"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{config_file} holds an invalid model config: {e}") from e
+  params = _load_weights(weights_file, config)
+  try:
+    tokenizer = load_tokenizer(doc["tokenizer"])
+  except JaxsaeError as e:
+    raise CheckpointError(f"{config_file}: cannot load its tokenizer: {e}") from e
+  return LanguageModel(config, params, tokenizer, doc.get("metadata", {}))
+
+
+def _load_weights(weights_file: pathlib.Path, config: TransformerConfig) -> Any:
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+
+  try:
+    flat = load_file(str(weights_file))
+  except (SafetensorError, OSError, ValueError) as e:
+    raise CheckpointError(
+      f"{weights_file} is not a readable safetensors file ({e}); re-export it"
+    ) from e
+  expected = {
+    k: v.shape
+    for k, v in traverse_util.flatten_dict(param_shapes(Transformer(config)), sep="/").items()
+  }
+  problems = [f"missing tensor {k} {expected[k]}" for k in sorted(set(expected) - set(flat))]
+  problems += [f"unexpected tensor {k}" for k in sorted(set(flat) - set(expected))]
+  problems += [
+    f"tensor {k} has shape {flat[k].shape}, the config implies {expected[k]}"
+    for k in sorted(set(flat) & set(expected))
+    if flat[k].shape != tuple(expected[k])
+  ]
+  if problems:
+    raise CheckpointError(
+      f"{weights_file} does not match its config.json: " + "; ".join(problems[:10])
+    )
+  return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")

@@ -1,0 +1,86 @@
+"""What a long run shows and leaves behind: a progress bar with tokens/s, and metrics as JSONL
+plus TensorBoard event files in the workdir.
+
+Only process 0 writes, so a multi-host job leaves one record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+
+
+def _scalar(value: Any) -> float:
+  return float(np.asarray(value))
+
+
+class RunLog:
+  """Append scalar metrics to `<workdir>/metrics.jsonl` and TensorBoard events in
+  `<workdir>/tensorboard/`. One JSON object per line: {"step", "split", "time", **metrics}."""
+
+  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+    self.workdir = pathlib.Path(workdir)
+    self._active = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self._active:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+      if tensorboard:
+        from tensorboardX import SummaryWriter
+
+        self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+
+  def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
+    if not self._active:
+      return
+    values = {k: _scalar(v) for k, v in metrics.items()}
+    record = {"step": int(step), "split": split, "time": time.time()}
+    record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in values.items():
+        self._tb.add_scalar(f"{split}/{k}", v, int(step))
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+  def __enter__(self) -> RunLog:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_jsonl(path: str | pathlib.Path, split: str | None = None) -> list[dict]:
+  """The records of a metrics.jsonl file, optionally only those of one split."""
+  with open(path, encoding="utf-8") as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if split is None or r["split"] == split]
+
+
+def progress(total_tokens: int, done_tokens: int = 0, desc: str = "train") -> tqdm.tqdm:
+  """A progress bar counted in tokens, so its rate reads tokens/s. Silent off process 0."""
+  return tqdm.tqdm(
+    total=total_tokens,
+    initial=done_tokens,
+    desc=desc,
+    unit="tok",
+    unit_scale=True,
+    dynamic_ncols=True,
+    disable=jax.process_index() != 0,
+    smoothing=0.1,
+  )

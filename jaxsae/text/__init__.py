@@ -1,0 +1,1 @@
+"""Text: tokenizers, corpus discovery and splits, and grain pipelines of packed sequences."""
