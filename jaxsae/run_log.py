@@ -52,6 +52,37 @@ class RunLog:
         self._tb.add_scalar(f"{split}/{k}", v, int(step))
       self._tb.flush()
 
+  def histogram(self, step: int, name: str, bin_edges, counts, split: str = "train") -> None:
+    """A histogram given as counts per bin: a JSONL record and a TensorBoard histogram.
+
+    `counts` has len(bin_edges) + 1 entries: below the first edge, between edges, above the last.
+    """
+    if not self._active:
+      return
+    counts = [int(c) for c in np.asarray(counts)]
+    record = {"step": int(step), "split": split, "time": time.time(), "histogram": name}
+    record.update({"bin_edges": [float(e) for e in bin_edges], "counts": counts})
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None and sum(counts) > 0:
+      edges = np.asarray(bin_edges, np.float64)
+      lows = np.concatenate([[edges[0] - 1.0], edges])
+      highs = np.concatenate([edges, [edges[-1] + 1.0]])
+      centers = (lows + highs) / 2
+      values = np.repeat(centers, counts)
+      self._tb.add_histogram_raw(
+        f"{split}/{name}",
+        min=float(values.min()),
+        max=float(values.max()),
+        num=int(sum(counts)),
+        sum=float(values.sum()),
+        sum_squares=float((values**2).sum()),
+        bucket_limits=list(highs),
+        bucket_counts=counts,
+        global_step=int(step),
+      )
+      self._tb.flush()
+
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
@@ -65,11 +96,18 @@ class RunLog:
     self.close()
 
 
-def read_jsonl(path: str | pathlib.Path, split: str | None = None) -> list[dict]:
-  """The records of a metrics.jsonl file, optionally only those of one split."""
+def read_jsonl(
+  path: str | pathlib.Path, split: str | None = None, histograms: bool = False
+) -> list[dict]:
+  """The scalar records (or, with `histograms`, the histogram records) of a metrics.jsonl file,
+  optionally only those of one split."""
   with open(path, encoding="utf-8") as f:
     records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if split is None or r["split"] == split]
+  return [
+    r
+    for r in records
+    if (split is None or r["split"] == split) and ("histogram" in r) == histograms
+  ]
 
 
 def progress(total_tokens: int, done_tokens: int = 0, desc: str = "train") -> tqdm.tqdm:

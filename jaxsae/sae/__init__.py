@@ -1,0 +1,1 @@
+"""Sparse autoencoders: the architectures, their losses, and the sharded trainer."""

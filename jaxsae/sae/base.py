@@ -1,0 +1,247 @@
+"""The interface every sparse autoencoder speaks, and the parts they share.
+
+    pre = (x̃ − b_dec) W_enc + b_enc ;   z = f(pre) ;   x̂ = z W_dec + b_dec
+
+An architecture is one subclass of `SparseAutoencoder` in its own file plus a registry entry.
+It implements `encode` (and, if it has one, a sparsity penalty or auxiliary losses); the base
+class gives it the parameters, `decode`, the reconstruction term (Matryoshka included), the
+statistics the trainer tracks, and `loss`, which returns the total and every named term.
+
+Parameters use the names of the SAELens format (W_enc d×n, b_enc n, W_dec n×d, b_dec d), with
+logical axes ("embed", "latents") so the trainer can split the latents over the `model` mesh
+axis. Inside `jax.shard_map` the module sees its shard of the latents and `axes` names the mesh
+axes; every cross-shard reduction goes through `jaxsae.sae.collectives`.
+
+Reconstruction error is ‖x̃ − x̂‖²/d averaged over tokens: with inputs scaled to E‖x̃‖² = d
+it reads as a fraction of the input's energy, the scale on which the TopK paper's AuxK
+coefficient α = 1/32 (a ratio of normalized errors) was set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxsae.sae.collectives import Axes
+from jaxsae.sae.config import SAEConfig
+
+# A latent "fires" on a token when its activation exceeds this (TopK paper, dead latents).
+FIRE_THRESHOLD = 1e-3
+
+
+@flax.struct.dataclass
+class Hyper:
+  """Hyperparameters that are traced, so members of a vmapped sweep may differ in them.
+
+  k:  active latents (≤ config.k, the static maximum the top-k is taken at).
+  sparsity_coefficient: λ at this step (after warmup).
+  aux_alpha: AuxK coefficient α.
+  """
+
+  k: jax.Array
+  sparsity_coefficient: jax.Array
+  aux_alpha: jax.Array
+
+  @classmethod
+  def of(cls, config: SAEConfig, sparsity_scale: float | jax.Array = 1.0) -> Hyper:
+    return cls(
+      k=jnp.asarray(config.k, jnp.int32),
+      sparsity_coefficient=jnp.asarray(config.sparsity_coefficient * sparsity_scale, jnp.float32),
+      aux_alpha=jnp.asarray(config.aux_alpha, jnp.float32),
+    )
+
+
+class Encoding(NamedTuple):
+  """latents z (B×n), the pre-activations they were chosen from, and Gated's gate π_g."""
+
+  latents: jax.Array
+  pre: jax.Array
+  gate: jax.Array | None = None
+
+
+class LossOutput(NamedTuple):
+  """total = Σ terms. `stats` are diagnostics: l0, fvu, fired (per-latent firing counts)…"""
+
+  total: jax.Array
+  terms: dict[str, jax.Array]
+  stats: dict[str, jax.Array]
+
+
+def unit_rows(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+  """Random rows of norm 1 (TopK paper init of W_dec)."""
+  w = jax.random.normal(key, shape, jnp.float32)
+  return (w / jnp.linalg.norm(w, axis=-1, keepdims=True)).astype(dtype)
+
+
+def _partitioned(init, names: tuple[str, ...]):
+  return nn.with_logical_partitioning(init, names)
+
+
+def _constant(value: float):
+  return lambda key, shape, dtype=jnp.float32: jnp.full(shape, value, dtype)
+
+
+class SparseAutoencoder(nn.Module):
+  """Base class: parameters, decode, reconstruction and the loss around `encode`."""
+
+  config: SAEConfig
+  axes: Axes = Axes()
+
+  # Whether "decoder_norm=auto" means a unit-norm decoder for this architecture.
+  auto_unit_norm_decoder = True
+  # Whether the architecture has an L1 penalty the decoder norm can weight.
+  has_l1_penalty = False
+  # Adam β1 when optim.b1 = -1 (dictionary_learning trains Gated and JumpReLU with β1 = 0).
+  default_b1 = 0.9
+
+  # ---- parameters -----------------------------------------------------------------------------
+  def setup(self):
+    cfg = self.config
+    self.W_dec = self.param(
+      "W_dec", _partitioned(unit_rows, ("latents", "embed")), (self.n_local, cfg.d_in)
+    )
+    self.b_dec = self.param("b_dec", _partitioned(nn.initializers.zeros, ("embed",)), (cfg.d_in,))
+    # W_enc = W_decᵀ at init (TopK paper). Initializers run only at init time.
+    self.W_enc = self.param(
+      "W_enc", _partitioned(lambda key, shape: self.W_dec.T, ("embed", "latents")), (0,)
+    )
+    self.setup_encoder()
+
+  def setup_encoder(self):
+    """Architecture parameters beyond W_enc, W_dec, b_dec (default: b_enc = 0)."""
+    self.b_enc = self.latent_param("b_enc", 0.0)
+
+  def latent_param(self, name: str, value: float) -> jax.Array:
+    """A float32 per-latent parameter initialized to `value`."""
+    return self.param(name, _partitioned(_constant(value), ("latents",)), (self.n_local,))
+
+  @property
+  def n_local(self) -> int:
+    """Latents held here: n, or n / (latent shards) inside shard_map."""
+    return self.config.n_latents // self.axes.latent_shards()
+
+  @classmethod
+  def config_problems(cls, cfg: SAEConfig) -> list[str]:
+    """Problems with `cfg` specific to this architecture, each with its fix."""
+    problems = []
+    if cfg.decoder_norm == "penalty" and not cls.has_l1_penalty:
+      problems.append(
+        f"sae.decoder_norm='penalty' weights an L1 penalty, which {cfg.architecture} does not "
+        "have; use 'unit' or 'auto'"
+      )
+    return problems
+
+  @property
+  def unit_norm_decoder(self) -> bool:
+    mode = self.config.decoder_norm
+    return self.auto_unit_norm_decoder if mode == "auto" else mode == "unit"
+
+  # ---- forward ------------------------------------------------------------------------------
+  def pre_activations(self, x_BxD: jax.Array) -> jax.Array:
+    """pre = (x̃ − b_dec) W_enc + b_enc."""
+    return (x_BxD - self.b_dec) @ self.W_enc + self.b_enc
+
+  def encode(self, x_BxD: jax.Array, hyper: Hyper | None = None, train: bool = False) -> Encoding:
+    raise NotImplementedError(f"{type(self).__name__} must implement encode")
+
+  def decode(self, z_BxN: jax.Array) -> jax.Array:
+    """x̂ = z W_dec + b_dec (partial products summed over latent shards)."""
+    return self.axes.sum_latents(z_BxN @ self.W_dec) + self.b_dec
+
+  def __call__(self, x_BxD: jax.Array) -> jax.Array:
+    """The reconstruction at inference."""
+    return self.decode(self.encode(x_BxD).latents)
+
+  # ---- loss ---------------------------------------------------------------------------------
+  def global_index(self) -> jax.Array:
+    """Global index of each local latent."""
+    n_local = self.W_dec.shape[0]
+    return self.axes.latent_offset(n_local) + jnp.arange(n_local)
+
+  def mean_over_tokens(self, per_token_B: jax.Array) -> jax.Array:
+    """Mean over the global batch of a per-token quantity."""
+    n_tokens = per_token_B.shape[0] * self.axes.batch_shards()
+    return self.axes.sum_batch(per_token_B.sum()) / n_tokens
+
+  def reconstruction_error(self, x_BxD: jax.Array, x_hat_BxD: jax.Array) -> jax.Array:
+    """mean over tokens of ‖x̃ − x̂‖² / d."""
+    return self.mean_over_tokens(jnp.sum((x_BxD - x_hat_BxD) ** 2, axis=-1)) / x_BxD.shape[-1]
+
+  def reconstruction_term(self, x_BxD: jax.Array, z_BxN: jax.Array) -> jax.Array:
+    """The reconstruction error, or with Matryoshka Σ_m error(z[:m] W_dec[:m] + b_dec)."""
+    prefixes = self.config.prefixes
+    if len(prefixes) == 1:
+      return self.reconstruction_error(x_BxD, self.decode(z_BxN))
+    index = self.global_index()
+    return sum(
+      self.reconstruction_error(x_BxD, self.decode(jnp.where(index < m, z_BxN, 0.0)))
+      for m in prefixes
+    )
+
+  def decoder_row_norms(self) -> jax.Array:
+    return jnp.linalg.norm(self.W_dec, axis=-1)
+
+  def l1_penalty(self, z_BxN: jax.Array) -> jax.Array:
+    """Σ_i |z_i| (unit decoder) or Σ_i |z_i| ‖w_i‖ (decoder_norm=penalty), mean over tokens."""
+    weights = 1.0 if self.unit_norm_decoder else self.decoder_row_norms()
+    return self.mean_over_tokens(self.axes.sum_latents(jnp.sum(jnp.abs(z_BxN) * weights, -1)))
+
+  def extra_terms(
+    self, x_BxD: jax.Array, x_hat_BxD: jax.Array, enc: Encoding, hyper: Hyper, dead_N: jax.Array
+  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Architecture-specific (terms, stats): sparsity penalties, AuxK, Gated's aux loss…"""
+    return {}, {}
+
+  def loss(
+    self,
+    x_BxD: jax.Array,
+    hyper: Hyper | None = None,
+    dead_N: jax.Array | None = None,
+    train: bool = True,
+  ) -> LossOutput:
+    """The training loss on a batch of normalized inputs x̃, its named terms, and statistics.
+
+    Args:
+      x_BxD: inputs scaled to E‖x̃‖² = d (this shard's rows).
+      hyper: traced hyperparameters (default: the config's).
+      dead_N: bool per latent, True for latents dead by the trainer's token window (AuxK).
+      train: BatchTopK selects over the batch when training, by its threshold otherwise.
+    """
+    hyper = Hyper.of(self.config) if hyper is None else hyper
+    if dead_N is None:
+      dead_N = jnp.zeros(self.W_dec.shape[0], bool)
+    enc = self.encode(x_BxD, hyper, train=train)
+    x_hat = self.decode(enc.latents)
+    terms = {"reconstruction": self.reconstruction_term(x_BxD, enc.latents)}
+    extra_terms, extra_stats = self.extra_terms(x_BxD, x_hat, enc, hyper, dead_N)
+    terms.update(extra_terms)
+    stats = {**self.statistics(x_BxD, x_hat, enc.latents), **extra_stats}
+    return LossOutput(sum(terms.values()), terms, stats)
+
+  def statistics(self, x_BxD, x_hat_BxD, z_BxN) -> dict[str, jax.Array]:
+    """l0, batch FVU (against the batch mean), and per-latent firing counts (k-set only)."""
+    x, x_hat = jax.lax.stop_gradient((x_BxD, x_hat_BxD))
+    z = jax.lax.stop_gradient(z_BxN)
+    n_tokens = x.shape[0] * self.axes.batch_shards()
+    mean_D = self.axes.sum_batch(x.sum(0)) / n_tokens
+    err = self.axes.sum_batch(jnp.sum((x - x_hat) ** 2))
+    var = self.axes.sum_batch(jnp.sum((x - mean_D) ** 2))
+    l0 = self.mean_over_tokens(self.axes.sum_latents(jnp.sum(z != 0, -1).astype(jnp.float32)))
+    fired = self.axes.sum_batch(jnp.sum(z > FIRE_THRESHOLD, axis=0, dtype=jnp.int32))
+    return {"l0": l0, "fvu": err / var, "fired": fired}
+
+  # ---- buffers and constraints --------------------------------------------------------------
+  def updated_buffers(self, stats: dict[str, jax.Array]) -> dict[str, Any]:
+    """Non-trained state after a training step (BatchTopK's threshold); default: none."""
+    return {}
+
+  def constrain(self, params: dict[str, Any]) -> dict[str, Any]:
+    """Project parameters back onto their constraint set after an optimizer step."""
+    if self.unit_norm_decoder:
+      w = params["W_dec"]
+      params = {**params, "W_dec": w / jnp.linalg.norm(w, axis=-1, keepdims=True)}
+    return params

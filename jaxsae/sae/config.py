@@ -1,0 +1,150 @@
+"""One SAE's configuration: a frozen, hashable dataclass saved as JSON beside its weights.
+
+Fields an architecture does not use are ignored by it (and reported by `problems()` only when
+they are set to something that cannot work). Inputs are assumed scaled so that E‖x̃‖² = d
+(`jaxsae.sae.normalization`); every default below is on that scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from jaxsae import config_check
+from jaxsae.errors import ConfigError
+
+DECODER_NORMS = ("auto", "unit", "penalty")
+PROLU_GRADIENTS = ("relu", "ste")
+PROLU_PENALTIES = ("l1", "sqrt_l1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+  """A sparse autoencoder x̂ = f(x W_enc + b_enc) W_dec + b_dec (see jaxsae/sae/*.py).
+
+  architecture:     registry name: relu, topk, batchtopk, gated, prolu_relu, prolu_ste, jumprelu.
+  d_in:             width of the activations.
+  n_latents:        dictionary size n.
+  k:                active latents per token (topk; batchtopk keeps k·B over a batch of B).
+  k_aux:            AuxK: how many dead latents reconstruct the residual; 0 turns AuxK off;
+                    -1 means d_in // 2 (TopK paper).
+  aux_alpha:        AuxK coefficient α (TopK paper: 1/32).
+  multi_topk:       add L(4k)/8 on the same pre-activations (TopK paper, Multi-TopK).
+  matryoshka:       nested prefix sizes m; the reconstruction term becomes the sum over them of
+                    the error of the first m latents (n is always included). Empty: off.
+  sparsity_coefficient: λ of the L1 (relu, gated, prolu) or L0 (jumprelu) penalty.
+  decoder_norm:     "unit": decoder rows kept at norm 1 (gradient projection + renormalization);
+                    "penalty": decoder free, the L1 penalty weighted by ‖w_i‖ (Anthropic, April
+                    2024); "auto": the architecture's paper (relu → penalty, others → unit).
+  prolu_penalty:    "l1" or "sqrt_l1" (ProLU paper's √L1 variant).
+  jumprelu_bandwidth: ε of the rectangle kernel. The paper's 0.001 is for E‖x̃‖² = 1; here
+                    -1 means 0.001·√d, the same value on our E‖x̃‖² = d scale.
+  jumprelu_init_threshold: θ₀, with the same convention (-1 means 0.001·√d).
+  batchtopk_momentum: EMA decay of the inference threshold (smallest kept activation).
+  """
+
+  architecture: str
+  d_in: int
+  n_latents: int
+  k: int = 32
+  k_aux: int = -1
+  aux_alpha: float = 1.0 / 32
+  multi_topk: bool = False
+  matryoshka: tuple[int, ...] = ()
+  sparsity_coefficient: float = 0.0
+  decoder_norm: str = "auto"
+  prolu_penalty: str = "l1"
+  jumprelu_bandwidth: float = -1.0
+  jumprelu_init_threshold: float = -1.0
+  batchtopk_momentum: float = 0.999
+
+  def __post_init__(self):
+    object.__setattr__(self, "matryoshka", tuple(int(m) for m in self.matryoshka))
+    problems = self.problems()
+    if problems:
+      raise ConfigError(problems)
+
+  # ---- derived values -------------------------------------------------------------------------
+  @property
+  def aux_k(self) -> int:
+    return self.d_in // 2 if self.k_aux == -1 else self.k_aux
+
+  @property
+  def bandwidth(self) -> float:
+    return 0.001 * math.sqrt(self.d_in) if self.jumprelu_bandwidth < 0 else self.jumprelu_bandwidth
+
+  @property
+  def init_threshold(self) -> float:
+    if self.jumprelu_init_threshold < 0:
+      return 0.001 * math.sqrt(self.d_in)
+    return self.jumprelu_init_threshold
+
+  @property
+  def prefixes(self) -> tuple[int, ...]:
+    """Matryoshka prefix sizes, ascending, ending with n_latents; (n_latents,) when off."""
+    return tuple(sorted(set(self.matryoshka) | {self.n_latents}))
+
+  # ---- validation ---------------------------------------------------------------------------
+  def problems(self) -> list[str]:
+    """Every invalid field, with its fix."""
+    from jaxsae.sae import registry  # The registry imports the architectures, which import us.
+
+    p: list[str] = []
+    config_check.require_choice(self.architecture, registry.names(), "sae.architecture", p)
+    for name in ("d_in", "n_latents"):
+      value = getattr(self, name)
+      config_check.require(
+        isinstance(value, int) and value > 0, p, f"sae.{name}={value!r} must be a positive int"
+      )
+    if p:
+      return p
+    n = self.n_latents
+    config_check.require(
+      0 < self.k <= n,
+      p,
+      f"sae.k={self.k} must be in [1, n_latents={n}]; lower k or widen the dictionary",
+    )
+    config_check.require(
+      self.k_aux == -1 or 0 <= self.k_aux <= n,
+      p,
+      f"sae.k_aux={self.k_aux} must be -1 (d_in // 2), 0 (off) or at most n_latents={n}",
+    )
+    config_check.require(
+      not self.multi_topk or 4 * self.k <= n,
+      p,
+      f"sae.multi_topk needs 4k={4 * self.k} <= n_latents={n}; lower k or turn it off",
+    )
+    bad = [m for m in self.matryoshka if not 0 < m <= n]
+    config_check.require(not bad, p, f"sae.matryoshka prefixes {bad} must be in [1, n_latents={n}]")
+    config_check.require(
+      self.sparsity_coefficient >= 0,
+      p,
+      f"sae.sparsity_coefficient={self.sparsity_coefficient} must be >= 0",
+    )
+    config_check.require(self.aux_alpha >= 0, p, f"sae.aux_alpha={self.aux_alpha} must be >= 0")
+    config_check.require_choice(self.decoder_norm, DECODER_NORMS, "sae.decoder_norm", p)
+    config_check.require_choice(self.prolu_penalty, PROLU_PENALTIES, "sae.prolu_penalty", p)
+    config_check.require(
+      0 <= self.batchtopk_momentum < 1,
+      p,
+      f"sae.batchtopk_momentum={self.batchtopk_momentum} must be in [0, 1)",
+    )
+    if not p:
+      p.extend(registry.get(self.architecture).config_problems(self))
+    return p
+
+  # ---- serialization ------------------------------------------------------------------------
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["matryoshka"] = list(self.matryoshka)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> SAEConfig:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ConfigError([f"unknown SAE config field(s) {unknown}; known: {sorted(fields)}"])
+    return cls(**{k: tuple(v) if k == "matryoshka" else v for k, v in d.items()})

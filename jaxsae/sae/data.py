@@ -1,0 +1,79 @@
+"""Where an SAE's training rows come from: any indexable array of activations, via grain.
+
+A source is anything with `__len__`, `d_in` and `rows(indices) -> float32 (len, d_in)`:
+`ArraySource` wraps an in-memory array; the activation store and the streaming source of the
+language-model pipeline speak the same protocol. `train_batches` shuffles row indices with grain
+and gathers each batch's rows in one call, so it is checkpointable (the iterator's position is
+saved with the train state) and fast for in-memory data.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import grain
+import numpy as np
+
+from jaxsae.errors import JaxsaeError
+
+
+class ActivationSource(Protocol):
+  d_in: int
+
+  def __len__(self) -> int: ...
+
+  def rows(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+class ArraySource:
+  """An (N, d) array of activations held in memory (numpy, or anything numpy can index)."""
+
+  def __init__(self, array):
+    shape = getattr(array, "shape", None)
+    if shape is None or len(shape) != 2:
+      raise JaxsaeError(
+        f"activations must be a 2-D (tokens, d) array, got shape {shape}; reshape (B, T, d) "
+        "activations to (B*T, d)"
+      )
+    if shape[0] == 0:
+      raise JaxsaeError("the activation array is empty; harvest some activations first")
+    self.array = array
+    self.d_in = int(shape[1])
+
+  def __len__(self) -> int:
+    return int(self.array.shape[0])
+
+  def rows(self, indices: np.ndarray) -> np.ndarray:
+    return np.asarray(self.array[np.asarray(indices)], np.float32)
+
+
+def sample(source: ActivationSource, count: int, seed: int) -> np.ndarray:
+  """`count` distinct rows (all if the source is smaller), drawn reproducibly."""
+  rng = np.random.default_rng(seed)
+  count = min(count, len(source))
+  return source.rows(np.sort(rng.choice(len(source), size=count, replace=False)))
+
+
+def train_batches(
+  source: ActivationSource,
+  batch_size: int,
+  *,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> grain.DatasetIterator:
+  """An endless, shuffled, checkpointable iterator of this process's rows of each global batch."""
+  if batch_size % process_count:
+    raise JaxsaeError(
+      f"batch size {batch_size} is not divisible by the {process_count} processes; use a "
+      f"multiple of {process_count}"
+    )
+  if len(source) < batch_size:
+    raise JaxsaeError(
+      f"the source has {len(source)} rows, fewer than one batch of {batch_size}; lower "
+      "train.batch_size or provide more activations"
+    )
+  local = batch_size // process_count
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+  ds = ds[process_index::process_count].batch(local, drop_remainder=True)
+  return iter(ds.map(source.rows).to_iter_dataset())

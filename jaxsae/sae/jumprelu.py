@@ -1,0 +1,39 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead"; Gemma Scope).
+
+    z = pre · H(pre − θ)            θ > 0 per latent, float32
+    L = ‖x̃ − x̂‖² + λ Σ_i H(pre_i − θ_i)     (an L0 penalty, eq. 10)
+
+Both functions use the straight-through pseudo-derivatives of `nonlinearities` (rectangle
+kernel, bandwidth ε); the step acts on the pre-activations. The paper's ε = θ₀ = 0.001 are for
+E‖x̃‖² = 1; our inputs have E‖x̃‖² = d, so the defaults are 0.001·√d (`SAEConfig.bandwidth`).
+After each step θ is clipped at 0, so z stays non-negative (a projection the paper does not
+need to state: with θ ≤ 0, negative pre-activations would pass).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxsae.sae import nonlinearities
+from jaxsae.sae.base import Encoding, Hyper, SparseAutoencoder
+
+
+class JumpReLUSAE(SparseAutoencoder):
+  default_b1 = 0.0
+
+  def setup_encoder(self):
+    super().setup_encoder()
+    self.threshold = self.latent_param("threshold", self.config.init_threshold)
+
+  def encode(self, x_BxD, hyper: Hyper | None = None, train: bool = False) -> Encoding:
+    pre = self.pre_activations(x_BxD)
+    return Encoding(nonlinearities.jumprelu(pre, self.threshold, self.config.bandwidth), pre)
+
+  def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
+    steps = nonlinearities.heaviside_step(enc.pre, self.threshold, self.config.bandwidth)
+    l0 = self.mean_over_tokens(self.axes.sum_latents(jnp.sum(steps, -1)))
+    return {"sparsity": hyper.sparsity_coefficient * l0}, {}
+
+  def constrain(self, params):
+    params = super().constrain(params)
+    return {**params, "threshold": jnp.maximum(params["threshold"], 0.0)}

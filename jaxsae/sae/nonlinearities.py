@@ -1,0 +1,118 @@
+"""Activation functions whose useful gradients autodiff cannot give: written with custom_vjp.
+
+JumpReLU (Rajamanoharan et al. 2024, "Jumping Ahead", eqs. 11–12) with the rectangle kernel
+K(u) = 1[|u| < ½] and bandwidth ε:
+    z = pre · H(pre − θ)
+    ∂z/∂pre = H(pre − θ),   ∂z/∂θ = −(θ/ε) K((pre − θ)/ε)
+    step:  H(pre − θ),      ∂H/∂pre = 0,   ∂H/∂θ = −(1/ε) K((pre − θ)/ε)
+The step acts on the pre-activations, not on z. θ stays float32 (in bfloat16 it stops
+learning); its gradient is summed over every leading (batch) axis.
+
+ProLU (Taggart 2024), m = (x̃ − b_dec) W_enc without bias, per-latent bias b:
+    z = m · 1[m > 0] · 1[m + b > 0],   g = upstream ⊙ gate
+    ProLU-ReLU: ∂m = g, ∂b = g          ProLU-STE: ∂m = g·(1 + m), ∂b = g·m
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def rectangle(u: jax.Array) -> jax.Array:
+  """K(u) = 1[|u| < ½]: the kernel of the JumpReLU pseudo-derivative."""
+  return (jnp.abs(u) < 0.5).astype(u.dtype)
+
+
+def _sum_to(grad: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Sum a broadcast gradient back to a parameter's shape (over leading axes)."""
+  return grad.reshape((-1, *shape)).sum(axis=0) if grad.shape != shape else grad
+
+
+# ---- JumpReLU ---------------------------------------------------------------------------------
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jumprelu(pre: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
+  """z = pre · H(pre − θ), with the straight-through θ-gradient of the JumpReLU paper."""
+  return pre * (pre > threshold).astype(pre.dtype)
+
+
+def _jumprelu_fwd(pre, threshold, bandwidth):
+  return jumprelu(pre, threshold, bandwidth), (pre, threshold)
+
+
+def _jumprelu_bwd(bandwidth, residual, g):
+  pre, threshold = residual
+  theta = threshold.astype(jnp.float32)
+  d_pre = g * (pre > threshold).astype(g.dtype)
+  kernel = rectangle((pre.astype(jnp.float32) - theta) / bandwidth)
+  d_theta = -(theta / bandwidth) * kernel * g.astype(jnp.float32)
+  return d_pre, _sum_to(d_theta, threshold.shape).astype(threshold.dtype)
+
+
+jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def heaviside_step(pre: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
+  """H(pre − θ) ∈ {0, 1}: the L0 count, differentiable in θ only (straight-through)."""
+  return (pre > threshold).astype(pre.dtype)
+
+
+def _step_fwd(pre, threshold, bandwidth):
+  return heaviside_step(pre, threshold, bandwidth), (pre, threshold)
+
+
+def _step_bwd(bandwidth, residual, g):
+  pre, threshold = residual
+  theta = threshold.astype(jnp.float32)
+  kernel = rectangle((pre.astype(jnp.float32) - theta) / bandwidth)
+  d_theta = -(1.0 / bandwidth) * kernel * g.astype(jnp.float32)
+  return jnp.zeros_like(pre), _sum_to(d_theta, threshold.shape).astype(threshold.dtype)
+
+
+heaviside_step.defvjp(_step_fwd, _step_bwd)
+
+
+# ---- ProLU ------------------------------------------------------------------------------------
+def _prolu_gate(m, b):
+  return ((m > 0) & (m + b > 0)).astype(m.dtype)
+
+
+@jax.custom_vjp
+def prolu_relu(m: jax.Array, bias: jax.Array) -> jax.Array:
+  """ProLU with the ProLU-ReLU gradient: ∂m = ∂b = upstream ⊙ gate."""
+  return m * _prolu_gate(m, bias)
+
+
+def _prolu_relu_fwd(m, bias):
+  return prolu_relu(m, bias), (m, bias)
+
+
+def _prolu_relu_bwd(residual, g):
+  m, bias = residual
+  g_gate = g * _prolu_gate(m, bias)
+  return g_gate, _sum_to(g_gate, bias.shape)
+
+
+prolu_relu.defvjp(_prolu_relu_fwd, _prolu_relu_bwd)
+
+
+@jax.custom_vjp
+def prolu_ste(m: jax.Array, bias: jax.Array) -> jax.Array:
+  """ProLU with the ProLU-STE gradient: ∂m = g·(1 + m), ∂b = g·m, g = upstream ⊙ gate."""
+  return m * _prolu_gate(m, bias)
+
+
+def _prolu_ste_fwd(m, bias):
+  return prolu_ste(m, bias), (m, bias)
+
+
+def _prolu_ste_bwd(residual, g):
+  m, bias = residual
+  g_gate = g * _prolu_gate(m, bias)
+  return g_gate * (1 + m), _sum_to(g_gate * m, bias.shape)
+
+
+prolu_ste.defvjp(_prolu_ste_fwd, _prolu_ste_bwd)

@@ -1,0 +1,26 @@
+"""ReLU SAE with an L1 penalty (Bricken et al. 2023; Anthropic, April 2024 update).
+
+    z = ReLU(pre) ;   L = ‖x̃ − x̂‖² + λ Σ_i z_i ‖w_i‖
+
+By default the decoder is free and the penalty is weighted by the decoder row norms ‖w_i‖
+(April 2024 update), which stops the model from shrinking z by growing W_dec. With
+`decoder_norm="unit"` the rows are kept at norm 1 and the penalty is the plain λ‖z‖₁.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from jaxsae.sae.base import Encoding, Hyper, SparseAutoencoder
+
+
+class ReLUSAE(SparseAutoencoder):
+  auto_unit_norm_decoder = False
+  has_l1_penalty = True
+
+  def encode(self, x_BxD, hyper: Hyper | None = None, train: bool = False) -> Encoding:
+    pre = self.pre_activations(x_BxD)
+    return Encoding(jax.nn.relu(pre), pre)
+
+  def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
+    return {"sparsity": hyper.sparsity_coefficient * self.l1_penalty(enc.latents)}, {}

@@ -1,0 +1,251 @@
+"""SAE training: state creation, the jitted step over every sweep group, and the loop.
+
+`train(config, workdir, source)` validates the config, builds the mesh, estimates the input
+scale c (E‖c·x‖² = d) and the decoder-bias init on a sample, resumes from the workdir's latest
+checkpoint (parameters, optimizer state, dead-latent counters, BatchTopK thresholds, data
+position and c), trains with a progress bar, and writes metrics to JSONL and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxsae import run_log, sharding
+from jaxsae.checkpoint import Checkpointer
+from jaxsae.errors import JaxsaeError
+from jaxsae.sae import data as data_lib
+from jaxsae.sae import normalization, train_config
+from jaxsae.sae.step import DENSITY_BINS, GroupTrainer, StepSettings
+from jaxsae.sae.sweep import Group
+from jaxsae.train_state import TrainState
+
+
+@dataclasses.dataclass
+class SAETrainer:
+  """Groups, their trainers and the jitted step for one config on one mesh."""
+
+  config: ml_collections.ConfigDict
+  mesh: Any
+  groups: list[Group]
+  trainers: dict[str, GroupTrainer]
+
+  @classmethod
+  def build(cls, config: ml_collections.ConfigDict, d_in: int, mesh=None) -> SAETrainer:
+    train_config.validate(config, n_devices=jax.device_count(), d_in=d_in)
+    mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.model)
+    groups = train_config.plan(config, d_in)
+    trainers = {g.name: GroupTrainer(g, mesh, config.optim, config.train.steps) for g in groups}
+    return cls(config, mesh, groups, trainers)
+
+  def settings(self, scale: float) -> StepSettings:
+    t = self.config.train
+    return StepSettings(
+      steps=t.steps,
+      batch_size=t.batch_size,
+      dead_window_tokens=t.dead_window_tokens,
+      sparsity_warmup_fraction=t.sparsity_warmup_fraction,
+      log_every=t.log_every,
+      scale=scale,
+    )
+
+  def state_shardings(self) -> TrainState:
+    parts = {name: t.shardings() for name, t in self.trainers.items()}
+    return TrainState(
+      step=sharding.replicated(self.mesh),
+      params={name: p[0] for name, p in parts.items()},
+      opt_state={name: p[1] for name, p in parts.items()},
+      extras={name: p[2] for name, p in parts.items()},
+    )
+
+  def abstract_state(self) -> TrainState:
+    return jax.eval_shape(lambda: self._init(jax.random.key(0), jnp.zeros(self._d_in())))
+
+  def _d_in(self) -> int:
+    return self.groups[0].config.d_in
+
+  def _init(self, rng, b_dec) -> TrainState:
+    parts = {name: t.init(rng, b_dec) for name, t in self.trainers.items()}
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params={name: p[0] for name, p in parts.items()},
+      opt_state={name: p[1] for name, p in parts.items()},
+      extras={name: p[2] for name, p in parts.items()},
+    )
+
+  def init_state(self, rng: jax.Array, b_dec: np.ndarray) -> TrainState:
+    """A fresh state, created directly in its sharded layout."""
+    return jax.jit(self._init, out_shardings=self.state_shardings())(rng, jnp.asarray(b_dec))
+
+  def make_step(self, scale: float):
+    """The jitted (state, raw batch) -> (state, {group: metrics}) step. Donates the state."""
+    settings = self.settings(scale)
+
+    def train_step(state: TrainState, x_raw_BxD: jax.Array):
+      x = x_raw_BxD.astype(jnp.float32) * settings.scale
+      step = state.step + 1
+      params, opt_state, extras, metrics = {}, {}, {}, {}
+      for name, trainer in self.trainers.items():
+        params[name], opt_state[name], extras[name], metrics[name] = trainer.step(
+          state.params[name], state.opt_state[name], state.extras[name], x, step, settings
+        )
+      return TrainState(step, params, opt_state, extras), metrics
+
+    shardings = self.state_shardings()
+    return jax.jit(
+      train_step,
+      in_shardings=(shardings, sharding.batch_sharding(self.mesh)),
+      out_shardings=(shardings, sharding.replicated(self.mesh)),
+      donate_argnums=0,
+    )
+
+
+def initial_statistics(
+  config: ml_collections.ConfigDict, source: data_lib.ActivationSource
+) -> tuple[float, np.ndarray]:
+  """(scale c, b_dec init on the scaled inputs) from a reproducible sample of the source."""
+  sample = data_lib.sample(source, config.data.normalization_samples, config.seed)
+  scale = normalization.estimate_scale(sample)
+  scaled = sample[: config.data.b_dec_samples] * scale
+  if config.data.b_dec_init == "geometric_median":
+    b_dec = np.asarray(normalization.geometric_median(scaled))
+  elif config.data.b_dec_init == "mean":
+    b_dec = scaled.mean(0)
+  else:
+    b_dec = np.zeros(scaled.shape[-1], np.float32)
+  return scale, b_dec.astype(np.float32)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: TrainState
+  scale: float
+  groups: list[Group]
+  history: list[dict]  # Train records, as in metrics.jsonl.
+
+  def member_params(self, group: str, index: int = 0) -> dict[str, np.ndarray]:
+    """Parameters of one SAE (on the scaled-input convention) as numpy arrays."""
+    return jax.tree.map(lambda a: np.asarray(a[index]), jax.device_get(self.state.params[group]))
+
+
+def _metric_records(groups: list[Group], metrics: dict) -> tuple[dict, dict]:
+  """(scalars, histograms) keyed "<member>/<metric>" (bare names for a run of one SAE)."""
+  single = len(groups) == 1 and groups[0].size == 1
+  scalars, histograms = {}, {}
+  for group in groups:
+    values = metrics[group.name]
+    for i, label in enumerate(group.labels):
+      prefix = "" if single else f"{label}/"
+      for key, array in values.items():
+        target = histograms if key == "density_histogram" else scalars
+        target[prefix + key] = np.asarray(array[i])
+  return scalars, histograms
+
+
+def train(
+  config: ml_collections.ConfigDict,
+  workdir: str | pathlib.Path,
+  source: data_lib.ActivationSource,
+  *,
+  stop_at_step: int | None = None,
+  mesh=None,
+  progress_desc: str = "train sae",
+) -> TrainResult:
+  """Train (or resume) every SAE `config` describes on `source`, in `workdir`.
+
+  Args:
+    config: an SAE config (jaxsae.sae.train_config.base_config).
+    workdir: checkpoints, metrics.jsonl, TensorBoard events and config.json go here. If it
+      holds a checkpoint, training resumes from it, data position included.
+    source: the activations (any `ActivationSource`; rows are raw, unscaled).
+    stop_at_step: end this process early at that step (after saving), as a preemption would.
+    mesh: a mesh to use instead of the config's.
+  """
+  sharding.initialize_distributed(config.mesh.distributed)
+  trainer = SAETrainer.build(config, source.d_in, mesh)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_index() == 0:
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  tc = config.train
+  batches = data_lib.train_batches(
+    source,
+    tc.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+  checkpointer = Checkpointer(
+    workdir / "checkpoints",
+    save_every=tc.checkpoint_every,
+    keep=tc.keep_checkpoints,
+    async_save=tc.async_checkpoints,
+  )
+  if checkpointer.latest_step() is not None:
+    target = sharding.with_shardings(trainer.abstract_state(), trainer.state_shardings())
+    state, meta = checkpointer.restore(target, batches)
+    if "scale" not in meta:
+      raise JaxsaeError(f"checkpoint in {checkpointer.directory} has no input scale; retrain")
+    scale = float(meta["scale"])
+  else:
+    scale, b_dec = initial_statistics(config, source)
+    state = trainer.init_state(jax.random.key(config.seed), b_dec)
+  meta = {
+    "scale": scale,
+    "d_in": source.d_in,
+    "groups": [
+      {"config": g.config.to_dict(), "labels": list(g.labels), "members": len(g.members)}
+      for g in trainer.groups
+    ],
+  }
+  if jax.process_index() == 0:
+    (workdir / "saes.json").write_text(json.dumps(meta, indent=2))
+
+  train_step = trainer.make_step(scale)
+  start = int(jax.device_get(state.step))
+  stop = tc.steps if stop_at_step is None else min(stop_at_step, tc.steps)
+  history, previous = [], None
+  bin_edges = np.asarray(DENSITY_BINS)
+
+  def finish(step, metrics, log, bar):
+    bar.update(tc.batch_size)
+    if step % tc.log_every and step != stop:
+      return
+    scalars, histograms = _metric_records(trainer.groups, jax.device_get(metrics))
+    log.write(step, scalars, split="train")
+    for name, counts in histograms.items():
+      log.histogram(step, name, bin_edges, counts)
+    history.append({"step": step, **{k: float(v) for k, v in scalars.items()}})
+    first = trainer.groups[0].labels[0]
+    key = "fvu" if "fvu" in scalars else f"{first}/fvu"
+    bar.set_postfix(fvu=f"{scalars[key]:.3f}")
+
+  with run_log.RunLog(workdir) as log, checkpointer:
+    bar = run_log.progress(tc.steps * tc.batch_size, start * tc.batch_size, desc=progress_desc)
+    for step in range(start + 1, stop + 1):
+      raw = next(batches)
+      if not np.all(np.isfinite(raw)):
+        raise JaxsaeError(
+          f"NaN or Inf in the activations of step {step}; the last checkpoint is step "
+          f"{checkpointer.latest_step()}. Fix or drop those rows at their source"
+        )
+      batch = sharding.global_batch({"x": raw}, trainer.mesh)["x"]
+      state, metrics = train_step(state, batch)
+      if previous is not None:
+        finish(*previous, log, bar)
+      previous = (step, metrics)
+      checkpointer.save(
+        step, state, batches, {**meta, "tokens": step * tc.batch_size}, force=step == stop
+      )
+    if previous is not None:
+      finish(*previous, log, bar)
+    bar.close()
+  return TrainResult(state, scale, trainer.groups, history)

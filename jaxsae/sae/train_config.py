@@ -1,0 +1,153 @@
+"""The schema of an SAE training config, with every field's meaning, and its checks.
+
+Experiment configs (`experiments/configs/sae_*.py`) start from `base_config()`; `validate`
+rejects unknown keys (with a close-match suggestion) and bad values, all at once, before any
+compute. Fields of `sae` are those of `jaxsae.sae.config.SAEConfig` (see its docstring).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxsae import config_check, sharding
+from jaxsae.sae import registry, sweep
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # SAE init (per sweep member: `sweep.seed`) and data order.
+
+  c.sae = ml_collections.ConfigDict()
+  c.sae.architecture = "topk"  # relu | topk | batchtopk | gated | prolu_relu | prolu_ste | jumprelu
+  c.sae.n_latents = 4096  # Dictionary size n.
+  c.sae.k = 32  # Active latents per token (topk, batchtopk).
+  c.sae.k_aux = -1  # AuxK latents; -1: d_in // 2; 0: AuxK off.
+  c.sae.aux_alpha = 1.0 / 32  # AuxK coefficient.
+  c.sae.multi_topk = False  # Add L(4k)/8 (TopK only).
+  c.sae.matryoshka = ()  # Nested prefix sizes for the Matryoshka loss; () is off.
+  c.sae.sparsity_coefficient = 0.0  # λ of the L1 / L0 penalty (relu, gated, prolu, jumprelu).
+  c.sae.decoder_norm = "auto"  # "unit" | "penalty" (‖w_i‖-weighted L1) | "auto" (the paper's).
+  c.sae.prolu_penalty = "l1"  # "l1" | "sqrt_l1".
+  c.sae.jumprelu_bandwidth = -1.0  # ε; -1: 0.001·√d.
+  c.sae.jumprelu_init_threshold = -1.0  # θ₀; -1: 0.001·√d.
+  c.sae.batchtopk_momentum = 0.999  # EMA decay of BatchTopK's inference threshold.
+
+  # Lists to sweep over; their product is trained in one pass (empty: the value above).
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.architecture = ()
+  c.sweep.k = ()
+  c.sweep.sparsity_coefficient = ()
+  c.sweep.aux_alpha = ()
+  c.sweep.seed = ()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.normalization_samples = 8192  # Rows used to estimate the input scale c.
+  c.data.b_dec_init = "geometric_median"  # "geometric_median" | "mean" | "zeros".
+  c.data.b_dec_samples = 4096  # Rows the geometric median is computed on.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000  # Optimizer steps.
+  c.train.batch_size = 4096  # Global tokens per step; divisible by the data axis.
+  c.train.dead_window_tokens = 10_000_000  # Unfired this many tokens = dead (TopK paper).
+  c.train.sparsity_warmup_fraction = 0.05  # λ rises linearly over this share of training.
+  c.train.log_every = 50  # Steps between metric records.
+  c.train.checkpoint_every = 500  # Steps between checkpoints.
+  c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
+  c.train.async_checkpoints = True  # Write checkpoints in the background.
+
+  # Adam with linear warmup, a constant phase and a linear decay to zero.
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = -1.0  # -1: 2e-4 / √(n / 2¹⁴) (TopK paper).
+  c.optim.warmup_steps = 100
+  c.optim.decay_fraction = 0.2  # Share of training at the end over which lr decays to 0.
+  c.optim.b1 = -1.0  # -1: the architecture's (0.9; 0 for gated and jumprelu).
+  c.optim.b2 = 0.999
+  c.optim.eps = 6.25e-10  # OpenAI's TopK code.
+  c.optim.clip_norm = 1.0  # Per-SAE global gradient-norm clip (0: none).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # Devices on the data axis; -1: all that `model` leaves.
+  c.mesh.model = 1  # Devices the latents are split over.
+  c.mesh.distributed = False  # Call jax.distributed.initialize() (multi-host pods).
+  return c
+
+
+def plan(config: ml_collections.ConfigDict, d_in: int) -> list[sweep.Group]:
+  """The sweep groups of a validated config, for activations of width `d_in`."""
+  return sweep.plan(config.sae.to_dict(), config.sweep.to_dict(), config.seed, d_in)
+
+
+def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) -> None:
+  req = config_check.require
+  for name in ("steps", "batch_size", "log_every", "checkpoint_every", "dead_window_tokens"):
+    req(c.train[name] >= 1, p, f"train.{name}={c.train[name]} must be at least 1")
+  req(c.train.keep_checkpoints >= 1, p, "train.keep_checkpoints must be at least 1")
+  req(
+    0 <= c.train.sparsity_warmup_fraction <= 1,
+    p,
+    "train.sparsity_warmup_fraction must be in [0, 1]",
+  )
+  req(c.optim.lr == -1 or c.optim.lr > 0, p, f"optim.lr={c.optim.lr} must be positive (or -1)")
+  req(c.optim.warmup_steps >= 0, p, "optim.warmup_steps must be >= 0")
+  req(0 <= c.optim.decay_fraction <= 1, p, "optim.decay_fraction must be in [0, 1]")
+  req(c.optim.b1 == -1 or 0 <= c.optim.b1 < 1, p, "optim.b1 must be in [0, 1) (or -1)")
+  req(0 <= c.optim.b2 < 1, p, "optim.b2 must be in [0, 1)")
+  req(c.optim.eps > 0, p, "optim.eps must be positive")
+  req(c.optim.clip_norm >= 0, p, "optim.clip_norm must be >= 0 (0 disables clipping)")
+  config_check.require_choice(
+    c.data.b_dec_init, ("geometric_median", "mean", "zeros"), "data.b_dec_init", p
+  )
+  req(c.data.normalization_samples >= 1, p, "data.normalization_samples must be at least 1")
+  sweep_problems: list[str] = []
+  for name in sweep.SWEEPABLE + ("architecture",):
+    values = c.sweep[name]
+    req(
+      isinstance(values, (tuple, list)),
+      sweep_problems,
+      f"sweep.{name}={values!r} must be a tuple of values, e.g. (16, 32)",
+    )
+  for arch in c.sweep.architecture or ():
+    config_check.require_choice(arch, registry.names(), "sweep.architecture", sweep_problems)
+  p.extend(sweep_problems)
+  if sweep_problems:
+    return
+  # Every SAE the sweep would build, checked as an SAEConfig (k ≤ n, known architecture, …).
+  for group in _groups_or_problems(c, d_in or 1, p):
+    for i in range(group.size):
+      try:
+        group.member_config(i)
+      except ValueError as e:
+        p.extend(q for q in getattr(e, "problems", [str(e)]) if q not in p)
+
+
+def _groups_or_problems(c, d_in: int, p: list[str]) -> list[sweep.Group]:
+  try:
+    return plan(c, d_in)
+  except ValueError as e:
+    p.extend(q for q in getattr(e, "problems", [str(e)]) if q not in p)
+    return []
+
+
+def validate(
+  config: ml_collections.ConfigDict, n_devices: int | None = None, d_in: int | None = None
+) -> None:
+  """Raise one ConfigError listing every problem of `config`, including the batch's split over
+  `n_devices` and the latents' split over the model axis."""
+
+  def check_devices(c, p):
+    if n_devices is None:
+      return
+    problem = sharding.divisibility_problem(
+      c.train.batch_size, c.mesh.data, n_devices, c.mesh.model
+    )
+    if problem:
+      p.append(f"train.batch_size: {problem}")
+    if c.mesh.model >= 1 and c.sae.n_latents % c.mesh.model:
+      p.append(
+        f"sae.n_latents={c.sae.n_latents} is not divisible by mesh.model={c.mesh.model}; "
+        f"use a multiple of {c.mesh.model}"
+      )
+
+  config_check.validate(
+    config, base_config(), [lambda c, p: _check_values(c, p, d_in), check_devices]
+  )
