@@ -37,6 +37,16 @@ class Checkpointer:
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
+  @classmethod
+  def for_run(cls, workdir: str | pathlib.Path, train: Any) -> Checkpointer:
+    """The checkpointer of a training run, from its config's `train` section."""
+    return cls(
+      pathlib.Path(workdir) / "checkpoints",
+      save_every=train.checkpoint_every,
+      keep=train.keep_checkpoints,
+      async_save=train.async_checkpoints,
+    )
+
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 

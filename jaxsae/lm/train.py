@@ -185,12 +185,7 @@ def train_and_evaluate(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  checkpointer = Checkpointer(
-    workdir / "checkpoints",
-    save_every=tc.checkpoint_every,
-    keep=tc.keep_checkpoints,
-    async_save=tc.async_checkpoints,
-  )
+  checkpointer = Checkpointer.for_run(workdir, tc)
   if checkpointer.latest_step() is not None:
     target = sharding.with_shardings(abstract_state, shardings)
     state, _ = checkpointer.restore(target, train_iter)

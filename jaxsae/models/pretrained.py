@@ -2,7 +2,7 @@
 `LanguageModel` bundle (config, params, tokenizer) that users load and run.
 
 The shipped default lives in `jaxsae/pretrained/stdlib_bytes` and loads with
-`load("default")`. Weights are safetensors (no pickle); names are the parameter paths joined
+`load("default")`. Weights are safetensors (nothing pickled); names are the parameter paths joined
 with "/", e.g. "blocks_0/attn/query/kernel". Every tensor is checked against the shapes the
 config implies before use.
 """

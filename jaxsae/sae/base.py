@@ -86,7 +86,10 @@ def _constant(value: float):
 
 
 class SparseAutoencoder(nn.Module):
-  """Base class: parameters, decode, reconstruction and the loss around `encode`."""
+  """Base class: parameters, decode, reconstruction and the loss around `encode`.
+
+  Subclasses define `encode(x, hyper=None, train=False) -> Encoding`.
+  """
 
   config: SAEConfig
   axes: Axes = Axes()
@@ -144,9 +147,6 @@ class SparseAutoencoder(nn.Module):
   def pre_activations(self, x_BxD: jax.Array) -> jax.Array:
     """pre = (x̃ − b_dec) W_enc + b_enc."""
     return (x_BxD - self.b_dec) @ self.W_enc + self.b_enc
-
-  def encode(self, x_BxD: jax.Array, hyper: Hyper | None = None, train: bool = False) -> Encoding:
-    raise NotImplementedError(f"{type(self).__name__} must implement encode")
 
   def decode(self, z_BxN: jax.Array) -> jax.Array:
     """x̂ = z W_dec + b_dec (partial products summed over latent shards)."""

@@ -26,9 +26,23 @@ def rectangle(u: jax.Array) -> jax.Array:
   return (jnp.abs(u) < 0.5).astype(u.dtype)
 
 
-def _sum_to(grad: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """Sum a broadcast gradient back to a parameter's shape (over leading axes)."""
-  return grad.reshape((-1, *shape)).sum(axis=0) if grad.shape != shape else grad
+def _varying_axes(x: jax.Array) -> frozenset[str]:
+  """Mesh axes over which `x` differs between devices (inside shard_map; empty outside)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)
+  if manual is not None:
+    return frozenset(manual.varying)
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def _sum_to(grad: jax.Array, param: jax.Array) -> jax.Array:
+  """A per-element gradient reduced to a parameter's shape: summed over the leading (batch)
+  axes, and, inside shard_map, over the devices the batch is split across but the parameter
+  is not (the psum a parameter broadcast into the batch needs)."""
+  if grad.shape != param.shape:
+    grad = grad.reshape((-1, *param.shape)).sum(axis=0)
+  extra = _varying_axes(grad) - _varying_axes(param)
+  return jax.lax.psum(grad, tuple(sorted(extra))) if extra else grad
 
 
 # ---- JumpReLU ---------------------------------------------------------------------------------
@@ -48,7 +62,7 @@ def _jumprelu_bwd(bandwidth, residual, g):
   d_pre = g * (pre > threshold).astype(g.dtype)
   kernel = rectangle((pre.astype(jnp.float32) - theta) / bandwidth)
   d_theta = -(theta / bandwidth) * kernel * g.astype(jnp.float32)
-  return d_pre, _sum_to(d_theta, threshold.shape).astype(threshold.dtype)
+  return d_pre, _sum_to(d_theta, threshold).astype(threshold.dtype)
 
 
 jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
@@ -69,7 +83,7 @@ def _step_bwd(bandwidth, residual, g):
   theta = threshold.astype(jnp.float32)
   kernel = rectangle((pre.astype(jnp.float32) - theta) / bandwidth)
   d_theta = -(1.0 / bandwidth) * kernel * g.astype(jnp.float32)
-  return jnp.zeros_like(pre), _sum_to(d_theta, threshold.shape).astype(threshold.dtype)
+  return jnp.zeros_like(pre), _sum_to(d_theta, threshold).astype(threshold.dtype)
 
 
 heaviside_step.defvjp(_step_fwd, _step_bwd)
@@ -93,7 +107,7 @@ def _prolu_relu_fwd(m, bias):
 def _prolu_relu_bwd(residual, g):
   m, bias = residual
   g_gate = g * _prolu_gate(m, bias)
-  return g_gate, _sum_to(g_gate, bias.shape)
+  return g_gate, _sum_to(g_gate, bias)
 
 
 prolu_relu.defvjp(_prolu_relu_fwd, _prolu_relu_bwd)
@@ -112,7 +126,7 @@ def _prolu_ste_fwd(m, bias):
 def _prolu_ste_bwd(residual, g):
   m, bias = residual
   g_gate = g * _prolu_gate(m, bias)
-  return g_gate * (1 + m), _sum_to(g_gate * m, bias.shape)
+  return g_gate * (1 + m), _sum_to(g_gate * m, bias)
 
 
 prolu_ste.defvjp(_prolu_ste_fwd, _prolu_ste_bwd)

@@ -78,25 +78,35 @@ def _values(sweep: Mapping[str, Any], name: str, default: Any) -> list[Any]:
   return values if values else [default]
 
 
-def plan(sae: Mapping[str, Any], sweep: Mapping[str, Any], seed: int, d_in: int) -> list[Group]:
-  """Groups for the base SAE settings `sae` and the lists in `sweep` (empty lists: base value)."""
+def plan(
+  sae: Mapping[str, Any],
+  sweep: Mapping[str, Any],
+  seed: int,
+  d_in: int,
+  overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Group]:
+  """Groups for the base SAE settings `sae` and the lists in `sweep` (empty lists: base value).
+
+  `overrides[arch]` replaces fields of `sae` for that architecture (e.g. its own λ).
+  """
+  architectures = _values(sweep, "architecture", sae["architecture"])
+  bases = {arch: {**dict(sae), **dict((overrides or {}).get(arch, {}))} for arch in architectures}
   axes = {
-    "architecture": _values(sweep, "architecture", sae["architecture"]),
-    "k": _values(sweep, "k", sae["k"]),
-    "sparsity_coefficient": _values(sweep, "sparsity_coefficient", sae["sparsity_coefficient"]),
-    "aux_alpha": _values(sweep, "aux_alpha", sae["aux_alpha"]),
-    "seed": _values(sweep, "seed", seed),
+    name: {
+      arch: _values(sweep, name, seed if name == "seed" else bases[arch][name])
+      for arch in architectures
+    }
+    for name in SWEEPABLE
   }
-  varying = [name for name, values in axes.items() if len(values) > 1]
+  varying = ["architecture"] if len(architectures) > 1 else []
+  varying += [name for name in SWEEPABLE if any(len(v) > 1 for v in axes[name].values())]
   groups = []
-  for architecture in axes["architecture"]:
+  for arch in architectures:
     members = tuple(
-      Member(architecture, int(k), float(lam), float(alpha), int(s))
-      for k, lam, alpha, s in itertools.product(
-        axes["k"], axes["sparsity_coefficient"], axes["aux_alpha"], axes["seed"]
-      )
+      Member(arch, int(k), float(lam), float(alpha), int(s))
+      for k, lam, alpha, s in itertools.product(*(axes[name][arch] for name in SWEEPABLE))
     )
-    fields = {**dict(sae), "architecture": architecture, "d_in": d_in}
+    fields = {**bases[arch], "architecture": arch, "d_in": d_in}
     fields["k"] = max(m.k for m in members)
     fields["matryoshka"] = tuple(fields.get("matryoshka") or ())
     config = SAEConfig(**fields)

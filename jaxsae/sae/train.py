@@ -22,7 +22,7 @@ from jaxsae import run_log, sharding
 from jaxsae.checkpoint import Checkpointer
 from jaxsae.errors import JaxsaeError
 from jaxsae.sae import data as data_lib
-from jaxsae.sae import normalization, train_config
+from jaxsae.sae import export, normalization, train_config
 from jaxsae.sae.step import DENSITY_BINS, GroupTrainer, StepSettings
 from jaxsae.sae.sweep import Group
 from jaxsae.train_state import TrainState
@@ -130,9 +130,12 @@ class TrainResult:
   groups: list[Group]
   history: list[dict]  # Train records, as in metrics.jsonl.
 
+  def member_variables(self, group: str, index: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """{"params", "buffers"?} of one SAE (on the scaled-input convention), as numpy arrays."""
+    return export.member_variables(self.state.params[group], self.state.extras[group], index)
+
   def member_params(self, group: str, index: int = 0) -> dict[str, np.ndarray]:
-    """Parameters of one SAE (on the scaled-input convention) as numpy arrays."""
-    return jax.tree.map(lambda a: np.asarray(a[index]), jax.device_get(self.state.params[group]))
+    return self.member_variables(group, index)["params"]
 
 
 def _metric_records(groups: list[Group], metrics: dict) -> tuple[dict, dict]:
@@ -183,12 +186,7 @@ def train(
     process_index=jax.process_index(),
     process_count=jax.process_count(),
   )
-  checkpointer = Checkpointer(
-    workdir / "checkpoints",
-    save_every=tc.checkpoint_every,
-    keep=tc.keep_checkpoints,
-    async_save=tc.async_checkpoints,
-  )
+  checkpointer = Checkpointer.for_run(workdir, tc)
   if checkpointer.latest_step() is not None:
     target = sharding.with_shardings(trainer.abstract_state(), trainer.state_shardings())
     state, meta = checkpointer.restore(target, batches)

@@ -8,19 +8,49 @@ compute. Fields of `sae` are those of `jaxsae.sae.config.SAEConfig` (see its doc
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxsae import config_check, sharding
 from jaxsae.sae import registry, sweep
 
+# Each architecture's paper recipe, on inputs scaled to E‖x̃‖² = d: the fields of `sae` that
+# differ from the defaults below. λ values were tuned on the synthetic benchmark
+# (experiments/configs/sae_synthetic.py) to land near L0 ≈ 4–8; retune them for new data.
+RECIPES: dict[str, dict] = {
+  "topk": {},
+  "batchtopk": {},
+  "relu": {"sparsity_coefficient": 0.05},
+  "gated": {"sparsity_coefficient": 0.06},
+  "prolu_relu": {"sparsity_coefficient": 0.04},
+  "prolu_ste": {"sparsity_coefficient": 0.04},
+  "jumprelu": {
+    "sparsity_coefficient": 0.1,
+    "jumprelu_bandwidth": 0.1,
+    "jumprelu_init_threshold": 0.1,
+  },
+}
 
-def base_config() -> ml_collections.ConfigDict:
+
+def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
+  """Every field with its default, `sae` set to `architecture`'s recipe, and every other
+  architecture's recipe in `overrides` (so a sweep over architectures uses each one's own)."""
+  c = _defaults()
+  for name, recipe in RECIPES.items():
+    for key, value in recipe.items():
+      c.overrides[name][key] = value
+  c.sae.architecture = architecture
+  c.sae.update(RECIPES.get(architecture, {}))
+  return c
+
+
+def _defaults() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # SAE init (per sweep member: `sweep.seed`) and data order.
 
   c.sae = ml_collections.ConfigDict()
   c.sae.architecture = "topk"  # relu | topk | batchtopk | gated | prolu_relu | prolu_ste | jumprelu
-  c.sae.n_latents = 4096  # Dictionary size n.
-  c.sae.k = 32  # Active latents per token (topk, batchtopk).
+  c.sae.n_latents = 1024  # Dictionary size n.
+  c.sae.k = 4  # Active latents per token (topk, batchtopk).
   c.sae.k_aux = -1  # AuxK latents; -1: d_in // 2; 0: AuxK off.
   c.sae.aux_alpha = 1.0 / 32  # AuxK coefficient.
   c.sae.multi_topk = False  # Add L(4k)/8 (TopK only).
@@ -40,18 +70,31 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep.aux_alpha = ()
   c.sweep.seed = ()
 
+  # Per-architecture settings for sweeps over architectures: overrides.<arch>.<sae field> replaces
+  # the `sae` value for that architecture's SAEs (None: keep it). E.g. each its own λ.
+  c.overrides = ml_collections.ConfigDict({arch: _placeholders(c.sae) for arch in registry.names()})
+
   c.data = ml_collections.ConfigDict()
+  # "synthetic" (known features, below) or "npy:/path/rows.npy" (a (tokens, d) float array).
+  c.data.source = "synthetic"
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.d = 64  # Activation width.
+  c.data.synthetic.n_features = 256  # Known unit directions.
+  c.data.synthetic.active = 4.0  # Mean active features per token.
+  c.data.synthetic.noise = 0.05  # Norm of the added Gaussian noise.
+  c.data.synthetic.tokens = 1 << 17  # Training rows (evaluation uses another 1/8 as many).
+  c.data.synthetic.seed = 0
   c.data.normalization_samples = 8192  # Rows used to estimate the input scale c.
   c.data.b_dec_init = "geometric_median"  # "geometric_median" | "mean" | "zeros".
   c.data.b_dec_samples = 4096  # Rows the geometric median is computed on.
 
   c.train = ml_collections.ConfigDict()
-  c.train.steps = 1000  # Optimizer steps.
-  c.train.batch_size = 4096  # Global tokens per step; divisible by the data axis.
+  c.train.steps = 2000  # Optimizer steps.
+  c.train.batch_size = 1024  # Global tokens per step; divisible by the data axis.
   c.train.dead_window_tokens = 10_000_000  # Unfired this many tokens = dead (TopK paper).
   c.train.sparsity_warmup_fraction = 0.05  # λ rises linearly over this share of training.
-  c.train.log_every = 50  # Steps between metric records.
-  c.train.checkpoint_every = 500  # Steps between checkpoints.
+  c.train.log_every = 100  # Steps between metric records.
+  c.train.checkpoint_every = 1000  # Steps between checkpoints.
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
   c.train.async_checkpoints = True  # Write checkpoints in the background.
 
@@ -72,9 +115,24 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _placeholders(sae: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A ConfigDict with every `sae` field, all None, each typed like its `sae` counterpart."""
+  return ml_collections.ConfigDict(
+    {
+      name: config_dict.placeholder(tuple if name == "matryoshka" else type(value))
+      for name, value in sae.items()
+      if name != "architecture"
+    }
+  )
+
+
 def plan(config: ml_collections.ConfigDict, d_in: int) -> list[sweep.Group]:
   """The sweep groups of a validated config, for activations of width `d_in`."""
-  return sweep.plan(config.sae.to_dict(), config.sweep.to_dict(), config.seed, d_in)
+  overrides = {
+    arch: {k: v for k, v in fields.items() if v is not None}
+    for arch, fields in config.overrides.to_dict().items()
+  }
+  return sweep.plan(config.sae.to_dict(), config.sweep.to_dict(), config.seed, d_in, overrides)
 
 
 def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) -> None:
@@ -98,6 +156,12 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) 
     c.data.b_dec_init, ("geometric_median", "mean", "zeros"), "data.b_dec_init", p
   )
   req(c.data.normalization_samples >= 1, p, "data.normalization_samples must be at least 1")
+  source = str(c.data.source)
+  req(
+    source == "synthetic" or source.startswith("npy:"),
+    p,
+    f"data.source={source!r} must be 'synthetic' or 'npy:/path/to/rows.npy'",
+  )
   sweep_problems: list[str] = []
   for name in sweep.SWEEPABLE + ("architecture",):
     values = c.sweep[name]
@@ -149,5 +213,5 @@ def validate(
       )
 
   config_check.validate(
-    config, base_config(), [lambda c, p: _check_values(c, p, d_in), check_devices]
+    config, _defaults(), [lambda c, p: _check_values(c, p, d_in), check_devices]
   )

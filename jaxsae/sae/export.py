@@ -1,0 +1,113 @@
+"""Trained SAEs on disk: `config.json` + `sae.safetensors`, input scale folded into the weights.
+
+An exported SAE takes raw activations (`normalization.fold_scale`). Tensors are named
+"params/<name>" and "buffers/<name>" (BatchTopK's threshold); nothing is pickled. `load`
+checks the format, the config and every tensor's shape before returning anything. The SAELens
+format (for SAEBench, SAE-Vis, Neuronpedia) is written from the same folded parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae.errors import CheckpointError
+from jaxsae.sae import registry
+from jaxsae.sae.config import SAEConfig
+from jaxsae.sae.normalization import fold_scale
+
+FORMAT = "jaxsae-sae/1"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "sae.safetensors"
+
+
+def member_variables(params: Any, extras: Any, index: int) -> dict[str, Any]:
+  """One member's {"params", "buffers"?} out of a sweep group's stacked state, as numpy."""
+  take = lambda tree: jax.tree.map(lambda a: np.asarray(a[index]), jax.device_get(tree))  # noqa: E731
+  variables = {"params": take(params)}
+  if extras.get("buffers"):
+    variables["buffers"] = take(extras["buffers"])
+  return variables
+
+
+def save(
+  path: str | pathlib.Path,
+  config: SAEConfig,
+  variables: dict[str, Any],
+  scale: float,
+  metadata: dict | None = None,
+) -> pathlib.Path:
+  """Write one SAE (trained on scale·x) so that it acts on raw x."""
+  from safetensors.numpy import save_file
+
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  folded = fold_scale(variables["params"], scale)
+  tensors = {f"params/{k}": np.asarray(v, np.float32) for k, v in folded.items()}
+  tensors.update(
+    {f"buffers/{k}": np.asarray(v, np.float32) for k, v in variables.get("buffers", {}).items()}
+  )
+  save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": FORMAT})
+  doc = {"format": FORMAT, "sae": config.to_dict(), "folded_scale": scale, **(metadata or {})}
+  (path / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
+  return path
+
+
+def expected_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
+  sae = registry.build(config)
+  abstract = jax.eval_shape(sae.init, jax.random.key(0), jnp.zeros((1, config.d_in)))
+  flat = {}
+  for collection, values in nn.meta.unbox(abstract).items():
+    flat.update({f"{collection}/{k}": tuple(v.shape) for k, v in values.items()})
+  return flat
+
+
+def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any], dict]:
+  """(config, variables, metadata) of an exported SAE; the variables act on raw activations."""
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+
+  path = pathlib.Path(path)
+  config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+  for f in (config_file, weights_file):
+    if not f.is_file():
+      raise CheckpointError(f"{f} is missing; export the SAE with jaxsae.sae.export.save")
+  try:
+    doc = json.loads(config_file.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{config_file} is not valid JSON ({e}); re-export the SAE") from e
+  if doc.get("format") != FORMAT:
+    raise CheckpointError(
+      f"{config_file} has format {doc.get('format')!r}, expected {FORMAT!r}; re-export it with "
+      "this version of jaxsae"
+    )
+  try:
+    config = SAEConfig.from_dict(doc["sae"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"{config_file} holds an invalid SAE config: {e}") from e
+  try:
+    flat = load_file(str(weights_file))
+  except (SafetensorError, OSError, ValueError) as e:
+    raise CheckpointError(f"{weights_file} is not a readable safetensors file ({e})") from e
+  expected = expected_shapes(config)
+  problems = [f"missing tensor {k} {expected[k]}" for k in sorted(set(expected) - set(flat))]
+  problems += [f"unexpected tensor {k}" for k in sorted(set(flat) - set(expected))]
+  problems += [
+    f"tensor {k} has shape {flat[k].shape}, the config implies {expected[k]}"
+    for k in sorted(set(flat) & set(expected))
+    if flat[k].shape != expected[k]
+  ]
+  if problems:
+    raise CheckpointError(f"{weights_file} does not match {config_file}: " + "; ".join(problems))
+  variables: dict[str, dict] = {}
+  for key, value in flat.items():
+    collection, name = key.split("/", 1)
+    variables.setdefault(collection, {})[name] = jnp.asarray(value)
+  metadata = {k: v for k, v in doc.items() if k not in ("format", "sae")}
+  return config, variables, metadata
