@@ -211,3 +211,35 @@ def test_bad_configs_fail_before_any_compute(tmp_path):
     train_config.validate(config)
   with pytest.raises(JaxsaeError, match="2-D"):
     data.ArraySource(ROWS.reshape(2, -1, 16))
+
+
+def test_a_grain_dataset_trains_like_the_same_array(tmp_path):
+  import grain
+
+  rows = grain.MapDataset.source(list(ROWS[:2048]))
+  config = tiny_config(**{"train.steps": 3})
+  from_grain = train_lib.train(config, tmp_path / "grain", rows)
+  from_array = train_lib.train(config, tmp_path / "array", ROWS[:2048])
+  assert_params_close(from_grain, from_array, atol=0)
+
+
+def test_dead_windows_are_counted_in_tokens_not_steps():
+  """Known mistake 7: a latent that never fires is dead after the same number of tokens,
+  whatever the batch size."""
+  since = {}
+  for batch, steps in ((64, 8), (128, 4)):
+    config = tiny_config(**{"train.batch_size": batch, "train.dead_window_tokens": 512})
+    trainer = train_lib.SAETrainer.build(config, d_in=16)
+    state = trainer.init_state(jax.random.key(0), np.zeros(16, np.float32))
+    params = dict(state.params["topk"])
+    params["b_enc"] = params["b_enc"].at[:, 0].set(-1e4)  # Latent 0 can never fire.
+    state = state.replace(params={"topk": params})
+    step = trainer.make_step(1.0)
+    for i in range(steps):
+      x = jax.device_put(
+        jnp.asarray(ROWS[i * batch : (i + 1) * batch]), sharding.batch_sharding(trainer.mesh)
+      )
+      state, metrics = step(state, x)
+    since[batch] = int(state.extras["topk"]["tokens_since_fired"][0, 0])
+    assert float(metrics["topk"]["dead_fraction"][0]) >= 1 / 64
+  assert since == {64: 512, 128: 512}

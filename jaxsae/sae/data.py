@@ -47,6 +47,38 @@ class ArraySource:
     return np.asarray(self.array[np.asarray(indices)], np.float32)
 
 
+class SequenceSource:
+  """Rows from anything with `__len__` and `__getitem__(i) -> (d,)`, e.g. a grain MapDataset."""
+
+  def __init__(self, rows):
+    if len(rows) == 0:
+      raise JaxsaeError("the activation dataset is empty; harvest some activations first")
+    first = np.asarray(rows[0])
+    if first.ndim != 1:
+      raise JaxsaeError(f"each row must be a (d,) vector, got shape {first.shape}")
+    self.rows_of, self.d_in = rows, int(first.shape[0])
+
+  def __len__(self) -> int:
+    return len(self.rows_of)
+
+  def rows(self, indices: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(self.rows_of[int(i)], np.float32) for i in indices])
+
+
+def as_source(data) -> ActivationSource:
+  """An ActivationSource for a source, a 2-D array, or a sequence of rows (grain MapDataset)."""
+  if hasattr(data, "rows") and hasattr(data, "d_in"):
+    return data
+  if getattr(data, "ndim", None) == 2:
+    return ArraySource(data)
+  if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+    return SequenceSource(data)
+  raise JaxsaeError(
+    f"cannot read activations from {type(data).__name__}; pass an (N, d) array, a grain "
+    "MapDataset of (d,) rows, or an object with d_in, __len__ and rows(indices)"
+  )
+
+
 def sample(source: ActivationSource, count: int, seed: int) -> np.ndarray:
   """`count` distinct rows (all if the source is smaller), drawn reproducibly."""
   rng = np.random.default_rng(seed)

@@ -155,7 +155,7 @@ def _metric_records(groups: list[Group], metrics: dict) -> tuple[dict, dict]:
 def train(
   config: ml_collections.ConfigDict,
   workdir: str | pathlib.Path,
-  source: data_lib.ActivationSource,
+  source: Any,
   *,
   stop_at_step: int | None = None,
   mesh=None,
@@ -167,11 +167,13 @@ def train(
     config: an SAE config (jaxsae.sae.train_config.base_config).
     workdir: checkpoints, metrics.jsonl, TensorBoard events and config.json go here. If it
       holds a checkpoint, training resumes from it, data position included.
-    source: the activations (any `ActivationSource`; rows are raw, unscaled).
+    source: the raw (unscaled) activations: an ActivationSource, an (N, d) array, or a
+      sequence of (d,) rows such as a grain MapDataset.
     stop_at_step: end this process early at that step (after saving), as a preemption would.
     mesh: a mesh to use instead of the config's.
   """
   sharding.initialize_distributed(config.mesh.distributed)
+  source = data_lib.as_source(source)
   trainer = SAETrainer.build(config, source.d_in, mesh)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
