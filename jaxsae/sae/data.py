@@ -94,7 +94,15 @@ def train_batches(
   process_index: int = 0,
   process_count: int = 1,
 ) -> grain.DatasetIterator:
-  """An endless, shuffled, checkpointable iterator of this process's rows of each global batch."""
+  """An endless, shuffled, checkpointable iterator of this process's rows of each global batch.
+
+  A source with its own `train_batches` (an activation store, read in shuffled blocks) supplies
+  them; otherwise row indices are shuffled with grain and each batch is gathered in one call.
+  """
+  if hasattr(source, "train_batches"):
+    return source.train_batches(
+      batch_size, seed=seed, process_index=process_index, process_count=process_count
+    )
   if batch_size % process_count:
     raise JaxsaeError(
       f"batch size {batch_size} is not divisible by the {process_count} processes; use a "

@@ -1,0 +1,171 @@
+"""Harvest: run a language model over token windows and write hook activations to a store.
+
+Several hooks are captured in one forward pass. Every row's (window, position, token) is
+planned before the first forward, so the store's size is known and a resumed harvest can find
+where it stopped: `rows_written` advances only after a whole chunk is on disk, and a rerun
+starts from the window holding that row, dropping the rows it already has. Separator positions
+(the start-of-document token, a BOS) can be skipped: their activations are outliers an SAE
+should not spend latents on.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae import run_log
+from jaxsae.activations.store import ActivationStore
+from jaxsae.errors import JaxsaeError
+from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.transformer import run as run_model
+
+
+def plan_rows(windows_NxT: np.ndarray, separator_id: int, skip_separator: bool) -> np.ndarray:
+  """(n_rows, 3) int32 (window, position, token) of the rows to harvest, in window order."""
+  keep = np.ones(windows_NxT.shape, bool)
+  if skip_separator:
+    keep &= windows_NxT != separator_id
+  window, position = np.nonzero(keep)
+  return np.stack([window, position, windows_NxT[window, position]], axis=1).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=8)
+def _capture_fn(lm_config, hooks: tuple[str, ...]):
+  from jaxsae.models.transformer import Transformer
+
+  model = Transformer(lm_config)
+
+  def capture(params, tokens):
+    _, cache = run_model(model, params, tokens, capture=hooks)
+    return {h: cache[h].astype(jnp.float32) for h in hooks}
+
+  return jax.jit(capture)
+
+
+def harvest(
+  lm: LanguageModel,
+  windows_NxT: np.ndarray,
+  hooks: Sequence[str],
+  directory: str | pathlib.Path,
+  *,
+  batch_size: int = 32,
+  chunk_rows: int = 4096,
+  dtype: str = "float32",
+  skip_separator: bool = True,
+  metadata: dict | None = None,
+  stop_after_chunks: int | None = None,
+  progress: bool = True,
+) -> ActivationStore:
+  """Write the activations of `lm` at `hooks` for every (kept) position of `windows_NxT`.
+
+  Resumes a partial store in `directory` made with the same settings; refuses one made with
+  other settings. `stop_after_chunks` ends early (as a preemption would), for tests.
+  """
+  hooks = tuple(hooks)
+  known = set(lm.hook_names())
+  unknown = [h for h in hooks if h not in known]
+  if unknown:
+    raise JaxsaeError(f"unknown hook(s) {unknown}; the model's hooks are {sorted(known)}")
+  if not hooks:
+    raise JaxsaeError("no hooks to harvest; name at least one, e.g. blocks.1.resid_post")
+  windows_NxT = np.asarray(windows_NxT, np.int32)
+  rows = plan_rows(windows_NxT, lm.tokenizer.separator_id, skip_separator)
+  fingerprint = {
+    "n_windows": int(len(windows_NxT)),
+    "seq_len": int(windows_NxT.shape[1]),
+    "skip_separator": bool(skip_separator),
+    "windows_checksum": int(np.sum(windows_NxT.astype(np.int64) * 2654435761 % 1000003)),
+  }
+  widths = _widths(lm, hooks)
+  store = _open_or_create(
+    pathlib.Path(directory), widths, rows, windows_NxT, dtype, chunk_rows,
+    {**fingerprint, **(metadata or {})},
+  )  # fmt: skip
+  start = int(store.meta["rows_written"])
+  if store.meta.get("complete"):
+    return store
+  # The window holding row `start`, and how many of its rows are already stored.
+  first_window = int(rows[start, 0])
+  window_starts = np.searchsorted(rows[:, 0], np.arange(len(windows_NxT) + 1))
+  drop = start - int(window_starts[first_window])
+  capture = _capture_fn(lm.config, hooks)
+  buffers = {h: [] for h in hooks}
+  buffered, written, chunks_done = 0, start, 0
+  bar = run_log.progress(store.n_rows, start, desc="harvest") if progress else None
+  for w0 in range(first_window, len(windows_NxT), batch_size):
+    batch = windows_NxT[w0 : w0 + batch_size]
+    acts = jax.device_get(capture(lm.params, jnp.asarray(batch)))
+    lo, hi = window_starts[w0], window_starts[min(w0 + batch_size, len(windows_NxT))]
+    sel = rows[lo:hi]
+    for h in hooks:
+      picked = acts[h][sel[:, 0] - w0, sel[:, 1]]
+      buffers[h].append(picked[drop:])
+    buffered += len(sel) - drop
+    drop = 0
+    while buffered >= store.chunk_rows or (buffered and written + buffered == store.n_rows):
+      size = min(store.chunk_rows, buffered)
+      for h in hooks:
+        block = np.concatenate(buffers[h])
+        store.write_rows(h, written, block[:size].astype(store.array(h).dtype.numpy_dtype))
+        buffers[h] = [block[size:]]
+      written += size
+      buffered -= size
+      store.update_meta(rows_written=written)
+      if bar is not None:
+        bar.update(size)
+      chunks_done += 1
+      if stop_after_chunks is not None and chunks_done >= stop_after_chunks:
+        return store
+  if bar is not None:
+    bar.close()
+  scales = {h: _scale(store, h) for h in hooks}
+  store.update_meta(complete=True, scale=scales)
+  return store
+
+
+def _widths(lm: LanguageModel, hooks: tuple[str, ...]) -> dict[str, int]:
+  """Each hook's activation width, from an abstract forward pass."""
+  capture = _capture_fn(lm.config, hooks)
+  shapes = jax.eval_shape(capture, lm.params, jax.ShapeDtypeStruct((1, 2), jnp.int32))
+  for h, s in shapes.items():
+    if len(s.shape) != 3:
+      raise JaxsaeError(
+        f"hook {h!r} has per-token shape {s.shape[2:]}; harvest hooks with one vector per "
+        "token (resid_*, attn.in, attn.out, mlp.*), not per-head or pattern hooks"
+      )
+  return {h: int(s.shape[-1]) for h, s in shapes.items()}
+
+
+def _scale(store: ActivationStore, hook: str, samples: int = 8192) -> float:
+  """c with E‖c·x‖² = d, on an evenly spaced sample of the stored rows."""
+  index = np.linspace(0, store.n_rows - 1, min(samples, store.n_rows)).astype(np.int64)
+  x = store.gather(hook, np.unique(index)).astype(np.float64)
+  return float(np.sqrt(x.shape[-1] / np.mean(np.sum(x**2, axis=-1))))
+
+
+def _open_or_create(directory, widths, rows, windows, dtype, chunk_rows, metadata):
+  if (directory / "store.json").is_file():
+    store = ActivationStore.open(directory)
+    expected = {"hooks": widths, "n_rows": len(rows), "dtype": dtype, **metadata}
+    mismatch = [k for k, v in expected.items() if store.meta.get(k) != v]
+    if mismatch:
+      raise JaxsaeError(
+        f"{directory} holds a store harvested with other settings ({', '.join(mismatch)}); "
+        "use another directory or delete it to start over"
+      )
+    return store
+  return ActivationStore.create(
+    directory,
+    hooks=widths,
+    n_rows=len(rows),
+    rows_table=rows,
+    windows=windows,
+    dtype=dtype,
+    chunk_rows=chunk_rows,
+    metadata=metadata,
+  )

@@ -1,0 +1,104 @@
+"""Shuffled, deterministic, checkpointable batches of stored activations.
+
+Random rows are never gathered from disk. Each epoch orders the store's chunks by a seeded
+permutation and splits them into groups of `shuffle_chunks` chunks; a group is read whole and
+its rows are permuted in memory (the shuffle buffer). Batch b of the epoch is rows
+[b·B, (b+1)·B) of that order, so every row appears exactly once per epoch (the last partial
+batch of an epoch is dropped). The dataset is a grain MapDataset over the global batch index,
+so its iterator state is one integer, saved with the train state; process p of n reads its
+slice of each global batch.
+"""
+
+from __future__ import annotations
+
+import grain
+import numpy as np
+
+from jaxsae.activations.store import ActivationStore
+from jaxsae.errors import JaxsaeError
+
+_EPOCHS = 1 << 40  # "Forever": grain datasets are lazy, so this costs nothing.
+
+
+class StoreSource:
+  """One hook of a complete store, as an SAE trainer's activation source."""
+
+  def __init__(self, store: ActivationStore | str, hook: str, shuffle_chunks: int = 8):
+    self.store = store if isinstance(store, ActivationStore) else ActivationStore.open(store)
+    self.store.require_complete()
+    self.hook = self.store.check_hook(hook)
+    self.d_in = self.store.width(hook)
+    self.shuffle_chunks = shuffle_chunks
+
+  def __len__(self) -> int:
+    return self.store.n_rows
+
+  def rows(self, indices: np.ndarray) -> np.ndarray:
+    return self.store.gather(self.hook, indices)
+
+  def train_batches(
+    self, batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
+  ) -> grain.DatasetIterator:
+    if batch_size % process_count:
+      raise JaxsaeError(
+        f"batch size {batch_size} is not divisible by the {process_count} processes"
+      )
+    if len(self) < batch_size:
+      raise JaxsaeError(
+        f"the store holds {len(self)} rows, fewer than one batch of {batch_size}; harvest more "
+        "or lower train.batch_size"
+      )
+    order = EpochOrder(self.store, self.hook, seed, self.shuffle_chunks)
+    local = batch_size // process_count
+    per_epoch = len(self) // batch_size
+
+    def batch(index: int) -> np.ndarray:
+      epoch, b = divmod(int(index), per_epoch)
+      start = b * batch_size + process_index * local
+      return order.rows(epoch, start, start + local)
+
+    return iter(grain.MapDataset.range(_EPOCHS * per_epoch).map(batch).to_iter_dataset())
+
+
+class EpochOrder:
+  """The row order of each epoch: shuffled chunk groups, rows permuted within a group."""
+
+  def __init__(self, store: ActivationStore, hook: str, seed: int, shuffle_chunks: int):
+    self.store, self.hook, self.seed = store, hook, seed
+    self.group_chunks = max(1, shuffle_chunks)
+    self._cache: dict[tuple[int, int], np.ndarray] = {}
+
+  def _groups(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """(chunk ids per group, first epoch position of each group)."""
+    perm = np.random.default_rng([self.seed, epoch]).permutation(self.store.n_chunks)
+    groups = [perm[i : i + self.group_chunks] for i in range(0, len(perm), self.group_chunks)]
+    sizes = [sum(self._chunk_len(c) for c in g) for g in groups]
+    return groups, np.concatenate([[0], np.cumsum(sizes)])
+
+  def _chunk_len(self, chunk: int) -> int:
+    start = chunk * self.store.chunk_rows
+    return min(self.store.chunk_rows, self.store.n_rows - start)
+
+  def _group_rows(self, epoch: int, index: int, chunks: np.ndarray) -> np.ndarray:
+    key = (epoch, index)
+    if key not in self._cache:
+      block = np.concatenate([self.store.read_chunk(self.hook, int(c)) for c in chunks])
+      perm = np.random.default_rng([self.seed, epoch, index, 1]).permutation(len(block))
+      if len(self._cache) >= 2:  # A batch spans at most two groups.
+        self._cache.pop(next(iter(self._cache)))
+      self._cache[key] = block[perm]
+    return self._cache[key]
+
+  def rows(self, epoch: int, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of epoch `epoch`'s order."""
+    groups, offsets = self._groups(epoch)
+    out = []
+    g = int(np.searchsorted(offsets, start, side="right")) - 1
+    while start < stop:
+      block = self._group_rows(epoch, g, groups[g])
+      lo = start - offsets[g]
+      take = min(stop - start, len(block) - lo)
+      out.append(block[lo : lo + take])
+      start += take
+      g += 1
+    return np.concatenate(out)

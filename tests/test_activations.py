@@ -1,0 +1,114 @@
+"""Harvesting into a tensorstore activation store, resuming it, and reading it back shuffled."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from jaxsae.activations import harvest as harvest_lib
+from jaxsae.activations.reader import StoreSource
+from jaxsae.activations.store import ActivationStore
+from jaxsae.errors import JaxsaeError
+from jaxsae.models import pretrained
+
+HOOKS = ("blocks.1.resid_post", "blocks.0.mlp.post")
+
+
+@pytest.fixture(scope="module")
+def lm():
+  return pretrained.load("default")
+
+
+@pytest.fixture(scope="module")
+def windows(lm):
+  text = "def f(x):\n    return [x, 'a']\n\n" * 20
+  ids = np.concatenate([lm.encode(text), lm.encode("import os\nprint(os.sep)\n" * 10)])
+  return ids[: 12 * 32].reshape(12, 32)
+
+
+def test_harvested_rows_equal_the_models_captures(lm, windows, tmp_path):
+  store = harvest_lib.harvest(lm, windows, HOOKS, tmp_path, batch_size=5, chunk_rows=64)
+  assert store.meta["complete"] and store.n_rows == int((windows != 256).sum())
+  _, cache = lm.run(windows, capture=HOOKS)
+  table = store.rows_table()
+  assert np.all(windows[table[:, 0], table[:, 1]] == table[:, 2])
+  assert not np.any(table[:, 2] == lm.tokenizer.separator_id)
+  for hook in HOOKS:
+    expected = np.asarray(cache[hook])[table[:, 0], table[:, 1]]
+    np.testing.assert_allclose(store.read_rows(hook, 0, store.n_rows), expected, atol=1e-5)
+    assert store.meta["scale"][hook] > 0
+  np.testing.assert_array_equal(store.windows(), windows)
+
+
+def _chunk_hashes(store):
+  return [
+    hashlib.sha256(store.read_chunk(h, c).tobytes()).hexdigest()
+    for h in store.hooks
+    for c in range(store.n_chunks)
+  ]
+
+
+def test_an_interrupted_harvest_resumes_to_the_same_content(lm, windows, tmp_path):
+  full = harvest_lib.harvest(lm, windows, HOOKS, tmp_path / "full", batch_size=4, chunk_rows=50)
+  cut = harvest_lib.harvest(
+    lm, windows, HOOKS, tmp_path / "cut", batch_size=4, chunk_rows=50, stop_after_chunks=3
+  )
+  assert not cut.meta["complete"] and cut.meta["rows_written"] == 150
+  with pytest.raises(JaxsaeError, match="incomplete"):
+    StoreSource(tmp_path / "cut", HOOKS[0])
+  resumed = harvest_lib.harvest(lm, windows, HOOKS, tmp_path / "cut", batch_size=4, chunk_rows=50)
+  assert resumed.meta["complete"]
+  assert _chunk_hashes(resumed) == _chunk_hashes(full)
+  with pytest.raises(JaxsaeError, match="other settings"):
+    harvest_lib.harvest(lm, windows[:6], HOOKS, tmp_path / "cut", chunk_rows=50)
+
+
+def test_bfloat16_store_and_bad_hooks(lm, windows, tmp_path):
+  store = harvest_lib.harvest(lm, windows, HOOKS[:1], tmp_path, dtype="bfloat16", chunk_rows=64)
+  _, cache = lm.run(windows, capture=HOOKS[:1])
+  table = store.rows_table()
+  expected = np.asarray(cache[HOOKS[0]])[table[:, 0], table[:, 1]]
+  np.testing.assert_allclose(
+    store.read_rows(HOOKS[0], 0, store.n_rows), expected, rtol=1e-2, atol=1e-2
+  )
+  with pytest.raises(JaxsaeError, match="unknown hook"):
+    harvest_lib.harvest(lm, windows, ["blocks.9.resid_post"], tmp_path / "x")
+  with pytest.raises(JaxsaeError, match="per-head"):
+    harvest_lib.harvest(lm, windows, ["blocks.0.attn.q"], tmp_path / "y")
+
+
+def _numbered_store(tmp_path, n_rows=1000, chunk_rows=64):
+  """A store whose row i holds the value i, to track rows through shuffling."""
+  store = ActivationStore.create(
+    tmp_path,
+    hooks={"h": 2},
+    n_rows=n_rows,
+    rows_table=np.zeros((n_rows, 3), np.int32),
+    windows=np.zeros((1, 4), np.int32),
+    chunk_rows=chunk_rows,
+  )
+  values = np.repeat(np.arange(n_rows, dtype=np.float32)[:, None], 2, axis=1)
+  store.write_rows("h", 0, values)
+  store.update_meta(rows_written=n_rows, complete=True)
+  return store
+
+
+def test_the_reader_yields_every_row_once_per_epoch_and_resumes(tmp_path):
+  source = StoreSource(_numbered_store(tmp_path), "h", shuffle_chunks=3)
+  it = source.train_batches(100, seed=7)
+  epoch = np.concatenate([next(it)[:, 0] for _ in range(10)])
+  assert sorted(epoch.astype(int)) == list(range(1000))
+  assert not np.array_equal(epoch, np.arange(1000))  # Shuffled…
+  assert len({int(v) // 64 for v in epoch[:100]}) <= 4  # …within a few chunks at a time.
+  second = np.concatenate([next(it)[:, 0] for _ in range(10)])
+  assert sorted(second.astype(int)) == list(range(1000)) and not np.array_equal(epoch, second)
+  state = it.get_state()
+  expected = [next(it) for _ in range(3)]
+  again = source.train_batches(100, seed=7)
+  again.set_state(state)
+  for e in expected:
+    np.testing.assert_array_equal(next(again), e)
+  halves = [source.train_batches(100, seed=7, process_index=p, process_count=2) for p in (0, 1)]
+  np.testing.assert_array_equal(
+    np.concatenate([next(h) for h in halves]), epoch[:100, None].repeat(2, 1)
+  )
