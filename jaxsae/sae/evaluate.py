@@ -4,8 +4,8 @@
     FVU  = Σ‖x − x̂‖² / Σ‖x − x̄‖², sums and the mean x̄ over the whole evaluation set
     dead = share of latents that never fire (z > 1e-3) on the set
 
-Inputs are scaled by the training scale c first (FVU and L0 do not depend on it; the SAE was
-trained on c·x). BatchTopK runs in inference mode (its threshold), like an exported SAE.
+The SAE sees c·x (it was trained on that scale) and x̂ is scaled back, so FVU is in raw units
+(it does not depend on c). BatchTopK runs in inference mode (its threshold), like an exported SAE.
 """
 
 from __future__ import annotations
@@ -29,13 +29,22 @@ def reconstruction_metrics(
   source: ActivationSource,
   batch_size: int = 4096,
 ) -> dict[str, float]:
+  """L0, FVU and dead fraction of an SAE (trained on scale·x) on raw rows from `source`."""
   sae = registry.build(config)
+
+  def encode_decode(variables, x):
+    z = sae.apply(variables, x * scale, method="encode").latents
+    return z, sae.apply(variables, z, method="decode") / scale
+
+  return metrics_of(encode_decode, variables, source, batch_size)
+
+
+def metrics_of(encode_decode, variables: Any, source: ActivationSource, batch_size: int = 4096):
+  """The metrics above for any `encode_decode(variables, x) -> (codes, x̂)` (SAEs, baselines)."""
 
   @jax.jit
   def batch_sums(variables, x):
-    x = x * scale
-    z = sae.apply(variables, x, method="encode").latents
-    x_hat = sae.apply(variables, z, method="decode")
+    z, x_hat = encode_decode(variables, x)
     return {
       "err": jnp.sum((x - x_hat) ** 2),
       "sum": x.sum(0),

@@ -1,0 +1,1 @@
+"""Evaluations of SAEs inside the language model and against simple baselines."""

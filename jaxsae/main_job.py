@@ -1,0 +1,177 @@
+"""The main job: language model → activation store → SAE → evaluation against baselines.
+
+On the shipped model and the standard-library corpus by default:
+  1. harvest the hook's activations for a random subset of training windows, and for held-out
+     (validation-split) windows, into two stores in the workdir (resumable);
+  2. train the SAE (TopK by default) on the training store (resumable);
+  3. evaluate it on the held-out store (L0, FVU, dead fraction) and by splicing its
+     reconstruction into the model on held-out text (ΔCE, CE recovered), beside two same-L0
+     baselines: PCA truncation and an untrained random TopK dictionary;
+  4. print the table and write results.md / results.csv; export the SAE to <workdir>/sae/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxsae import config_check, tables
+from jaxsae.activations import harvest as harvest_lib
+from jaxsae.activations.reader import StoreSource
+from jaxsae.evals import baselines, downstream
+from jaxsae.models import pretrained
+from jaxsae.sae import data as data_lib
+from jaxsae.sae import evaluate, export, train_config
+from jaxsae.sae import train as train_lib
+from jaxsae.text import corpus as corpus_lib
+from jaxsae.text import pipeline
+
+COLUMNS = ("method", "l0", "fvu", "dead_fraction", "delta_ce", "ce_recovered")
+
+
+def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
+  c = train_config.base_config(architecture)
+  c.harvest = ml_collections.ConfigDict()
+  c.harvest.model = "default"  # "default" (the shipped model) or an exported model folder.
+  c.harvest.hook = "blocks.1.resid_post"  # Where the SAE reads (and splices) activations.
+  c.harvest.corpus = "stdlib"  # As data.corpus of the LM config.
+  c.harvest.pattern = "**/*.py"
+  c.harvest.seq_len = 128  # Tokens per harvested window.
+  c.harvest.train_windows = 4096  # Random training-split windows harvested (x seq_len rows).
+  c.harvest.eval_windows = 128  # Validation-split windows for held-out metrics and ΔCE.
+  c.harvest.batch_size = 32  # Windows per forward pass.
+  c.harvest.chunk_rows = 8192  # Rows per store chunk (the unit of shuffled reading).
+  c.harvest.dtype = "float32"  # "float32" | "bfloat16".
+  c.harvest.skip_separator = True  # Leave the start-of-document positions out.
+  c.sae.n_latents = 1024  # 8 × d_model of the shipped model.
+  c.sae.k = 16
+  c.train.steps = 1500
+  c.train.batch_size = 1024
+  c.train.log_every = 100
+  c.train.checkpoint_every = 500
+  c.train.dead_window_tokens = 1_000_000
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  h, p = config.harvest, []
+  for name in ("seq_len", "train_windows", "eval_windows", "batch_size", "chunk_rows"):
+    config_check.require(h[name] >= 1, p, f"harvest.{name}={h[name]} must be at least 1")
+  config_check.require_choice(h.dtype, ("float32", "bfloat16"), "harvest.dtype", p)
+  try:
+    train_config.validate(sae_part(config), n_devices=jax.device_count())
+  except ValueError as e:
+    p.extend(getattr(e, "problems", [str(e)]))
+  if p:
+    from jaxsae.errors import ConfigError
+
+    raise ConfigError(p)
+
+
+def sae_part(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The SAE training config inside a main-job config."""
+  return ml_collections.ConfigDict({k: v for k, v in config.items() if k != "harvest"})
+
+
+@dataclasses.dataclass
+class Harvested:
+  train: StoreSource
+  held_out: StoreSource
+  eval_windows: np.ndarray  # (n, seq_len + 1) token windows for ΔCE.
+
+
+def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
+  h = config.harvest
+  corpus = corpus_lib.discover(h.corpus, h.pattern, 0.02, 0.02)
+  splits = {}
+  for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):
+    windows = pipeline.load_split(corpus, split, lm.tokenizer, h.seq_len).windows
+    rng = np.random.default_rng([config.seed, len(split)])
+    chosen = np.sort(rng.choice(len(windows), size=min(count, len(windows)), replace=False))
+    splits[split] = np.stack([windows[int(i)] for i in chosen])
+  stores = {}
+  for split, windows in splits.items():
+    stores[split] = harvest_lib.harvest(
+      lm,
+      windows[:, :-1],
+      [h.hook],
+      workdir / f"store_{split}",
+      batch_size=h.batch_size,
+      chunk_rows=h.chunk_rows,
+      dtype=h.dtype,
+      skip_separator=h.skip_separator,
+      metadata={"model": str(h.model), "split": split, "corpus": str(h.corpus)},
+    )
+  return Harvested(
+    StoreSource(stores["train"], h.hook),
+    StoreSource(stores["validation"], h.hook),
+    splits["validation"],
+  )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
+  """Harvest, train, evaluate; returns the table's rows (SAE first, then the baselines)."""
+  validate(config)
+  workdir = pathlib.Path(workdir)
+  lm = pretrained.load(config.harvest.model)
+  data = harvest_stores(config, lm, workdir)
+  result = train_lib.train(sae_part(config), workdir, data.train)
+  group = result.groups[0]
+  sae_config = group.member_config(0)
+  variables = result.member_variables(group.name, 0)
+  export.save(workdir / "sae", sae_config, variables, result.scale, {"hook": config.harvest.hook})
+  raw_config, raw_variables, _ = export.load(workdir / "sae")
+
+  reference = downstream.reference_losses(lm, data.eval_windows, config.harvest.hook)
+  k = sae_config.k if sae_config.architecture in ("topk", "batchtopk") else None
+  rows = [
+    _row(f"SAE ({sae_config.architecture})", raw_config, raw_variables, data, lm, config, reference)
+  ]
+  l0 = k or max(1, round(rows[0]["l0"]))
+  sample = data_lib.sample(data.train, config.data.normalization_samples, config.seed)
+  pca = baselines.pca_variables(sample, l0)
+  rows.append(
+    _measure(
+      f"PCA top-{l0}",
+      baselines.pca_encode_decode,
+      baselines.pca_reconstruct,
+      pca,
+      data,
+      lm,
+      config,
+      reference,
+    )
+  )
+  rand_config, rand_vars = baselines.random_topk(
+    sae_config.d_in, sae_config.n_latents, l0, sample.mean(0), config.seed
+  )
+  rows.append(_row(f"random TopK-{l0}", rand_config, rand_vars, data, lm, config, reference))
+  if jax.process_index() == 0:
+    (workdir / "results.md").write_text(tables.markdown(rows, COLUMNS) + "\n")
+    tables.write_csv(workdir / "results.csv", rows, list(rows[0]))
+  return rows
+
+
+def _row(name, sae_config, variables, data, lm, config, reference) -> dict:
+  return _measure(
+    name,
+    baselines.sae_encode_decode(sae_config),
+    baselines.sae_reconstruct(sae_config),
+    variables,
+    data,
+    lm,
+    config,
+    reference,
+  )
+
+
+def _measure(name, encode_decode, reconstruct, variables, data, lm, config, reference) -> dict:
+  metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
+  spliced = downstream.splice_losses(
+    lm, data.eval_windows, config.harvest.hook, reconstruct, variables, reference
+  )
+  return {"method": name, **metrics, **spliced}
