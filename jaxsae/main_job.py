@@ -7,7 +7,8 @@ On the shipped model and the standard-library corpus by default:
   3. evaluate it on the held-out store (L0, FVU, dead fraction) and by splicing its
      reconstruction into the model on held-out text (ΔCE, CE recovered), beside two same-L0
      baselines: PCA truncation and an untrained random TopK dictionary;
-  4. print the table and write results.md / results.csv; export the SAE to <workdir>/sae/.
+  4. print the table and write results.md / results.csv; export the SAE to <workdir>/sae/ and,
+     in the SAELens format, to <workdir>/sae_saelens/.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from jaxsae.activations.reader import StoreSource
 from jaxsae.evals import baselines, downstream
 from jaxsae.models import pretrained
 from jaxsae.sae import data as data_lib
-from jaxsae.sae import evaluate, export, train_config
+from jaxsae.sae import evaluate, export, saelens, train_config
 from jaxsae.sae import train as train_lib
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
@@ -124,6 +125,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   sae_config = group.member_config(0)
   variables = result.member_variables(group.name, 0)
   export.save(workdir / "sae", sae_config, variables, result.scale, {"hook": config.harvest.hook})
+  saelens.save(
+    workdir / "sae_saelens",
+    sae_config,
+    variables,
+    result.scale,
+    {"hook_name": config.harvest.hook, "model_name": str(config.harvest.model)},
+  )
   raw_config, raw_variables, _ = export.load(workdir / "sae")
 
   reference = downstream.reference_losses(lm, data.eval_windows, config.harvest.hook)

@@ -30,7 +30,13 @@ def test_main_job_pipeline_on_a_tiny_config(tmp_path):
   assert sae["fvu"] < rand["fvu"]  # Even 30 steps beat an untrained dictionary.
   for row in rows:
     assert row["ce_zero"] > row["ce_clean"] and np.isfinite(row["delta_ce"])
-  for name in ("results.md", "results.csv", "metrics.jsonl", "sae/config.json"):
+  for name in (
+    "results.md",
+    "results.csv",
+    "metrics.jsonl",
+    "sae/config.json",
+    "sae_saelens/cfg.json",
+  ):
     assert (tmp_path / name).exists(), name
   assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["step"] == 30
   config, _, meta = export.load(tmp_path / "sae")
