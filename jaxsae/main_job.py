@@ -23,6 +23,7 @@ import numpy as np
 from jaxsae import config_check, tables
 from jaxsae.activations import harvest as harvest_lib
 from jaxsae.activations.reader import StoreSource
+from jaxsae.activations.streaming import StreamingSource
 from jaxsae.evals import baselines, downstream
 from jaxsae.models import pretrained
 from jaxsae.sae import data as data_lib
@@ -48,6 +49,7 @@ def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
   c.harvest.chunk_rows = 8192  # Rows per store chunk (the unit of shuffled reading).
   c.harvest.dtype = "float32"  # "float32" | "bfloat16".
   c.harvest.skip_separator = True  # Leave the start-of-document positions out.
+  c.harvest.streaming = False  # Train on activations computed on the fly (no training store).
   c.sae.n_latents = 1024  # 8 × d_model of the shipped model.
   c.sae.k = 16
   c.train.steps = 1500
@@ -80,7 +82,7 @@ def sae_part(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass
 class Harvested:
-  train: StoreSource
+  train: StoreSource | StreamingSource
   held_out: StoreSource
   eval_windows: np.ndarray  # (n, seq_len + 1) token windows for ΔCE.
 
@@ -96,6 +98,8 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
     splits[split] = np.stack([windows[int(i)] for i in chosen])
   stores = {}
   for split, windows in splits.items():
+    if split == "train" and h.streaming:
+      continue
     stores[split] = harvest_lib.harvest(
       lm,
       windows[:, :-1],
@@ -107,8 +111,12 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
       skip_separator=h.skip_separator,
       metadata={"model": str(h.model), "split": split, "corpus": str(h.corpus)},
     )
+  if h.streaming:
+    train = StreamingSource(lm, splits["train"][:, :-1], h.hook, skip_separator=h.skip_separator)
+  else:
+    train = StoreSource(stores["train"], h.hook)
   return Harvested(
-    StoreSource(stores["train"], h.hook),
+    train,
     StoreSource(stores["validation"], h.hook),
     splits["validation"],
   )

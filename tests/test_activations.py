@@ -112,3 +112,25 @@ def test_the_reader_yields_every_row_once_per_epoch_and_resumes(tmp_path):
   np.testing.assert_array_equal(
     np.concatenate([next(h) for h in halves]), epoch[:100, None].repeat(2, 1)
   )
+
+
+def test_streaming_rows_equal_the_models_and_batches_resume(lm, windows):
+  from jaxsae.activations.streaming import StreamingSource
+
+  source = StreamingSource(lm, windows, HOOKS[0])
+  assert len(source) == int((windows != 256).sum()) and source.d_in == 128
+  _, cache = lm.run(windows, capture=HOOKS[:1])
+  picked = np.array([0, 5, 40, len(source) - 1])
+  w, p, _ = source.plan[picked].T
+  np.testing.assert_allclose(source.rows(picked), np.asarray(cache[HOOKS[0]])[w, p], atol=1e-5)
+  it = source.train_batches(48, seed=3)
+  first = next(it)
+  assert first.shape == (48, 128)
+  state = it.get_state()
+  second = next(it)
+  again = source.train_batches(48, seed=3)
+  again.set_state(state)
+  np.testing.assert_array_equal(next(again), second)
+  flat = np.asarray(cache[HOOKS[0]]).reshape(-1, 128)
+  distances = np.abs(first[:, None, :] - flat[None]).max(-1).min(-1)  # Every row is a real one.
+  assert distances.max() < 1e-4

@@ -65,3 +65,12 @@ def test_bad_main_config_lists_every_problem():
   with pytest.raises(ConfigError) as info:
     main_job.validate(c)
   assert len(info.value.problems) == 2
+
+
+def test_main_job_can_stream_instead_of_storing(tmp_path):
+  config = tiny_main_config()
+  config.harvest.streaming = True
+  config.train.steps = 10
+  rows = main_job.run(config, tmp_path)
+  assert not (tmp_path / "store_train").exists() and (tmp_path / "store_validation").exists()
+  assert rows[0]["l0"] == pytest.approx(8.0) and np.isfinite(rows[0]["fvu"])

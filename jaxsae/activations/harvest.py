@@ -76,6 +76,11 @@ def harvest(
   windows_NxT = np.asarray(windows_NxT, np.int32)
   rows = plan_rows(windows_NxT, lm.tokenizer.separator_id, skip_separator)
   fingerprint = {
+    "tokenizer": {
+      "kind": type(lm.tokenizer).__name__,
+      "vocab_size": int(lm.tokenizer.vocab_size),
+      "separator_id": int(lm.tokenizer.separator_id),
+    },
     "n_windows": int(len(windows_NxT)),
     "seq_len": int(windows_NxT.shape[1]),
     "skip_separator": bool(skip_separator),

@@ -1,0 +1,94 @@
+"""Streaming: activations computed by the language model on the fly, with no store on disk.
+
+Batch i (a global index, so the stream is deterministic and its grain iterator checkpoints as
+one integer) draws `windows_per_batch` windows with a generator seeded by (seed, i), runs the
+model once over them, and keeps a seeded random subset of `batch_size` of their non-separator
+positions. Subsampling positions decorrelates a batch's rows (neighbouring tokens share
+context), at the price of computing more activations than are used. Every process computes
+the global batch and keeps its slice: simple and exact, and on a pod the model forward is
+cheap next to the SAE step it feeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grain
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae.activations.harvest import _capture_fn, _widths, plan_rows
+from jaxsae.errors import JaxsaeError
+from jaxsae.models.pretrained import LanguageModel
+
+_BATCHES = 1 << 40
+
+
+class StreamingSource:
+  """An SAE trainer's activation source that runs `lm` over `windows` at `hook` as it goes."""
+
+  def __init__(
+    self,
+    lm: LanguageModel,
+    windows_NxT: np.ndarray,
+    hook: str,
+    *,
+    skip_separator: bool = True,
+    oversample: float = 1.5,
+  ):
+    self.lm, self.hook = lm, hook
+    self.windows = np.asarray(windows_NxT, np.int32)
+    self.d_in = _widths(lm, (hook,))[hook]
+    self.plan = plan_rows(self.windows, lm.tokenizer.separator_id, skip_separator)
+    if len(self.plan) == 0:
+      raise JaxsaeError("the windows hold no positions to stream; pass more text")
+    self.keep = np.zeros(self.windows.shape, bool)
+    self.keep[self.plan[:, 0], self.plan[:, 1]] = True
+    self.oversample = oversample
+    self._capture = _capture_fn(lm.config, (hook,))
+
+  def __len__(self) -> int:
+    return len(self.plan)
+
+  def _activations(self, window_ids: np.ndarray) -> np.ndarray:
+    out = self._capture(self.lm.params, jnp.asarray(self.windows[window_ids]))
+    return np.asarray(out[self.hook], np.float32)
+
+  def rows(self, indices: np.ndarray) -> np.ndarray:
+    """Rows of the planned (window, position) list, computed by the model."""
+    picked = self.plan[np.asarray(indices)]
+    windows, inverse = np.unique(picked[:, 0], return_inverse=True)
+    out = []
+    for start in range(0, len(windows), 64):
+      out.append(self._activations(windows[start : start + 64]))
+    acts = np.concatenate(out)
+    return acts[inverse, picked[:, 1]]
+
+  def batch(self, index: int, batch_size: int, seed: int) -> np.ndarray:
+    """Global batch `index`: `batch_size` rows from freshly drawn windows."""
+    kept_per_window = max(len(self.plan) / len(self.windows), 1.0)
+    n_windows = min(len(self.windows), math.ceil(self.oversample * batch_size / kept_per_window))
+    rng = np.random.default_rng([seed, index])
+    chosen = np.sort(rng.choice(len(self.windows), size=n_windows, replace=False))
+    acts = self._activations(chosen)
+    w, pos = np.nonzero(self.keep[chosen])
+    if len(w) < batch_size:
+      raise JaxsaeError(
+        f"{n_windows} windows hold only {len(w)} positions for a batch of {batch_size}; "
+        "raise oversample or pass more windows"
+      )
+    pick = np.sort(rng.choice(len(w), size=batch_size, replace=False))
+    return acts[w[pick], pos[pick]]
+
+  def train_batches(
+    self, batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
+  ) -> grain.DatasetIterator:
+    if batch_size % process_count:
+      raise JaxsaeError(f"batch size {batch_size} is not divisible by {process_count} processes")
+    local = batch_size // process_count
+
+    def local_batch(index: int) -> np.ndarray:
+      rows = self.batch(int(index), batch_size, seed)
+      return rows[process_index * local : (process_index + 1) * local]
+
+    return iter(grain.MapDataset.range(_BATCHES).map(local_batch).to_iter_dataset())
