@@ -1,7 +1,10 @@
 """Train sparse autoencoders (one, or a whole sweep in one pass) and evaluate them.
 
-  python -m experiments.train_sae --config=experiments/configs/sae_topk.py --workdir=runs/sae_topk
+  python -m experiments.train_sae --config=experiments/configs/sae_synthetic.py --workdir=runs/syn
   # override any field: --config.sae.k=16 --config.sweep.seed='(0,1,2)' --config.mesh.model=8
+
+The data is `data.source` (synthetic known features, or an .npy array). On language-model
+activations, use the main job (`python -m experiments.main --config=experiments/configs/sae_<arch>.py`).
 
 Resumes from the workdir's latest checkpoint. Prints a table of held-out L0, FVU and dead
 fraction per SAE (and, on synthetic data, the share of true features recovered), and leaves

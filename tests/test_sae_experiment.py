@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, load_config
 from jaxsae.run_log import read_jsonl
-from jaxsae.sae import evaluate, export, sources, train_config
+from jaxsae.sae import evaluate, export, sources
 from jaxsae.sae.train_config import RECIPES
 
 
@@ -24,9 +24,13 @@ def tiny(config):
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_architecture_config_loads_and_validates(name):
+  from jaxsae import main_job
+
   config = load_config(f"sae_{name}")
   assert config.sae.architecture == name
-  train_config.validate(config, n_devices=8, d_in=config.data.synthetic.d)
+  for key, value in RECIPES[name].items():
+    assert config.sae[key] == value
+  main_job.validate(config)
 
 
 def test_synthetic_benchmark_trains_evaluates_and_exports_every_architecture(tmp_path):
@@ -52,8 +56,14 @@ def test_synthetic_benchmark_trains_evaluates_and_exports_every_architecture(tmp
 
 
 def test_cli_prints_the_table_and_refuses_bad_overrides(tmp_path):
-  base = [sys.executable, "-m", "experiments.train_sae", "--config=experiments/configs/sae_topk.py"]
+  base = [
+    sys.executable,
+    "-m",
+    "experiments.train_sae",
+    "--config=experiments/configs/sae_synthetic.py",
+  ]
   small = [
+    "--config.sweep.architecture=('topk',)",
     "--config.sae.n_latents=32",
     "--config.data.synthetic.d=8",
     "--config.data.synthetic.tokens=2048",

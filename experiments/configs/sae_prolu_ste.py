@@ -1,12 +1,13 @@
 """ProLU SAE (Taggart 2024) with the ProLU-STE gradient.
 
-python -m experiments.train_sae --config=experiments/configs/sae_prolu_ste.py --workdir=runs/sae_prolu_ste
+python -m experiments.main --config=experiments/configs/sae_prolu_ste.py --workdir=runs/sae_prolu_ste
 
-The recipe (λ, options) is `jaxsae.sae.train_config.RECIPES["prolu_ste"]`; the data default is the
-synthetic benchmark (`data.source`).
+The main job with this architecture: harvest the shipped model at blocks.1.resid_post, train,
+evaluate against same-L0 baselines. The recipe (λ, options) is
+jaxsae.sae.train_config.RECIPES["prolu_ste"].
 """
 
-from jaxsae.sae.train_config import base_config
+from jaxsae.main_job import base_config
 
 
 def get_config():

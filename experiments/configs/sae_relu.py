@@ -1,12 +1,13 @@
 """ReLU SAE with the decoder-norm-weighted L1 penalty (Anthropic, April 2024 update).
 
-python -m experiments.train_sae --config=experiments/configs/sae_relu.py --workdir=runs/sae_relu
+python -m experiments.main --config=experiments/configs/sae_relu.py --workdir=runs/sae_relu
 
-The recipe (λ, options) is `jaxsae.sae.train_config.RECIPES["relu"]`; the data default is the
-synthetic benchmark (`data.source`).
+The main job with this architecture: harvest the shipped model at blocks.1.resid_post, train,
+evaluate against same-L0 baselines. The recipe (λ, options) is
+jaxsae.sae.train_config.RECIPES["relu"].
 """
 
-from jaxsae.sae.train_config import base_config
+from jaxsae.main_job import base_config
 
 
 def get_config():

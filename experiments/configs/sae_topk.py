@@ -1,12 +1,13 @@
 """TopK SAE with AuxK (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
 
-python -m experiments.train_sae --config=experiments/configs/sae_topk.py --workdir=runs/sae_topk
+python -m experiments.main --config=experiments/configs/sae_topk.py --workdir=runs/sae_topk
 
-The recipe (λ, options) is `jaxsae.sae.train_config.RECIPES["topk"]`; the data default is the
-synthetic benchmark (`data.source`).
+The main job with this architecture: harvest the shipped model at blocks.1.resid_post, train,
+evaluate against same-L0 baselines. The recipe (λ, options) is
+jaxsae.sae.train_config.RECIPES["topk"].
 """
 
-from jaxsae.sae.train_config import base_config
+from jaxsae.main_job import base_config
 
 
 def get_config():
