@@ -94,39 +94,30 @@ def _prolu_gate(m, b):
   return ((m > 0) & (m + b > 0)).astype(m.dtype)
 
 
-@jax.custom_vjp
-def prolu_relu(m: jax.Array, bias: jax.Array) -> jax.Array:
-  """ProLU with the ProLU-ReLU gradient: ∂m = ∂b = upstream ⊙ gate."""
-  return m * _prolu_gate(m, bias)
+def _prolu(backward, doc: str):
+  """ProLU with the gradient `backward(m, g_gate) -> (∂m, per-element ∂b)`."""
+
+  @jax.custom_vjp
+  def prolu(m: jax.Array, bias: jax.Array) -> jax.Array:
+    return m * _prolu_gate(m, bias)
+
+  def fwd(m, bias):
+    return prolu(m, bias), (m, bias)
+
+  def bwd(residual, g):
+    m, bias = residual
+    d_m, d_bias = backward(m, g * _prolu_gate(m, bias))
+    return d_m, _sum_to(d_bias, bias)
+
+  prolu.defvjp(fwd, bwd)
+  prolu.__doc__ = doc
+  return prolu
 
 
-def _prolu_relu_fwd(m, bias):
-  return prolu_relu(m, bias), (m, bias)
-
-
-def _prolu_relu_bwd(residual, g):
-  m, bias = residual
-  g_gate = g * _prolu_gate(m, bias)
-  return g_gate, _sum_to(g_gate, bias)
-
-
-prolu_relu.defvjp(_prolu_relu_fwd, _prolu_relu_bwd)
-
-
-@jax.custom_vjp
-def prolu_ste(m: jax.Array, bias: jax.Array) -> jax.Array:
-  """ProLU with the ProLU-STE gradient: ∂m = g·(1 + m), ∂b = g·m, g = upstream ⊙ gate."""
-  return m * _prolu_gate(m, bias)
-
-
-def _prolu_ste_fwd(m, bias):
-  return prolu_ste(m, bias), (m, bias)
-
-
-def _prolu_ste_bwd(residual, g):
-  m, bias = residual
-  g_gate = g * _prolu_gate(m, bias)
-  return g_gate * (1 + m), _sum_to(g_gate * m, bias)
-
-
-prolu_ste.defvjp(_prolu_ste_fwd, _prolu_ste_bwd)
+prolu_relu = _prolu(
+  lambda m, g: (g, g), "ProLU with the ProLU-ReLU gradient: ∂m = ∂b = upstream ⊙ gate."
+)
+prolu_ste = _prolu(
+  lambda m, g: (g * (1 + m), g * m),
+  "ProLU with the ProLU-STE gradient: ∂m = g·(1 + m), ∂b = g·m, g = upstream ⊙ gate.",
+)
