@@ -25,6 +25,7 @@ from jaxsae.activations import harvest as harvest_lib
 from jaxsae.activations.reader import StoreSource
 from jaxsae.activations.streaming import StreamingSource
 from jaxsae.evals import baselines, downstream
+from jaxsae.lm import config as lm_config
 from jaxsae.models import pretrained
 from jaxsae.sae import data as data_lib
 from jaxsae.sae import evaluate, export, saelens, train_config
@@ -89,7 +90,10 @@ class Harvested:
 
 def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
   h = config.harvest
-  corpus = corpus_lib.discover(h.corpus, h.pattern, 0.02, 0.02)
+  lm_data = lm_config.base_config().data  # The splits the language model was trained with.
+  corpus = corpus_lib.discover(
+    h.corpus, h.pattern, lm_data.validation_fraction, lm_data.test_fraction
+  )
   splits = {}
   for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):
     windows = pipeline.load_split(corpus, split, lm.tokenizer, h.seq_len).windows
@@ -142,52 +146,31 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   )
   raw_config, raw_variables, _ = export.load(workdir / "sae")
 
-  reference = downstream.reference_losses(lm, data.eval_windows, config.harvest.hook)
-  k = sae_config.k if sae_config.architecture in ("topk", "batchtopk") else None
+  # Measured on the exported SAE, which acts on raw activations: the artifact users load.
+  hook = config.harvest.hook
+  reference = downstream.reference_losses(lm, data.eval_windows, hook)
+
+  def measure(name, encode_decode, variables) -> dict:
+    metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
+    reconstruct = lambda v, x: encode_decode(v, x)[1]  # noqa: E731
+    spliced = downstream.splice_losses(
+      lm, data.eval_windows, hook, reconstruct, variables, reference
+    )
+    return {"method": name, **metrics, **spliced}
+
   rows = [
-    _row(f"SAE ({sae_config.architecture})", raw_config, raw_variables, data, lm, config, reference)
+    measure(f"SAE ({sae_config.architecture})", evaluate.encode_decode(raw_config), raw_variables)
   ]
+  k = sae_config.k if sae_config.architecture in ("topk", "batchtopk") else None
   l0 = k or max(1, round(rows[0]["l0"]))
   sample = data_lib.sample(data.train, config.data.normalization_samples, config.seed)
   pca = baselines.pca_variables(sample, l0)
-  rows.append(
-    _measure(
-      f"PCA top-{l0}",
-      baselines.pca_encode_decode,
-      baselines.pca_reconstruct,
-      pca,
-      data,
-      lm,
-      config,
-      reference,
-    )
-  )
+  rows.append(measure(f"PCA top-{l0}", baselines.pca_encode_decode, pca))
   rand_config, rand_vars = baselines.random_topk(
     sae_config.d_in, sae_config.n_latents, l0, sample.mean(0), config.seed
   )
-  rows.append(_row(f"random TopK-{l0}", rand_config, rand_vars, data, lm, config, reference))
+  rows.append(measure(f"random TopK-{l0}", evaluate.encode_decode(rand_config), rand_vars))
   if jax.process_index() == 0:
     (workdir / "results.md").write_text(tables.markdown(rows, COLUMNS) + "\n")
     tables.write_csv(workdir / "results.csv", rows, list(rows[0]))
   return rows
-
-
-def _row(name, sae_config, variables, data, lm, config, reference) -> dict:
-  return _measure(
-    name,
-    baselines.sae_encode_decode(sae_config),
-    baselines.sae_reconstruct(sae_config),
-    variables,
-    data,
-    lm,
-    config,
-    reference,
-  )
-
-
-def _measure(name, encode_decode, reconstruct, variables, data, lm, config, reference) -> dict:
-  metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
-  spliced = downstream.splice_losses(
-    lm, data.eval_windows, config.harvest.hook, reconstruct, variables, reference
-  )
-  return {"method": name, **metrics, **spliced}

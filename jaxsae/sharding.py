@@ -95,7 +95,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
   """Replicate any dimension the mesh axes it is mapped to do not divide (e.g. vocab 257)."""
   fitted = []
   for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
@@ -112,7 +112,7 @@ def logical_shardings(abstract_boxed: Any, mesh: Mesh, rules=LOGICAL_RULES) -> A
   """
   specs = nn.logical_to_mesh(nn.get_partition_spec(abstract_boxed), rules)
   return jax.tree.map(
-    lambda leaf, spec: NamedSharding(mesh, _fit(spec, leaf.shape, mesh)),
+    lambda leaf, spec: NamedSharding(mesh, fit_spec(spec, leaf.shape, mesh)),
     nn.meta.unbox(abstract_boxed),
     specs,
   )

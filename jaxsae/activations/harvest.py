@@ -11,6 +11,7 @@ should not spend latents on.
 from __future__ import annotations
 
 import functools
+import hashlib
 import pathlib
 from collections.abc import Sequence
 
@@ -35,7 +36,7 @@ def plan_rows(windows_NxT: np.ndarray, separator_id: int, skip_separator: bool) 
 
 
 @functools.lru_cache(maxsize=8)
-def _capture_fn(lm_config, hooks: tuple[str, ...]):
+def capture_fn(lm_config, hooks: tuple[str, ...]):
   from jaxsae.models.transformer import Transformer
 
   model = Transformer(lm_config)
@@ -84,9 +85,9 @@ def harvest(
     "n_windows": int(len(windows_NxT)),
     "seq_len": int(windows_NxT.shape[1]),
     "skip_separator": bool(skip_separator),
-    "windows_checksum": int(np.sum(windows_NxT.astype(np.int64) * 2654435761 % 1000003)),
+    "windows_sha256": hashlib.sha256(windows_NxT.tobytes()).hexdigest(),
   }
-  widths = _widths(lm, hooks)
+  widths = hook_widths(lm, hooks)
   store = _open_or_create(
     pathlib.Path(directory), widths, rows, windows_NxT, dtype, chunk_rows,
     {**fingerprint, **(metadata or {})},
@@ -98,7 +99,7 @@ def harvest(
   first_window = int(rows[start, 0])
   window_starts = np.searchsorted(rows[:, 0], np.arange(len(windows_NxT) + 1))
   drop = start - int(window_starts[first_window])
-  capture = _capture_fn(lm.config, hooks)
+  capture = capture_fn(lm.config, hooks)
   buffers = {h: [] for h in hooks}
   buffered, written, chunks_done = 0, start, 0
   bar = run_log.progress(store.n_rows, start, desc="harvest") if progress else None
@@ -133,9 +134,9 @@ def harvest(
   return store
 
 
-def _widths(lm: LanguageModel, hooks: tuple[str, ...]) -> dict[str, int]:
+def hook_widths(lm: LanguageModel, hooks: tuple[str, ...]) -> dict[str, int]:
   """Each hook's activation width, from an abstract forward pass."""
-  capture = _capture_fn(lm.config, hooks)
+  capture = capture_fn(lm.config, hooks)
   shapes = jax.eval_shape(capture, lm.params, jax.ShapeDtypeStruct((1, 2), jnp.int32))
   for h, s in shapes.items():
     if len(s.shape) != 3:

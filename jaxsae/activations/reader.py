@@ -67,9 +67,15 @@ class EpochOrder:
     self.store, self.hook, self.seed = store, hook, seed
     self.group_chunks = max(1, shuffle_chunks)
     self._cache: dict[tuple[int, int], np.ndarray] = {}
+    self._epoch_groups: tuple[int, tuple] | None = None
 
   def _groups(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """(chunk ids per group, first epoch position of each group)."""
+    """(chunk ids per group, first epoch position of each group), computed once per epoch."""
+    if self._epoch_groups is None or self._epoch_groups[0] != epoch:
+      self._epoch_groups = (epoch, self._make_groups(epoch))
+    return self._epoch_groups[1]
+
+  def _make_groups(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
     perm = np.random.default_rng([self.seed, epoch]).permutation(self.store.n_chunks)
     groups = [perm[i : i + self.group_chunks] for i in range(0, len(perm), self.group_chunks)]
     sizes = [sum(self._chunk_len(c) for c in g) for g in groups]

@@ -17,7 +17,7 @@ import grain
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.activations.harvest import _capture_fn, _widths, plan_rows
+from jaxsae.activations.harvest import capture_fn, hook_widths, plan_rows
 from jaxsae.errors import JaxsaeError
 from jaxsae.models.pretrained import LanguageModel
 
@@ -38,14 +38,14 @@ class StreamingSource:
   ):
     self.lm, self.hook = lm, hook
     self.windows = np.asarray(windows_NxT, np.int32)
-    self.d_in = _widths(lm, (hook,))[hook]
+    self.d_in = hook_widths(lm, (hook,))[hook]
     self.plan = plan_rows(self.windows, lm.tokenizer.separator_id, skip_separator)
     if len(self.plan) == 0:
       raise JaxsaeError("the windows hold no positions to stream; pass more text")
     self.keep = np.zeros(self.windows.shape, bool)
     self.keep[self.plan[:, 0], self.plan[:, 1]] = True
     self.oversample = oversample
-    self._capture = _capture_fn(lm.config, (hook,))
+    self._capture = capture_fn(lm.config, (hook,))
 
   def __len__(self) -> int:
     return len(self.plan)

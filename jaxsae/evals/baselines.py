@@ -4,7 +4,7 @@ PCA(k): x̂ = μ + (x − μ) V_k V_kᵀ with V_k the top k principal directions
 the best any k-dimensional *linear* code can do (dense codes of width k, L0 = k).
 Random TopK(k): n random unit directions as decoder rows, W_enc = W_decᵀ, b_dec = μ, the k
 largest projections kept — what the TopK architecture gives before any training.
-Both act on raw activations and plug into `evaluate.metrics_of` and `downstream.splice_losses`.
+Both act on raw activations and plug into `evaluate.metrics_of` (as encode_decode functions).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.sae import registry
 from jaxsae.sae.base import unit_rows
 from jaxsae.sae.config import SAEConfig
 
@@ -30,10 +29,6 @@ def pca_encode_decode(variables, x_NxD):
   return codes, variables["mean"] + codes @ variables["basis"].T
 
 
-def pca_reconstruct(variables, x_NxD):
-  return pca_encode_decode(variables, x_NxD)[1]
-
-
 def random_topk(d: int, n: int, k: int, mean_D: np.ndarray, seed: int = 0):
   """(config, variables) of an untrained TopK SAE on raw activations."""
   config = SAEConfig("topk", d_in=d, n_latents=n, k=k, k_aux=0)
@@ -45,18 +40,3 @@ def random_topk(d: int, n: int, k: int, mean_D: np.ndarray, seed: int = 0):
     "b_dec": jnp.asarray(mean_D, jnp.float32),
   }
   return config, {"params": params}
-
-
-def sae_encode_decode(config: SAEConfig):
-  sae = registry.build(config)
-
-  def encode_decode(variables, x_NxD):
-    z = sae.apply(variables, x_NxD, method="encode").latents
-    return z, sae.apply(variables, z, method="decode")
-
-  return encode_decode
-
-
-def sae_reconstruct(config: SAEConfig):
-  encode_decode = sae_encode_decode(config)
-  return lambda variables, x_NxD: encode_decode(variables, x_NxD)[1]

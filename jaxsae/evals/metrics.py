@@ -36,12 +36,24 @@ class ReconstructionSums:
 
   def add(self, x_NxD, x_hat_NxD) -> ReconstructionSums:
     x, x_hat = np.asarray(x_NxD, np.float64), np.asarray(x_hat_NxD, np.float64)
-    self.n += len(x)
-    self.sum_x = x.sum(0) if self.sum_x is None else self.sum_x + x.sum(0)
-    self.sum_sq_x += float(np.sum(x**2))
-    self.sum_sq_err += float(np.sum((x - x_hat) ** 2))
-    self.sum_sq_x_hat += float(np.sum(x_hat**2))
-    self.sum_dot += float(np.sum(x * x_hat))
+    return self.add_sums(
+      len(x),
+      sum_x=x.sum(0),
+      sum_sq_x=np.sum(x**2),
+      sum_sq_err=np.sum((x - x_hat) ** 2),
+      sum_sq_x_hat=np.sum(x_hat**2),
+      sum_dot=np.sum(x * x_hat),
+    )
+
+  def add_sums(self, n, *, sum_x, sum_sq_x, sum_sq_err, sum_sq_x_hat, sum_dot):
+    """Add a batch given by its sums (e.g. reduced on the device)."""
+    self.n += int(n)
+    sum_x = np.asarray(sum_x, np.float64)
+    self.sum_x = sum_x if self.sum_x is None else self.sum_x + sum_x
+    self.sum_sq_x += float(sum_sq_x)
+    self.sum_sq_err += float(sum_sq_err)
+    self.sum_sq_x_hat += float(sum_sq_x_hat)
+    self.sum_dot += float(sum_dot)
     return self
 
   @property

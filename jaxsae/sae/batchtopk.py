@@ -43,10 +43,7 @@ class BatchTopKSAE(TopKSAE):
   def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
     terms, stats = super().extra_terms(x_BxD, x_hat_BxD, enc, hyper, dead_N)
     kept = jnp.where(enc.latents > 0, jax.lax.stop_gradient(enc.latents), jnp.inf)
-    smallest = jnp.min(kept)
-    for axis in (self.axes.batch, self.axes.latents):
-      smallest = smallest if axis is None else jax.lax.pmin(smallest, axis)
-    stats["batch_threshold"] = smallest
+    stats["batch_threshold"] = self.axes.min_all(jnp.min(kept))
     return terms, stats
 
   def updated_buffers(self, stats):

@@ -36,6 +36,11 @@ class Axes:
   def sum_all(self, x):
     return self.sum_batch(self.sum_latents(x))
 
+  def min_all(self, x):
+    """Minimum over every shard (batch and latents)."""
+    axes = tuple(a for a in (self.batch, self.latents) if a is not None)
+    return jax.lax.pmin(x, axes) if axes else x
+
   def latent_offset(self, n_local: int):
     """Global index of this shard's first latent."""
     return 0 if self.latents is None else jax.lax.axis_index(self.latents) * n_local

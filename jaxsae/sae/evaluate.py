@@ -16,10 +16,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsae.evals.metrics import ReconstructionSums
 from jaxsae.sae import registry
 from jaxsae.sae.base import FIRE_THRESHOLD
 from jaxsae.sae.config import SAEConfig
 from jaxsae.sae.data import ActivationSource
+
+
+def encode_decode(config: SAEConfig, scale: float = 1.0):
+  """`(variables, raw x) -> (latents, x̂ in raw units)` for an SAE trained on scale·x."""
+  sae = registry.build(config)
+
+  def fn(variables, x):
+    z = sae.apply(variables, x * scale, method="encode").latents
+    return z, sae.apply(variables, z, method="decode") / scale
+
+  return fn
 
 
 def reconstruction_metrics(
@@ -30,39 +42,39 @@ def reconstruction_metrics(
   batch_size: int = 4096,
 ) -> dict[str, float]:
   """L0, FVU and dead fraction of an SAE (trained on scale·x) on raw rows from `source`."""
-  sae = registry.build(config)
-
-  def encode_decode(variables, x):
-    z = sae.apply(variables, x * scale, method="encode").latents
-    return z, sae.apply(variables, z, method="decode") / scale
-
-  return metrics_of(encode_decode, variables, source, batch_size)
+  return metrics_of(encode_decode(config, scale), variables, source, batch_size)
 
 
 def metrics_of(encode_decode, variables: Any, source: ActivationSource, batch_size: int = 4096):
-  """The metrics above for any `encode_decode(variables, x) -> (codes, x̂)` (SAEs, baselines)."""
+  """The metrics above for any `encode_decode(variables, x) -> (codes, x̂)` (SAEs, baselines).
+
+  Per-batch sums are reduced on the device; the FVU comes from `evals.metrics` over the
+  whole set.
+  """
 
   @jax.jit
   def batch_sums(variables, x):
     z, x_hat = encode_decode(variables, x)
     return {
-      "err": jnp.sum((x - x_hat) ** 2),
-      "sum": x.sum(0),
-      "sq": jnp.sum(x**2),
+      "sum_x": x.sum(0),
+      "sum_sq_x": jnp.sum(x**2),
+      "sum_sq_err": jnp.sum((x - x_hat) ** 2),
+      "sum_sq_x_hat": jnp.sum(x_hat**2),
+      "sum_dot": jnp.sum(x * x_hat),
       "nonzero": jnp.sum(z != 0),
       "fired": jnp.sum(z > FIRE_THRESHOLD, axis=0),
     }
 
-  totals, n = None, len(source)
+  n = len(source)
+  sums, nonzero, fired = ReconstructionSums(), 0.0, None
   for start in range(0, n, batch_size):
     rows = source.rows(np.arange(start, min(start + batch_size, n)))
-    sums = jax.device_get(batch_sums(variables, jnp.asarray(rows)))
-    sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
-    totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
-  mean = totals["sum"] / n
-  variance = totals["sq"] - n * float(mean @ mean)
-  return {
-    "l0": float(totals["nonzero"] / n),
-    "fvu": float(totals["err"] / variance),
-    "dead_fraction": float(np.mean(totals["fired"] == 0)),
-  }
+    out = {
+      k: np.asarray(v, np.float64)
+      for k, v in jax.device_get(batch_sums(variables, jnp.asarray(rows))).items()
+    }
+    nonzero += float(out.pop("nonzero"))
+    fired = out["fired"] if fired is None else fired + out["fired"]
+    out.pop("fired")
+    sums.add_sums(len(rows), **out)
+  return {"l0": nonzero / n, "fvu": sums.fvu, "dead_fraction": float(np.mean(fired == 0))}

@@ -67,7 +67,7 @@ class GroupTrainer:
     abstract = nn.meta.unbox(boxed)
     # Every leaf gets a leading member axis, replicated.
     self.specs = jax.tree.map(
-      lambda leaf, spec: P(None, *sharding._fit(spec, leaf.shape, mesh)),
+      lambda leaf, spec: P(None, *sharding.fit_spec(spec, leaf.shape, mesh)),
       abstract,
       specs,
       is_leaf=lambda s: isinstance(s, P),
@@ -102,7 +102,7 @@ class GroupTrainer:
     return params, opt, extras
 
   def _latent_axis(self):
-    return sharding._fit(P(sharding.MODEL), (self.group.config.n_latents,), self.mesh)[0]
+    return sharding.fit_spec(P(sharding.MODEL), (self.group.config.n_latents,), self.mesh)[0]
 
   def init(self, rng: jax.Array, b_dec: jax.Array) -> tuple[Any, Any, Any]:
     """(params, opt_state, extras) for all members; member i initialized from seed_i."""
