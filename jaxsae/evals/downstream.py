@@ -1,12 +1,13 @@
 """Downstream loss: splice a reconstruction into the language model at its hook, run to the end.
 
     ΔCE = CE_spliced − CE_clean
-    CE recovered = (CE_zero − CE_spliced) / (CE_zero − CE_clean)
+    CE recovered = (CE_abl − CE_spliced) / (CE_abl − CE_clean), abl = zero- or mean-ablation
+    KL score = 1 − KL_spliced / KL_zero,   KL = mean over predictions of KL(p_clean ‖ p_edited)
 
 CE is the mean next-token cross-entropy (nats) over every prediction of the windows. The hook
 is replaced at every position except separator (start-of-document) positions, which the SAE
 never saw in training (the harvest skips them); zero ablation replaces the same positions with
-zeros.
+zeros and mean ablation with the mean activation over those positions of the same windows.
 """
 
 from __future__ import annotations
@@ -18,40 +19,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae.lm.loss import mean_loss
+from jaxsae.lm.loss import token_losses
 from jaxsae.models.pretrained import LanguageModel
 from jaxsae.models.transformer import Transformer
 from jaxsae.models.transformer import run as run_model
 
 # reconstruct(variables, x_NxD) -> x̂_NxD, on raw activations.
 Reconstruct = Callable[[object, jax.Array], jax.Array]
+MODES = ("clean", "zero", "mean", "spliced")
 
 
 @functools.lru_cache(maxsize=16)
-def _spliced_loss_fn(lm_config, hook: str, separator_id: int, reconstruct, mode: str):
+def _edited_sums_fn(lm_config, hook: str, separator_id: int, reconstruct, mode: str):
+  """jit(params, variables, tokens) -> (Σ CE, Σ KL(p_clean ‖ p_edited)) over the predictions.
+
+  For mode "mean", `variables` is the mean activation (D,)."""
   model = Transformer(lm_config)
 
-  def loss(params, variables, tokens_BxT1):
+  def sums(params, variables, tokens_BxT1):
     inputs, targets = tokens_BxT1[:, :-1], tokens_BxT1[:, 1:]
     keep = (inputs == separator_id)[..., None]
 
     def edit(x_BxTxD):
-      if mode == "clean":
-        return x_BxTxD
       if mode == "zero":
         new = jnp.zeros_like(x_BxTxD)
+      elif mode == "mean":
+        new = jnp.broadcast_to(variables.astype(x_BxTxD.dtype), x_BxTxD.shape)
       else:
         flat = x_BxTxD.reshape(-1, x_BxTxD.shape[-1]).astype(jnp.float32)
         new = reconstruct(variables, flat).reshape(x_BxTxD.shape).astype(x_BxTxD.dtype)
       return jnp.where(keep, x_BxTxD, new)
 
+    clean_logits, _ = run_model(model, params, inputs)
+    clean_logp = jax.nn.log_softmax(clean_logits.astype(jnp.float32))
+    if mode == "clean":
+      return jnp.sum(token_losses(clean_logits, targets)), jnp.zeros(())
     logits, _ = run_model(model, params, inputs, edits={hook: edit})
-    return mean_loss(logits, targets, jnp.ones(inputs.shape[0], jnp.float32))
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    kl = jnp.sum(jnp.exp(clean_logp) * (clean_logp - logp))
+    return jnp.sum(token_losses(logits, targets)), kl
 
-  return jax.jit(loss)
+  return jax.jit(sums)
 
 
-def cross_entropy(
+def edited_losses(
   lm: LanguageModel,
   windows_NxT1: np.ndarray,
   hook: str,
@@ -59,15 +70,54 @@ def cross_entropy(
   reconstruct: Reconstruct | None = None,
   variables=None,
   batch_size: int = 16,
-) -> float:
-  """Mean next-token CE with the hook left alone ("clean"), zeroed ("zero") or replaced by
+) -> tuple[float, float]:
+  """(mean CE, mean KL from the clean model) with the hook left alone ("clean"), zeroed
+  ("zero"), set to its mean ("mean"; `variables` is the mean vector) or replaced by
   `reconstruct(variables, x)` ("spliced"), separator positions excepted."""
-  fn = _spliced_loss_fn(lm.config, hook, lm.tokenizer.separator_id, reconstruct, mode)
-  total = 0.0
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is not one of {MODES}")
+  fn = _edited_sums_fn(lm.config, hook, lm.tokenizer.separator_id, reconstruct, mode)
+  ce = kl = 0.0
   for i in range(0, len(windows_NxT1), batch_size):
-    batch = windows_NxT1[i : i + batch_size]
-    total += float(fn(lm.params, variables, jnp.asarray(batch))) * len(batch)
-  return total / len(windows_NxT1)
+    batch_ce, batch_kl = fn(lm.params, variables, jnp.asarray(windows_NxT1[i : i + batch_size]))
+    ce, kl = ce + float(batch_ce), kl + float(batch_kl)
+  predictions = len(windows_NxT1) * (windows_NxT1.shape[1] - 1)
+  return ce / predictions, kl / predictions
+
+
+def cross_entropy(lm, windows_NxT1, hook, mode, reconstruct=None, variables=None) -> float:
+  """Mean next-token CE of `edited_losses`."""
+  return edited_losses(lm, windows_NxT1, hook, mode, reconstruct, variables)[0]
+
+
+def mean_activation(lm: LanguageModel, windows_NxT1: np.ndarray, hook: str, batch_size=16):
+  """(D,) mean of the hook's activation over the windows' non-separator input positions."""
+  total, count = None, 0
+  for i in range(0, len(windows_NxT1), batch_size):
+    inputs = windows_NxT1[i : i + batch_size, :-1]
+    _, captured = lm.run(inputs, capture=[hook])
+    x = np.asarray(captured[hook], np.float64)[inputs != lm.tokenizer.separator_id]
+    total = x.sum(0) if total is None else total + x.sum(0)
+    count += len(x)
+  return (total / max(count, 1)).astype(np.float32)
+
+
+def reference_losses(lm: LanguageModel, windows_NxT1: np.ndarray, hook: str) -> dict[str, float]:
+  """CE of the clean model and of zero- and mean-ablation, with the ablations' KL."""
+  mean = mean_activation(lm, windows_NxT1, hook)
+  ce_zero, kl_zero = edited_losses(lm, windows_NxT1, hook, "zero")
+  ce_mean, kl_mean = edited_losses(lm, windows_NxT1, hook, "mean", variables=jnp.asarray(mean))
+  return {
+    "ce_clean": edited_losses(lm, windows_NxT1, hook, "clean")[0],
+    "ce_zero": ce_zero,
+    "ce_mean": ce_mean,
+    "kl_zero": kl_zero,
+    "kl_mean": kl_mean,
+  }
+
+
+def _recovered(ablated: float, edited: float, clean: float) -> float:
+  return (ablated - edited) / (ablated - clean) if ablated != clean else float("nan")
 
 
 def splice_losses(
@@ -78,21 +128,18 @@ def splice_losses(
   variables,
   reference: dict[str, float] | None = None,
 ) -> dict[str, float]:
-  """{ce_clean, ce_zero, ce_spliced, delta_ce, ce_recovered}; pass `reference` (the clean and
-  zero CE from `reference_losses`) to compare several reconstructions without recomputing."""
+  """The reference losses plus {ce_spliced, delta_ce, ce_recovered (vs zero ablation),
+  ce_recovered_mean (vs mean ablation), kl, kl_score}; pass `reference` (from
+  `reference_losses`) to compare several reconstructions without recomputing it."""
   reference = reference or reference_losses(lm, windows_NxT1, hook)
-  spliced = cross_entropy(lm, windows_NxT1, hook, "spliced", reconstruct, variables)
-  clean, zero = reference["ce_clean"], reference["ce_zero"]
+  spliced, kl = edited_losses(lm, windows_NxT1, hook, "spliced", reconstruct, variables)
+  clean = reference["ce_clean"]
   return {
     **reference,
     "ce_spliced": spliced,
     "delta_ce": spliced - clean,
-    "ce_recovered": (zero - spliced) / (zero - clean) if zero != clean else float("nan"),
-  }
-
-
-def reference_losses(lm: LanguageModel, windows_NxT1: np.ndarray, hook: str) -> dict[str, float]:
-  return {
-    "ce_clean": cross_entropy(lm, windows_NxT1, hook, "clean"),
-    "ce_zero": cross_entropy(lm, windows_NxT1, hook, "zero"),
+    "ce_recovered": _recovered(reference["ce_zero"], spliced, clean),
+    "ce_recovered_mean": _recovered(reference["ce_mean"], spliced, clean),
+    "kl": kl,
+    "kl_score": 1.0 - kl / reference["kl_zero"] if reference["kl_zero"] > 0 else float("nan"),
   }

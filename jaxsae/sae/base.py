@@ -108,10 +108,15 @@ class SparseAutoencoder(nn.Module):
       "W_dec", _partitioned(unit_rows, ("latents", "embed")), (self.n_local, cfg.d_in)
     )
     self.b_dec = self.param("b_dec", _partitioned(nn.initializers.zeros, ("embed",)), (cfg.d_in,))
-    # W_enc = W_decᵀ at init (TopK paper). Initializers run only at init time.
-    self.W_enc = self.param(
-      "W_enc", _partitioned(lambda key, shape: self.W_dec.T, ("embed", "latents")), (0,)
-    )
+
+    # W_enc = W_decᵀ at init (TopK paper), or independent unit directions when untied.
+    # Initializers run only at init time.
+    def encoder_init(key, shape):
+      if cfg.tied_init:
+        return self.W_dec.T
+      return unit_rows(key, (self.n_local, cfg.d_in)).T
+
+    self.W_enc = self.param("W_enc", _partitioned(encoder_init, ("embed", "latents")), (0,))
     self.setup_encoder()
 
   def setup_encoder(self):

@@ -43,6 +43,8 @@ class SAEConfig:
                     -1 means 0.001·√d, the same value on our E‖x̃‖² = d scale.
   jumprelu_init_threshold: θ₀, with the same convention (-1 means 0.001·√d).
   batchtopk_momentum: EMA decay of the inference threshold (smallest kept activation).
+  tied_init:        W_enc = W_decᵀ at init (TopK paper); False draws W_enc independently (for
+                    the paper's ablation of tied init against dead latents).
   """
 
   architecture: str
@@ -59,6 +61,7 @@ class SAEConfig:
   jumprelu_bandwidth: float = -1.0
   jumprelu_init_threshold: float = -1.0
   batchtopk_momentum: float = 0.999
+  tied_init: bool = True
 
   def __post_init__(self):
     object.__setattr__(self, "matryoshka", tuple(int(m) for m in self.matryoshka))

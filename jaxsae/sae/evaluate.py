@@ -3,6 +3,7 @@
     L0   = mean over tokens of #{i : z_i ≠ 0}
     FVU  = Σ‖x − x̂‖² / Σ‖x − x̄‖², sums and the mean x̄ over the whole evaluation set
     dead = share of latents that never fire (z > 1e-3) on the set
+    MSE  = mean over tokens of ‖x − x̂‖² (raw units); shrinkage γ = E‖x̂‖² / E⟨x, x̂⟩
 
 The SAE sees c·x (it was trained on that scale) and x̂ is scaled back, so FVU is in raw units
 (it does not depend on c). BatchTopK runs in inference mode (its threshold), like an exported SAE.
@@ -32,6 +33,12 @@ def encode_decode(config: SAEConfig, scale: float = 1.0):
     return z, sae.apply(variables, z, method="decode") / scale
 
   return fn
+
+
+def decode_fn(config: SAEConfig, scale: float = 1.0):
+  """`(variables, latents) -> x̂ in raw units` for an SAE trained on scale·x."""
+  sae = registry.build(config)
+  return lambda variables, z: sae.apply(variables, z, method="decode") / scale
 
 
 def reconstruction_metrics(
@@ -77,4 +84,10 @@ def metrics_of(encode_decode, variables: Any, source: ActivationSource, batch_si
     fired = out["fired"] if fired is None else fired + out["fired"]
     out.pop("fired")
     sums.add_sums(len(rows), **out)
-  return {"l0": nonzero / n, "fvu": sums.fvu, "dead_fraction": float(np.mean(fired == 0))}
+  return {
+    "l0": nonzero / n,
+    "fvu": sums.fvu,
+    "dead_fraction": float(np.mean(fired == 0)),
+    "mse": sums.mse,
+    "shrinkage": sums.shrinkage,
+  }

@@ -1,7 +1,9 @@
 """Many SAEs in one compiled step: sweeps planned as groups of vmapped members.
 
 A sweep is the product of the lists in `config.sweep` (k, sparsity_coefficient, aux_alpha, seed,
-architecture). SAEs of one architecture form a *group*: their parameters are stacked on a
+architecture). An entry of the architecture list may also name a *variant*: a named group with its
+own architecture, `sae` fields (width, Multi-TopK, untied init, …) and sweep lists. SAEs of one
+architecture (or variant) form a *group*: their parameters are stacked on a
 leading member axis and trained by one vmapped step, with the top-k taken at the group's largest
 k and masked to each member's own (`Hyper.k`), so every member is exactly the SAE it would be
 alone. Groups of different architectures share the batch inside the same jitted step, so one
@@ -25,7 +27,8 @@ SWEEPABLE = ("k", "sparsity_coefficient", "aux_alpha", "seed")
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-  """One SAE of a sweep: its architecture and the values that may differ inside a group."""
+  """One SAE of a sweep: its group's name (an architecture or a variant) and the values that may
+  differ inside a group."""
 
   architecture: str
   k: int
@@ -42,15 +45,17 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """SAEs of one architecture trained as a vmapped stack. `config.k` is the members' max k."""
+  """SAEs of one architecture trained as a vmapped stack. `config.k` is the members' max k.
+  `variant` names a variant group (empty: the group is named by its architecture)."""
 
   config: SAEConfig
   members: tuple[Member, ...]
   labels: tuple[str, ...]
+  variant: str = ""
 
   @property
   def name(self) -> str:
-    return self.config.architecture
+    return self.variant or self.config.architecture
 
   @property
   def size(self) -> int:
@@ -84,31 +89,51 @@ def plan(
   seed: int,
   d_in: int,
   overrides: Mapping[str, Mapping[str, Any]] | None = None,
+  variants: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Group]:
   """Groups for the base SAE settings `sae` and the lists in `sweep` (empty lists: base value).
 
   `overrides[arch]` replaces fields of `sae` for that architecture (e.g. its own λ).
+  `variants[name]` = {"architecture": arch, <sae field>: value, ..., "sweep": {<list>: (...)}}
+  defines a group called `name`: arch's settings with those fields replaced and, for each list
+  its own "sweep" names, that list instead of the global one. Names in `sweep["architecture"]`
+  are architectures or variants.
   """
-  architectures = _values(sweep, "architecture", sae["architecture"])
-  bases = {arch: {**dict(sae), **dict((overrides or {}).get(arch, {}))} for arch in architectures}
+  variants = variants or {}
+  names = _values(sweep, "architecture", sae["architecture"])
+  if len(set(names)) != len(names):
+    raise ValueError(f"sweep.architecture={tuple(names)} names a group twice; list each once")
+  bases, own_sweeps = {}, {}
+  for name in names:
+    fields = dict(variants.get(name, {}))
+    arch = fields.pop("architecture", name)
+    own_sweeps[name] = dict(fields.pop("sweep", None) or {})
+    bases[name] = {**dict(sae), **dict((overrides or {}).get(arch, {})), **fields}
+    bases[name]["architecture"] = arch
   axes = {
-    name: {
-      arch: _values(sweep, name, seed if name == "seed" else bases[arch][name])
-      for arch in architectures
+    field: {
+      name: _values(
+        own_sweeps[name] if own_sweeps[name].get(field) else sweep,
+        field,
+        seed if field == "seed" else bases[name][field],
+      )
+      for name in names
     }
-    for name in SWEEPABLE
+    for field in SWEEPABLE
   }
-  varying = ["architecture"] if len(architectures) > 1 else []
-  varying += [name for name in SWEEPABLE if any(len(v) > 1 for v in axes[name].values())]
   groups = []
-  for arch in architectures:
+  for name in names:
+    # Labels name the group (when there are several) and the values varying inside it.
+    varying = ["architecture"] if len(names) > 1 else []
+    varying += [field for field in SWEEPABLE if len(axes[field][name]) > 1]
     members = tuple(
-      Member(arch, int(k), float(lam), float(alpha), int(s))
-      for k, lam, alpha, s in itertools.product(*(axes[name][arch] for name in SWEEPABLE))
+      Member(name, int(k), float(lam), float(alpha), int(s))
+      for k, lam, alpha, s in itertools.product(*(axes[field][name] for field in SWEEPABLE))
     )
-    fields = {**bases[arch], "architecture": arch, "d_in": d_in}
+    fields = {**bases[name], "d_in": d_in}
     fields["k"] = max(m.k for m in members)
     fields["matryoshka"] = tuple(fields.get("matryoshka") or ())
     config = SAEConfig(**fields)
-    groups.append(Group(config, members, tuple(m.label(varying) for m in members)))
+    labels = tuple(m.label(varying) for m in members)
+    groups.append(Group(config, members, labels, variant=name if name in variants else ""))
   return groups

@@ -7,6 +7,8 @@ compute. Fields of `sae` are those of `jaxsae.sae.config.SAEConfig` (see its doc
 
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -61,6 +63,7 @@ def _defaults() -> ml_collections.ConfigDict:
   c.sae.jumprelu_bandwidth = -1.0  # ε; -1: 0.001·√d.
   c.sae.jumprelu_init_threshold = -1.0  # θ₀; -1: 0.001·√d.
   c.sae.batchtopk_momentum = 0.999  # EMA decay of BatchTopK's inference threshold.
+  c.sae.tied_init = True  # W_enc = W_decᵀ at init (TopK paper); False: independent.
 
   # Lists to sweep over; their product is trained in one pass (empty: the value above).
   c.sweep = ml_collections.ConfigDict()
@@ -73,6 +76,11 @@ def _defaults() -> ml_collections.ConfigDict:
   # Per-architecture settings for sweeps over architectures: overrides.<arch>.<sae field> replaces
   # the `sae` value for that architecture's SAEs (None: keep it). E.g. each its own λ.
   c.overrides = ml_collections.ConfigDict({arch: _placeholders(c.sae) for arch in registry.names()})
+  # Named groups beside the architectures, listed in sweep.architecture by name:
+  # variants.<name> = dict(architecture="topk", n_latents=4096, multi_topk=True, sweep=dict(k=(8,)))
+  # takes that architecture's settings, replaces the given `sae` fields and, for each list named
+  # in its own `sweep`, uses that list instead of the global one. Empty: no variants.
+  c.variants = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
   # "synthetic" (known features, below) or "npy:/path/rows.npy" (a (tokens, d) float array).
@@ -132,7 +140,56 @@ def plan(config: ml_collections.ConfigDict, d_in: int) -> list[sweep.Group]:
     arch: {k: v for k, v in fields.items() if v is not None}
     for arch, fields in config.overrides.to_dict().items()
   }
-  return sweep.plan(config.sae.to_dict(), config.sweep.to_dict(), config.seed, d_in, overrides)
+  return sweep.plan(
+    config.sae.to_dict(),
+    config.sweep.to_dict(),
+    config.seed,
+    d_in,
+    overrides,
+    _variants(config),
+  )
+
+
+def _variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
+  variants = config.get("variants")
+  return variants.to_dict() if hasattr(variants, "to_dict") else dict(variants or {})
+
+
+def _variant_problems(c: ml_collections.ConfigDict) -> list[str]:
+  p: list[str] = []
+  fields = set(c.sae.keys()) - {"architecture"}
+  for name, variant in _variants(c).items():
+    where = f"variants.{name}"
+    if not isinstance(variant, dict):
+      p.append(f"{where} must be a dict(architecture=..., <sae field>=..., sweep=dict(...))")
+      continue
+    config_check.require(
+      name not in registry.names(),
+      p,
+      f"{where}: a variant may not be named like an architecture; rename it (e.g. {name}_v)",
+    )
+    if "architecture" not in variant:
+      p.append(f'{where} lacks "architecture"; add one of {list(registry.names())}')
+    else:
+      config_check.require_choice(
+        variant["architecture"], registry.names(), f"{where}.architecture", p
+      )
+    for key in set(variant) - fields - {"architecture", "sweep"}:
+      close = difflib.get_close_matches(key, sorted(fields | {"sweep"}), n=1)
+      hint = f'; did you mean "{close[0]}"?' if close else ""
+      p.append(f'unknown key "{where}.{key}"{hint}')
+    for key, values in dict(variant.get("sweep") or {}).items():
+      config_check.require(
+        key in sweep.SWEEPABLE,
+        p,
+        f'unknown key "{where}.sweep.{key}"; sweepable: {list(sweep.SWEEPABLE)}',
+      )
+      config_check.require(
+        isinstance(values, (tuple, list)),
+        p,
+        f"{where}.sweep.{key}={values!r} must be a tuple of values, e.g. (16, 32)",
+      )
+  return p
 
 
 def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) -> None:
@@ -170,8 +227,10 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) 
       sweep_problems,
       f"sweep.{name}={values!r} must be a tuple of values, e.g. (16, 32)",
     )
+  sweep_problems.extend(_variant_problems(c))
+  groups = [*registry.names(), *_variants(c)]
   for arch in c.sweep.architecture or ():
-    config_check.require_choice(arch, registry.names(), "sweep.architecture", sweep_problems)
+    config_check.require_choice(arch, groups, "sweep.architecture", sweep_problems)
   p.extend(sweep_problems)
   if sweep_problems:
     return
@@ -206,12 +265,17 @@ def validate(
     )
     if problem:
       p.append(f"train.batch_size: {problem}")
-    if c.mesh.model >= 1 and c.sae.n_latents % c.mesh.model:
-      p.append(
-        f"sae.n_latents={c.sae.n_latents} is not divisible by mesh.model={c.mesh.model}; "
-        f"use a multiple of {c.mesh.model}"
-      )
+    widths = {c.sae.n_latents} | {
+      v["n_latents"] for v in _variants(c).values() if isinstance(v, dict) and "n_latents" in v
+    }
+    for width in sorted(widths):
+      if c.mesh.model >= 1 and width % c.mesh.model:
+        p.append(
+          f"n_latents={width} is not divisible by mesh.model={c.mesh.model}; "
+          f"use a multiple of {c.mesh.model}"
+        )
 
-  config_check.validate(
-    config, _defaults(), [lambda c, p: _check_values(c, p, d_in), check_devices]
-  )
+  schema = _defaults()
+  if "variants" in config:  # Variants are free-form; `_variant_problems` checks them.
+    schema.variants = config.variants
+  config_check.validate(config, schema, [lambda c, p: _check_values(c, p, d_in), check_devices])
