@@ -1,0 +1,1 @@
+"""The activation-function ablation study: every architecture on the same stored activations."""
