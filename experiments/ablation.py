@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from jaxsae import cli
-from jaxsae.ablation import findings, study
+from jaxsae.ablation import findings, report, study
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "ablation.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Ablation config.", lock_config=True)
@@ -30,7 +30,7 @@ def main(argv):
   print(findings.markdown(result.findings))
   print(f"\nwrote {_WORKDIR.value}/RESULTS.md with {len(result.figures)} figures")
   if _PUBLISH.value:
-    study.publish(_WORKDIR.value, _PUBLISH.value)
+    report.publish(_WORKDIR.value, _PUBLISH.value)
     print(f"copied the results page, tables and figures to {_PUBLISH.value}")
 
 

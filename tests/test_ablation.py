@@ -8,7 +8,7 @@ import pytest
 
 from conftest import load_config
 from jaxsae.ablation import config as config_lib
-from jaxsae.ablation import findings, grid, study
+from jaxsae.ablation import findings, grid, report, study
 from jaxsae.errors import ConfigError
 from jaxsae.evals import probe_tasks
 from jaxsae.sae import train_config
@@ -159,7 +159,7 @@ def test_the_study_runs_end_to_end_on_a_tiny_grid(tmp_path):
   assert "## The TopK paper's findings on our model" in page and "figures/scaling.png" in page
   assert (tmp_path / "browser" / "topk" / "index.html").exists()
   assert len(json.loads((tmp_path / "findings.json").read_text())) == len(result.findings)
-  study.publish(tmp_path, tmp_path / "published")
+  report.publish(tmp_path, tmp_path / "published")
   assert (tmp_path / "published" / "figures" / "scaling.png").exists()
   assert (tmp_path / "published" / "RESULTS.md").read_text() == page
 

@@ -93,6 +93,10 @@ class ProbeData:
   labels_test: np.ndarray
   tasks: tuple[str, ...]
 
+  @property
+  def n_tokens(self) -> int:
+    return len(self.x_train) + len(self.x_test)
+
 
 def probe_dataset(config, lm) -> ProbeData:
   """Label validation-split documents with `tokenize`/`ast` tasks and capture the hook on them."""

@@ -48,20 +48,22 @@ def delta_ce_vs_fvu(rows, path) -> pathlib.Path:
   return _save(fig, path)
 
 
-def dead_vs_width(rows, path, key: str = "dead_fraction") -> pathlib.Path:
-  """Dead fraction against width for families trained at several widths (reference value)."""
+def dead_vs_width(rows, path) -> pathlib.Path:
+  """Dead fraction against width for families trained at several widths (each width's reference
+  value): dead in the training window (solid) and never firing on held-out rows (dashed)."""
   fig, ax = plt.subplots(figsize=(6, 4.2))
-  for family, group in _by(rows, "family").items():
-    widths = sorted({r["width"] for r in group})
-    if len(widths) < 2:
-      continue
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  families = [(f, g) for f, g in _by(rows, "family").items() if len({r["width"] for r in g}) > 1]
+  for (family, group), color in zip(families, colors * 4, strict=False):
     points = []
-    for w in widths:
+    for w in sorted({r["width"] for r in group}):
       at = [r for r in group if r["width"] == w]
-      ref = [r for r in at if r.get("is_width_reference")] or at
-      points.append((w, ref[0][key]))
-    ax.plot(*zip(*points, strict=True), "o-", label=family)
-  ax.set(xscale="log", xlabel="latents n", ylabel=key.replace("_", " "))
+      ref = ([r for r in at if r.get("is_width_reference")] or at)[0]
+      points.append((w, ref["dead_fraction"], ref["dead_held_out"]))
+    widths, window, held_out = zip(*points, strict=True)
+    ax.plot(widths, window, "o-", color=color, label=f"{family} (training window)")
+    ax.plot(widths, held_out, "s--", color=color, label=f"{family} (never fires, held-out)")
+  ax.set(xscale="log", xlabel="latents n", ylabel="dead fraction")
   ax.set_title("Dead latents against width")
   ax.legend(fontsize=7)
   return _save(fig, path)

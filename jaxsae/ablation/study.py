@@ -16,57 +16,20 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-import shutil
 
 import jax
 import ml_collections
 import numpy as np
 
-from jaxsae import main_job, run_log, tables
+from jaxsae import main_job, run_log
 from jaxsae.ablation import config as config_lib
 from jaxsae.ablation import findings as findings_lib
 from jaxsae.ablation import grid as grid_lib
-from jaxsae.ablation import interpret, measure, plots
+from jaxsae.ablation import interpret, measure, report
 from jaxsae.evals import downstream, scaling
 from jaxsae.models import pretrained
 from jaxsae.sae import train as train_lib
-
-COLUMNS = (
-  "label",
-  "family",
-  "width",
-  "k",
-  "sparsity_coefficient",
-  "l0",
-  "fvu",
-  "mse",
-  "shrinkage",
-  "dead_fraction",
-  "dead_held_out",
-  "delta_ce",
-  "ce_recovered",
-  "ce_recovered_mean",
-  "kl_score",
-)
-INTERP_COLUMNS = (
-  "family",
-  "label",
-  "l0",
-  "fvu",
-  "probe_loss",
-  "n2g_precision",
-  "n2g_recall",
-  "n2g_f1",
-  "ablation_effective",
-  "ablation_fraction",
-  "refine_fixed_activation_growth",
-  "refine_fixed_fvu_before",
-  "refine_fixed_fvu_after",
-  "refine_free_fvu_after",
-  "refine_free_l0_after",
-)
 
 
 @dataclasses.dataclass
@@ -90,7 +53,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Study
 
   reference = downstream.reference_losses(lm, data.eval_windows, hook)
   rows, saes = [], {}
-  for member in grid_lib.member_rows(result.groups, grid):
+  members = grid_lib.member_rows(result.groups, grid)
+  # Tokens each SAE is measured on: the held-out store, then the spliced forward passes.
+  per_sae = len(data.held_out) + data.eval_windows.size
+  bar = run_log.progress(per_sae * len(members), desc="measure SAEs")
+  for member in members:
     group = next(g for g in result.groups if g.name == member["group"])
     sae_config = group.member_config(member["index"])
     variables = result.member_variables(group.name, member["index"])
@@ -102,6 +69,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Study
       )
     )
     rows.append(row)
+    bar.update(per_sae)
+  bar.close()
   _mark_references(rows, grid)
 
   interp, curves = _interpretability(config, lm, data, rows, saes, result.scale, workdir)
@@ -118,32 +87,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Study
   ]
   figures = []
   if jax.process_index() == 0:
-    figures = _write_outputs(
+    figures = report.write(
       workdir, rows, interp, curves, found, fits, frontier, frontier_fit, reference, grid
     )
   return StudyResult(rows, interp, curves, found, figures)
-
-
-PUBLISHED = (
-  "RESULTS.md",
-  "results.csv",
-  "interpretability.csv",
-  "probes.csv",
-  "recovery.csv",
-  "figures",
-)
-
-
-def publish(workdir: str | pathlib.Path, target: str | pathlib.Path) -> None:
-  """Copy the results page with its tables and figures (relative links kept) to `target`."""
-  workdir, target = pathlib.Path(workdir), pathlib.Path(target)
-  target.mkdir(parents=True, exist_ok=True)
-  for name in PUBLISHED:
-    source = workdir / name
-    if source.is_dir():
-      shutil.copytree(source, target / name, dirs_exist_ok=True)
-    elif source.exists():
-      shutil.copy2(source, target / name)
 
 
 def _last_train_record(path: pathlib.Path) -> dict:
@@ -180,7 +127,11 @@ def _interpretability(config, lm, data, rows, saes, scale, workdir):
   if probe_data is not None:
     neurons = measure.probe_neurons(probe_data)
     interp["neurons (d_model basis)"] = {"probe_loss": neurons.probe_loss}
-  for row in [r for r in rows if r["is_reference"]]:
+  references = [r for r in rows if r["is_reference"]]
+  # Per family: probes, N2G over the held-out store, refinement and ablations.
+  per_family = len(data.held_out) + (probe_data.n_tokens if probe_data is not None else 0)
+  bar = run_log.progress(per_family * len(references), desc="interpret")
+  for row in references:
     family = row["family"]
     sae_config, variables = saes[row["label"]]
     out = {"label": row["label"], "l0": row["l0"], "fvu": row["fvu"]}
@@ -199,9 +150,9 @@ def _interpretability(config, lm, data, rows, saes, scale, workdir):
         )
       )
     if probe_data is not None:
-      report = measure.probe_report(sae_config, variables, scale, probe_data)
-      out["probe_loss"] = report.probe_loss
-      out["probe_tasks"] = report.rows()
+      probe = measure.probe_report(sae_config, variables, scale, probe_data)
+      out["probe_loss"] = probe.probe_loss
+      out["probe_tasks"] = probe.rows()
     encode = measure.encoder(sae_config, scale)(variables)
     store = data.held_out.store
     summary, scores = interpret.n2g_scores(store, hook, encode, evals.n2g_latents, config.seed)
@@ -220,6 +171,8 @@ def _interpretability(config, lm, data, rows, saes, scale, workdir):
         config.seed,
       )
     interp[family] = out
+    bar.update(per_family)
+  bar.close()
   return interp, curves
 
 
@@ -263,114 +216,3 @@ def _try(fn):
     return fn()
   except ValueError:
     return None
-
-
-def _write_outputs(
-  workdir, rows, interp, curves, found, fits, frontier, frontier_fit, reference, grid
-) -> list[pathlib.Path]:
-  tables.write_csv(workdir / "results.csv", rows, COLUMNS)
-  (workdir / "results.md").write_text(tables.markdown(rows, COLUMNS) + "\n")
-  interp_rows = [
-    {"family": f, **{k: v for k, v in d.items() if k != "probe_tasks"}} for f, d in interp.items()
-  ]
-  tables.write_csv(workdir / "interpretability.csv", interp_rows, INTERP_COLUMNS)
-  recovery = [{"family": f, **r} for f, rs in curves.items() for r in rs]
-  if recovery:
-    tables.write_csv(workdir / "recovery.csv", recovery, list(recovery[0]))
-  probe_rows = [{"family": f, **t} for f, d in interp.items() for t in d.get("probe_tasks", [])]
-  if probe_rows:
-    tables.write_csv(workdir / "probes.csv", probe_rows, list(probe_rows[0]))
-  fig = workdir / "figures"
-  fig.mkdir(exist_ok=True)
-  ref_width = grid.reference_width
-  families = {f: d for f, d in interp.items() if "n2g_f1" in d}
-  figures = [
-    plots.l0_fvu_frontier(rows, ref_width, fig / "l0_fvu_frontier.png"),
-    plots.delta_ce_vs_fvu(rows, fig / "delta_ce_vs_fvu.png"),
-    plots.dead_vs_width(rows, fig / "dead_vs_width.png"),
-    plots.progressive_recovery(curves, fig / "progressive_recovery.png"),
-    plots.bars(
-      {f: {"probe loss": d["probe_loss"]} for f, d in families.items() if "probe_loss" in d},
-      "mean held-out CE (nats)",
-      "Probe loss (lower is better)",
-      fig / "probe_loss.png",
-      baseline=interp.get("neurons (d_model basis)", {}).get("probe_loss"),
-      baseline_label="model neurons",
-    ),
-    plots.bars(
-      {f: {m: d[f"n2g_{m}"] for m in ("precision", "recall", "f1")} for f, d in families.items()},
-      "mean over latents",
-      "N2G explanations on held-out text",
-      fig / "n2g.png",
-    ),
-    plots.scaling(fits["points"], fits, frontier, frontier_fit, fig / "scaling.png"),
-  ]
-  page = _results_page(rows, interp, found, fits, frontier_fit, reference, grid, figures, workdir)
-  (workdir / "RESULTS.md").write_text(page)
-  (workdir / "findings.json").write_text(
-    json.dumps([dataclasses.asdict(f) for f in found], indent=2) + "\n"
-  )
-  return figures
-
-
-def _results_page(
-  rows, interp, found, fits, frontier_fit, reference, grid, figures, workdir
-) -> str:
-  ref = [r for r in rows if r["is_reference"]]
-  lines = [
-    "# Activation-function ablation: results",
-    "",
-    "Regenerated by `python -m experiments.ablation`; every number below comes from this run.",
-    f"Clean CE {reference['ce_clean']:.4f}, zero-ablation CE {reference['ce_zero']:.4f}, "
-    f"mean-ablation CE {reference['ce_mean']:.4f} nats/token on held-out text.",
-    "",
-    "## The TopK paper's findings on our model",
-    "",
-    findings_lib.markdown(found),
-    "",
-    f"## Every architecture at the reference setting (n = {grid.reference_width})",
-    "",
-    tables.markdown(
-      ref,
-      (
-        "family",
-        "label",
-        "l0",
-        "fvu",
-        "delta_ce",
-        "ce_recovered",
-        "kl_score",
-        "dead_fraction",
-        "dead_held_out",
-        "shrinkage",
-      ),
-    ),
-    "",
-    "## Interpretability and shrinkage at the reference setting",
-    "",
-    tables.markdown(
-      [{"family": f, **d} for f, d in interp.items()],
-      [c for c in INTERP_COLUMNS if c != "label"],
-    ),
-    "",
-    "## Scaling laws (reference family)",
-    "",
-  ]
-  for name, fit, x in (
-    ("L(n) at the reference k", fits.get("n"), "n"),
-    ("L(n, k)", fits.get("joint"), None),
-    ("L(C), C = latents × training tokens", frontier_fit, "C"),
-  ):
-    if fit is None:
-      text = "not enough points"
-    else:
-      text = fit.describe(x=x) if x else fit.describe()
-    lines.append(f"- {name}: " + text.replace("\n", "; "))
-  lines += ["", "## Figures", ""]
-  lines += [f"![{p.stem}]({p.relative_to(workdir)})" for p in figures]
-  lines += [
-    "",
-    "Full tables: results.csv (every SAE), interpretability.csv, probes.csv, recovery.csv.",
-    "",
-  ]
-  return "\n".join(lines)
