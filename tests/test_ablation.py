@@ -100,6 +100,11 @@ def test_topk_against_relu_is_judged_at_matched_l0():
   assert verdict.verdict == "holds" and "0.292" in verdict.evidence
   worse = [row("topk", 64, 16, 0.2, 16)]
   assert findings.topk_beats_relu(worse + relu, 64).verdict == "does not hold"
+  near = [row("topk", 64, 34, 0.05, 34)]  # 6% past ReLU's range: the end segment extends.
+  extended = findings.topk_beats_relu(near + relu, 64)
+  assert extended.verdict == "holds" and f"{0.5 * 0.2 ** (np.log(34 / 4) / np.log(8)):.3f}" in (
+    extended.evidence
+  )
   far = [row("topk", 64, 64, 0.05, 64)]
   assert findings.topk_beats_relu(far + relu, 64).verdict == "not measured"
 

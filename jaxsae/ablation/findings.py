@@ -24,13 +24,17 @@ def _unmeasured(claim: str, why: str) -> Finding:
   return Finding(claim, "not measured", why)
 
 
-def _interpolate_log(l0s, values, at: float) -> float:
-  """Linear interpolation in (log L0, log value); nan outside the measured L0 range."""
+def _interpolate_log(l0s, values, at: float, reach: float = 1.1) -> float:
+  """Piecewise-linear in (log L0, log value); the end segments extend up to a factor `reach`
+  beyond the measured L0 range, and give nan farther out."""
   order = np.argsort(l0s)
-  x, y = np.log(np.asarray(l0s)[order]), np.log(np.asarray(values)[order])
-  if not x[0] <= math.log(at) <= x[-1]:
+  x, y = np.log(np.asarray(l0s, float)[order]), np.log(np.asarray(values, float)[order])
+  t = math.log(at)
+  if not x[0] - math.log(reach) <= t <= x[-1] + math.log(reach):
     return float("nan")
-  return float(np.exp(np.interp(math.log(at), x, y)))
+  i = int(np.clip(np.searchsorted(x, t) - 1, 0, len(x) - 2))
+  slope = (y[i + 1] - y[i]) / (x[i + 1] - x[i])
+  return float(np.exp(y[i] + slope * (t - x[i])))
 
 
 def topk_beats_relu(rows: Sequence[dict], width: int) -> Finding:
@@ -50,7 +54,8 @@ def topk_beats_relu(rows: Sequence[dict], width: int) -> Finding:
   wins = sum(t < o for _, t, o in pairs)
   detail = "; ".join(f"L0 {l0:.1f}: TopK {t:.3f} vs ReLU {o:.3f}" for l0, t, o in pairs)
   verdict = "holds" if wins == len(pairs) else "does not hold"
-  return Finding(claim, verdict, f"n = {width}, ReLU interpolated in log L0 — {detail}.")
+  evidence = f"n = {width}, ReLU's FVU interpolated in log–log at TopK's L0 (at most 10% beyond its L0 range) — {detail}."
+  return Finding(claim, verdict, evidence)
 
 
 def auxk_prevents_dead(rows: Sequence[dict]) -> Finding:
