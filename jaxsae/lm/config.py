@@ -32,6 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.positions = "learned"  # "learned" | "none"
   c.model.attention_sink = False
   c.model.bigram_table = False
+  # AbsTopK at the eight sites of each layer (weight-sparse models): fraction kept; 0 is off.
+  c.model.activation_topk_fraction = 0.0
   c.model.activation = "gelu"  # "gelu" (tanh approx.) | "gelu_exact" | "relu"
   c.model.tied_embeddings = True
   c.model.use_bias = True

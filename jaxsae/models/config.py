@@ -39,6 +39,12 @@ class TransformerConfig:
   use_bias:        biases in linear layers and LayerNorm (GPT-2: yes; circuits paper: no).
   dtype:           compute dtype of matmuls; parameters and the residual stream stay float32.
   init_std:        std of the normal init; output projections use init_std / sqrt(2 n_layers).
+  activation_topk_fraction:
+                   AbsTopK activation sparsity (Gao et al. 2025, "Weight-sparse transformers have
+                   interpretable circuits"): per token keep the k = round(f * width) entries of
+                   largest |x| and zero the rest at attn.in, attn.q, attn.k, attn.v, attn.z,
+                   mlp.in, mlp.post and mlp.out (q/k/v/z across heads jointly). Hooks there see
+                   the sparse value. 0 (the default) turns it off; the paper uses about 1/4.
   """
 
   vocab_size: int
@@ -58,6 +64,7 @@ class TransformerConfig:
   use_bias: bool = True
   dtype: str = "float32"
   init_std: float = 0.02
+  activation_topk_fraction: float = 0.0
 
   def __post_init__(self):
     problems = self.problems()
@@ -78,7 +85,28 @@ class TransformerConfig:
     config_check.require_choice(self.dtype, DTYPES, "model.dtype", p)
     config_check.require(self.norm_eps > 0, p, f"model.norm_eps={self.norm_eps} must be > 0")
     config_check.require(self.init_std > 0, p, f"model.init_std={self.init_std} must be > 0")
+    f = self.activation_topk_fraction
+    if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 <= f <= 1:
+      p.append(
+        f"model.activation_topk_fraction={f!r} must be a number in [0, 1] (0 = off; the circuits "
+        "paper keeps about 1/4 of each activation)"
+      )
+    elif f > 0 and not p:
+      width = min(self.d_model, self.n_heads * self.d_head, self.d_mlp)
+      config_check.require(
+        self.topk_count(width) >= 1,
+        p,
+        f"model.activation_topk_fraction={f} keeps round({f} * {width}) = 0 entries of the "
+        f"narrowest sparsified activation (width {width}); use at least 1/{width}",
+      )
     return p
+
+  def topk_count(self, width: int) -> int:
+    """How many of `width` entries AbsTopK keeps per token: round(activation_topk_fraction * width).
+
+    0 when the sparsity is off.
+    """
+    return min(width, round(self.activation_topk_fraction * width))
 
   @property
   def compute_dtype(self):

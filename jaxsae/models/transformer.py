@@ -7,6 +7,12 @@
 Parameters carry logical axis names ("vocab", "embed", "heads", "head_dim", "mlp") so that
 `jaxsae.sharding` places them on a mesh. Every activation named in `jaxsae.models.hooks` passes
 through `hooks.apply`, which captures or edits it; `run` is the call that uses them.
+
+With `activation_topk_fraction` > 0, AbsTopK activation sparsity (Gao et al. 2025, "Weight-sparse
+transformers have interpretable circuits") is applied at the eight `SPARSE_SITES` of each block,
+immediately before their hook point: a hook there sees (and edits) the sparse value, the node
+value that pruning works with. The paper's "attention output" location is `attn.z`, the per-head
+attention result before the output projection (heads x d_head sparsified jointly, as are q, k, v).
 """
 
 from __future__ import annotations
@@ -30,6 +36,46 @@ _ACTIVATIONS = {
   "gelu_exact": functools.partial(nn.gelu, approximate=False),
   "relu": nn.relu,
 }
+
+
+SPARSE_SITES = ("attn.in", "attn.q", "attn.k", "attn.v", "attn.z", "mlp.in", "mlp.post", "mlp.out")
+"""The block sites that AbsTopK sparsifies when `activation_topk_fraction` > 0 (circuits paper)."""
+_PER_HEAD_SITES = ("attn.q", "attn.k", "attn.v", "attn.z")
+
+
+def abs_topk(x: jnp.ndarray, k: int) -> jnp.ndarray:
+  """AbsTopK_k (Gao et al. 2025, circuits paper): per row of the last axis, keep the k entries
+  of largest |x| (negative ones included) and zero the rest.
+
+  Ranking is in float32 (`lax.top_k` on bfloat16 is ~100x slower on CPU); among equal |x| the
+  lower index wins, so exactly k entries survive per row. The result has x's dtype and shape; its
+  gradient is the mask: 1 through kept entries, 0 elsewhere.
+  """
+  width = x.shape[-1]
+  if not 0 <= k <= width:
+    raise JaxsaeError(f"abs_topk: k={k} must be in [0, {width}] (the last axis's width)")
+  if k == width:
+    return x
+  if k == 0:
+    return jnp.zeros_like(x)
+  magnitude = jax.lax.stop_gradient(jnp.abs(x.astype(jnp.float32)))
+  _, index = jax.lax.top_k(magnitude, k)
+  keep = jnp.put_along_axis(jnp.zeros(x.shape, bool), index, True, axis=-1, inplace=False)
+  return jnp.where(keep, x, jnp.zeros((), x.dtype))
+
+
+def _block_hook(
+  module: nn.Module, hooks: hooks_lib.Hooks | None, site: str, x: jnp.ndarray
+) -> jnp.ndarray:
+  """Sparsify `x` if `site` is one of SPARSE_SITES and the config asks, then run its hook point.
+
+  Per-head sites (..., H, K) are ranked over H * K jointly.
+  """
+  cfg: TransformerConfig = module.config
+  if cfg.activation_topk_fraction > 0 and site in SPARSE_SITES:
+    flat = x.reshape(*x.shape[:-2], -1) if site in _PER_HEAD_SITES else x
+    x = abs_topk(flat, cfg.topk_count(flat.shape[-1])).reshape(x.shape)
+  return hooks_lib.apply(module, hooks, hooks_lib.block(module.layer, site), x)
 
 
 def _init(std: float, axes: tuple[str | None, ...]):
@@ -70,7 +116,7 @@ class Attention(nn.Module):
     cfg = self.config
 
     def hook(site, value):
-      return hooks_lib.apply(self, hooks, hooks_lib.block(self.layer, site), value)
+      return _block_hook(self, hooks, site, value)
 
     def projection(name):
       return nn.DenseGeneral(
@@ -127,7 +173,7 @@ class MLP(nn.Module):
     cfg = self.config
 
     def hook(site, value):
-      return hooks_lib.apply(self, hooks, hooks_lib.block(self.layer, site), value)
+      return _block_hook(self, hooks, site, value)
 
     pre_BxTxF = nn.Dense(
       cfg.d_mlp,
@@ -161,7 +207,7 @@ class Block(nn.Module):
     cfg = self.config
 
     def hook(site, value):
-      return hooks_lib.apply(self, hooks, hooks_lib.block(self.layer, site), value)
+      return _block_hook(self, hooks, site, value)
 
     x_BxTxD = hook("resid_pre", x_BxTxD)
     attn_in = hook("attn.in", _norm(cfg, "attn_norm")(x_BxTxD))
