@@ -88,5 +88,6 @@ def test_latent_ablation_sparsity_matches_a_hand_ablation(lm_and_windows):
   ablated, _ = lm.run(tokens, edits={HOOK: lambda a: a - z_i[..., None] * w})
   expected = metrics.ablation_sparsity(np.asarray(ablated - clean))[0]
   assert out["per_latent_effective"][1] == pytest.approx(expected, rel=1e-3)
-  assert 1 <= out["effective"] <= out["entries"]
+  assert out["effective"] == pytest.approx(np.mean(out["per_latent_effective"]))
+  assert out["entries"] == clean.size
   assert out["fraction"] == pytest.approx(out["effective"] / clean.size)
