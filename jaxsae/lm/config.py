@@ -12,6 +12,7 @@ from ml_collections import config_dict
 
 from jaxsae import config_check, sharding
 from jaxsae.models.config import TransformerConfig
+from jaxsae.sparse.projection import SparsityConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -69,6 +70,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.1  # Decoupled; matrices only (not norms, biases or the sink).
   c.optim.clip_norm = 1.0  # Global gradient-norm clip (0: none).
 
+  # Weight sparsity (Gao et al. 2025): top-k magnitude projection after every step, annealed from
+  # dense; the optimizer becomes the paper's (global-RMS-normalized Adam, eps 0.1, sharkfin lr,
+  # decay after projection) with optim.lr as its base lr and optim.weight_decay as its decay.
+  c.sparsity = ml_collections.ConfigDict()
+  c.sparsity.enabled = False
+  c.sparsity.hidden_fraction = 1 / 64  # Kept share of every attention and MLP matrix.
+  c.sparsity.embedding_fraction = 1 / 16  # Kept share of the embedding and unembedding.
+  c.sparsity.min_per_neuron = 4  # Nonzeros always kept per neuron slice.
+  c.sparsity.anneal_start = 0.01  # Share of training before annealing starts (dense before).
+  c.sparsity.anneal_end = 0.5  # Share of training at which the targets are reached.
+  c.sparsity.warmup = 0.01  # Share of training the sparse optimizer's lr warms up over.
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis; -1: all that `model` leaves.
   c.mesh.model = 1  # Devices on the model axis.
@@ -82,6 +95,17 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> Transfor
   values["vocab_size"] = values["vocab_size"] or vocab_size
   values["max_len"] = values["max_len"] or config.data.seq_len
   return TransformerConfig.from_dict(values)
+
+
+def sparsity_config(s: ml_collections.ConfigDict) -> SparsityConfig:
+  """The SparsityConfig of an LM config's `sparsity` section (ConfigError when invalid)."""
+  return SparsityConfig(
+    hidden_fraction=float(s.hidden_fraction),
+    embedding_fraction=float(s.embedding_fraction),
+    min_per_neuron=int(s.min_per_neuron),
+    anneal_start=float(s.anneal_start),
+    anneal_end=float(s.anneal_end),
+  )
 
 
 def _check_values(c: ml_collections.ConfigDict, p: list[str]) -> None:
@@ -105,6 +129,11 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str]) -> None:
     p,
     f"model.max_len={max_len} is shorter than data.seq_len={c.data.seq_len}; raise max_len",
   )
+  if c.sparsity.enabled:
+    try:
+      sparsity_config(c.sparsity)
+    except ValueError as e:
+      p.extend(getattr(e, "problems", [str(e)]))
   model = dict(c.model.to_dict(), vocab_size=c.model.vocab_size or 1, max_len=max_len or 1)
   try:
     TransformerConfig.from_dict(model)

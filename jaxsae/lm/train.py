@@ -26,6 +26,8 @@ from jaxsae.lm import evaluate as eval_lib
 from jaxsae.lm import loss as loss_lib
 from jaxsae.models.config import TransformerConfig
 from jaxsae.models.transformer import Transformer
+from jaxsae.sparse import optim as sparse_optim
+from jaxsae.sparse import projection
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
 from jaxsae.text.tokenizer import Tokenizer, load_tokenizer
@@ -44,8 +46,17 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, total_steps: int) -
   )
 
 
-def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int):
-  """AdamW (decay on matrices only) after global-norm clipping."""
+def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, sparsity=None):
+  """AdamW (decay on matrices only) after global-norm clipping; with `sparsity` (an LM config's
+  `sparsity` section, enabled) the weight-sparse optimizer of `jaxsae.sparse.optim` instead."""
+  if sparsity is not None and sparsity.enabled:
+    return sparse_optim.make_optimizer(
+      lm_config.sparsity_config(sparsity),
+      total_steps,
+      base_lr=optim.lr,
+      weight_decay=optim.weight_decay,
+      warmup=sparsity.warmup,
+    )
 
   def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
@@ -74,14 +85,23 @@ def make_train_step(model: Transformer, optimizer):
       return loss_lib.mean_loss(logits, tokens_BxT1[:, 1:], batch["weights"])
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    sparse = isinstance(optimizer, sparse_optim.SparseOptimizer)
+    if sparse:
+      params, opt_state = optimizer.sparse_step_update(
+        state.params, grads, state.opt_state, state.step
+      )
+      updates = jax.tree.map(jnp.subtract, params, state.params)
+    else:
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     metrics = {
       "loss": loss,
       "grad_norm": optax.tree.norm(grads),
       "update_norm": optax.tree.norm(updates),
       "param_norm": optax.tree.norm(params),
     }
+    if sparse:  # Nonzeros per matrix and overall, dead neurons (Gao et al. 2025).
+      metrics.update(projection.nonzero_stats(params))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step
@@ -176,7 +196,7 @@ def train_and_evaluate(
     (workdir / "model.json").write_text(json.dumps(run.model_config.to_dict(), indent=2))
 
   tc, mesh = config.train, run.mesh
-  optimizer = make_optimizer(config.optim, tc.steps)
+  optimizer = make_optimizer(config.optim, tc.steps, config.sparsity)
   abstract_state, shardings = state_shardings(run.model, optimizer, mesh)
   train_iter = pipeline.train_batches(
     run.train.windows,
@@ -203,7 +223,10 @@ def train_and_evaluate(
     eval_lib.make_eval_step(run.model, run.tokenizer.token_byte_lengths()),
     in_shardings=(shardings.params, batch_sh),
   )
-  schedule = learning_rate_schedule(config.optim, tc.steps)
+  if isinstance(optimizer, sparse_optim.SparseOptimizer):
+    schedule = optimizer.learning_rate
+  else:
+    schedule = learning_rate_schedule(config.optim, tc.steps)
 
   def validate(params, step, log):
     result = eval_lib.evaluate(
