@@ -22,10 +22,10 @@ from jaxsae.text import corpus as corpus_lib
 RECOVERABLE = ("topk", "batchtopk", "relu", "jumprelu")
 
 
-def encoder(config: SAEConfig, scale: float):
+def encoder(config: SAEConfig, scale: float, variables):
   """raw x (B, D) -> latents (B, n), numpy."""
   fn = evaluate.encode_decode(config, scale)
-  return lambda variables: lambda x: np.asarray(fn(variables, np.asarray(x, np.float32))[0])
+  return lambda x: np.asarray(fn(variables, np.asarray(x, np.float32))[0])
 
 
 def reconstruction_and_downstream(
@@ -126,7 +126,7 @@ def probe_dataset(config, lm) -> ProbeData:
 
 def probe_report(config, variables, scale, data: ProbeData) -> probes.ProbeReport:
   """Best 1-D probe per task over the SAE's latents (TopK paper's probe loss)."""
-  encode = encoder(config, scale)(variables)
+  encode = encoder(config, scale, variables)
   return probes.fit_probes(
     encode(data.x_train), data.labels_train, encode(data.x_test), data.labels_test, data.tasks
   )

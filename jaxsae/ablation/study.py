@@ -153,7 +153,7 @@ def _interpretability(config, lm, data, rows, saes, scale, workdir):
       probe = measure.probe_report(sae_config, variables, scale, probe_data)
       out["probe_loss"] = probe.probe_loss
       out["probe_tasks"] = probe.rows()
-    encode = measure.encoder(sae_config, scale)(variables)
+    encode = measure.encoder(sae_config, scale, variables)
     store = data.held_out.store
     summary, scores = interpret.n2g_scores(store, hook, encode, evals.n2g_latents, config.seed)
     out.update(summary)
