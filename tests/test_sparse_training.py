@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 
 from conftest import load_config
+from experiments.configs.lm_sparse import VARIANTS
 from jaxsae.errors import ConfigError
 from jaxsae.lm import config as lm_config
+from jaxsae.lm import export
 from jaxsae.lm import train as lm_train
+from jaxsae.models import pretrained
 from jaxsae.sparse import projection
 from jaxsae.text.corpus import stdlib_root
 
@@ -49,6 +52,13 @@ def test_sparse_training_reaches_the_target_fractions_and_logs_them(tmp_path):
   assert result.history[-1]["loss"] < result.history[0]["loss"]
   # The annealing was dense at first: the first record has more nonzeros than the target.
   assert result.history[0]["nonzero_fraction/hidden"] > 0.5
+  # The workdir exports (its checkpoint holds the sparse optimizer's state) and reloads.
+  export.export(tmp_path, tmp_path / "model")
+  lm = pretrained.load(tmp_path / "model")
+  exported, trained = projection_items(lm.params), projection_items(params)
+  assert [p for p, _ in exported] == [p for p, _ in trained]
+  for (path, got), (_, want) in zip(exported, trained, strict=True):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=path)
 
 
 def projection_items(params):
@@ -60,13 +70,15 @@ def projection_items(params):
   ]
 
 
-@pytest.mark.parametrize("variant", ["sparse", "dense"])
-def test_the_sparse_and_dense_configs_are_valid_and_the_same_shape(variant):
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_sparse_and_dense_configs_are_valid(variant):
   c = load_config("lm_sparse", variant)
   lm_config.validate(c)
-  dense = load_config("lm_sparse", "dense")
-  assert c.model.d_model == dense.model.d_model and c.model.n_layers == dense.model.n_layers
-  assert c.sparsity.enabled == (variant == "sparse")
+  d_model, fraction = VARIANTS[variant]
+  assert c.model.d_model == d_model and c.model.n_heads * c.model.d_head == d_model
+  assert c.sparsity.enabled == (fraction is not None)
+  if fraction is not None:  # The per-neuron minimum fits every hidden matrix's budget.
+    assert c.sparsity.min_per_neuron * d_model <= fraction * d_model * d_model
 
 
 def test_bad_sparsity_settings_are_refused_before_training():

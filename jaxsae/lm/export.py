@@ -41,7 +41,8 @@ def restore_params(workdir: str | pathlib.Path, step: int | None = None):
   config, model_config = load_run_config(workdir)
   model = Transformer(model_config)
   mesh = sharding.make_mesh()
-  optimizer = train.make_optimizer(config.optim, config.train.steps)
+  # The optimizer fixes the checkpoint's state structure (weight-sparse runs use their own).
+  optimizer = train.make_optimizer(config.optim, config.train.steps, config.get("sparsity"))
   abstract_state, shardings = train.state_shardings(model, optimizer, mesh)
   with Checkpointer(workdir / "checkpoints", save_every=1) as checkpointer:
     step = checkpointer.latest_step() if step is None else step

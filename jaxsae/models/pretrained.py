@@ -33,7 +33,14 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / "pretrained"
-NAMED = {"default": "stdlib_bytes", "stdlib_bytes": "stdlib_bytes"}
+NAMED = {
+  "default": "stdlib_bytes",
+  "stdlib_bytes": "stdlib_bytes",
+  # Weight-sparse model (hidden matrices 1/16 nonzero) and its dense twins (Gao et al. 2025):
+  "sparse": "stdlib_sparse",
+  "dense": "stdlib_dense",  # same shape, trained to the end
+  "dense_matched": "stdlib_dense_matched",  # same shape, stopped at the sparse model's test loss
+}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
