@@ -125,7 +125,7 @@ def test_contexts_are_the_true_top_activations(lm, windows, contexts):
   assert set(contexts) == {f"{s}:{c}" for s, c in circuit.kept_nodes()}
   negative = 0
   for site, channel in circuit.kept_nodes():
-    x = np.asarray(nodes_lib._flat(site, captured[site]))[..., channel]  # (N, T)
+    x = np.asarray(nodes_lib.flat_channels(site, captured[site]))[..., channel]  # (N, T)
     score = np.abs(x) if site.split(".")[-1] != "post" else x
     pos = score.argmax(1)
     best = score[np.arange(len(x)), pos]
