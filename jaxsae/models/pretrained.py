@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxsae import saved
 from jaxsae.errors import CheckpointError, JaxsaeError
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import sampling
@@ -151,15 +152,7 @@ def load(name_or_path: str | pathlib.Path = "default") -> LanguageModel:
       f"no saved model at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}; pass a folder "
       f"written by jaxsae.models.pretrained.save or experiments.export_lm, or one of {sorted(NAMED)}"
     )
-  try:
-    doc = json.loads(config_file.read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{config_file} is not valid JSON ({e}); re-export the model") from e
-  if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
-    raise CheckpointError(
-      f"{config_file} has format {doc.get('format')!r} version {doc.get('format_version')!r}; "
-      f"this jaxsae reads {FORMAT!r} version {FORMAT_VERSION}"
-    )
+  doc = saved.read_document(config_file, FORMAT, FORMAT_VERSION, "re-export the model")
   try:
     config = TransformerConfig.from_dict(doc["model"])
   except (KeyError, TypeError, ValueError) as e:
@@ -173,28 +166,9 @@ def load(name_or_path: str | pathlib.Path = "default") -> LanguageModel:
 
 
 def _load_weights(weights_file: pathlib.Path, config: TransformerConfig) -> Any:
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-
-  try:
-    flat = load_file(str(weights_file))
-  except (SafetensorError, OSError, ValueError) as e:
-    raise CheckpointError(
-      f"{weights_file} is not a readable safetensors file ({e}); re-export it"
-    ) from e
   expected = {
     k: v.shape
     for k, v in traverse_util.flatten_dict(param_shapes(Transformer(config)), sep="/").items()
   }
-  problems = [f"missing tensor {k} {expected[k]}" for k in sorted(set(expected) - set(flat))]
-  problems += [f"unexpected tensor {k}" for k in sorted(set(flat) - set(expected))]
-  problems += [
-    f"tensor {k} has shape {flat[k].shape}, the config implies {expected[k]}"
-    for k in sorted(set(flat) & set(expected))
-    if flat[k].shape != tuple(expected[k])
-  ]
-  if problems:
-    raise CheckpointError(
-      f"{weights_file} does not match its config.json: " + "; ".join(problems[:10])
-    )
+  flat = saved.read_tensors(weights_file, expected, "the config")
   return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")

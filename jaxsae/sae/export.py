@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsae import saved
 from jaxsae.errors import CheckpointError
 from jaxsae.sae import registry
 from jaxsae.sae.config import SAEConfig
@@ -70,41 +71,17 @@ def expected_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
 
 def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any], dict]:
   """(config, variables, metadata) of an exported SAE; the variables act on raw activations."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-
   path = pathlib.Path(path)
   config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
   for f in (config_file, weights_file):
     if not f.is_file():
       raise CheckpointError(f"{f} is missing; export the SAE with jaxsae.sae.export.save")
-  try:
-    doc = json.loads(config_file.read_text())
-  except json.JSONDecodeError as e:
-    raise CheckpointError(f"{config_file} is not valid JSON ({e}); re-export the SAE") from e
-  if doc.get("format") != FORMAT:
-    raise CheckpointError(
-      f"{config_file} has format {doc.get('format')!r}, expected {FORMAT!r}; re-export it with "
-      "this version of jaxsae"
-    )
+  doc = saved.read_document(config_file, FORMAT, None, "re-export the SAE with this jaxsae")
   try:
     config = SAEConfig.from_dict(doc["sae"])
   except (KeyError, TypeError, ValueError) as e:
     raise CheckpointError(f"{config_file} holds an invalid SAE config: {e}") from e
-  try:
-    flat = load_file(str(weights_file))
-  except (SafetensorError, OSError, ValueError) as e:
-    raise CheckpointError(f"{weights_file} is not a readable safetensors file ({e})") from e
-  expected = expected_shapes(config)
-  problems = [f"missing tensor {k} {expected[k]}" for k in sorted(set(expected) - set(flat))]
-  problems += [f"unexpected tensor {k}" for k in sorted(set(flat) - set(expected))]
-  problems += [
-    f"tensor {k} has shape {flat[k].shape}, the config implies {expected[k]}"
-    for k in sorted(set(flat) & set(expected))
-    if flat[k].shape != expected[k]
-  ]
-  if problems:
-    raise CheckpointError(f"{weights_file} does not match {config_file}: " + "; ".join(problems))
+  flat = saved.read_tensors(weights_file, expected_shapes(config), "the config")
   variables: dict[str, dict] = {}
   for key, value in flat.items():
     collection, name = key.split("/", 1)
