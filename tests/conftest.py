@@ -36,3 +36,9 @@ def tiny_model_config(**overrides) -> TransformerConfig:
   values = dict(vocab_size=257, d_model=32, n_layers=2, n_heads=2, d_head=16, d_mlp=64, max_len=32)
   values.update(overrides)
   return TransformerConfig(**values)
+
+
+def tiny_circuit_config(**overrides) -> TransformerConfig:
+  """The circuits paper's architecture at toy size: RMSNorm, untied, no biases."""
+  values = dict(d_model=16, d_head=8, d_mlp=32, norm="rmsnorm", use_bias=False)
+  return tiny_model_config(**{**values, "tied_embeddings": False, **overrides})

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import tiny_circuit_config
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import transformer as T
 from jaxsae.models.config import TransformerConfig
@@ -17,18 +18,7 @@ from jaxsae.sparse import views
 from jaxsae.sparse.circuit import Circuit
 from jaxsae.text.tokenizer import ByteTokenizer
 
-CFG = TransformerConfig(
-  vocab_size=257,
-  d_model=16,
-  n_layers=2,
-  n_heads=2,
-  d_head=8,
-  d_mlp=32,
-  max_len=32,
-  norm="rmsnorm",
-  use_bias=False,
-  tied_embeddings=False,
-)
+CFG = tiny_circuit_config()
 KEEP = {
   "blocks.0.attn.in": [1, 3, 5],
   "blocks.0.attn.q": [0, 9],

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import tiny_circuit_config
 from jaxsae.errors import CheckpointError, ConfigError, JaxsaeError
 from jaxsae.models import pretrained
 from jaxsae.models import transformer as T
-from jaxsae.models.config import TransformerConfig
 from jaxsae.sparse import edges, nodes, prune, report
 from jaxsae.sparse.circuit import Circuit
 from jaxsae.sparse.tasks import ContrastPair, Example, Task
@@ -22,22 +22,7 @@ from jaxsae.text.tokenizer import ByteTokenizer
 
 
 def _config(**overrides):
-  values = dict(
-    vocab_size=257,
-    d_model=16,
-    n_layers=2,
-    n_heads=2,
-    d_head=8,
-    d_mlp=32,
-    max_len=32,
-    norm="rmsnorm",
-    attention_sink=True,
-    bigram_table=True,
-    tied_embeddings=False,
-    use_bias=False,
-  )
-  values.update(overrides)
-  return TransformerConfig(**values)
+  return tiny_circuit_config(**{"attention_sink": True, "bigram_table": True, **overrides})
 
 
 @pytest.fixture(scope="module")
