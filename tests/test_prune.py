@@ -330,6 +330,8 @@ def _row(model, task, edges_, reached=True, control=False, loss=1.7, density=1.0
     "reached": reached,
     "pretrain_loss": loss,
     "hidden_density": density,
+    "full_loss": 0.5,
+    "sufficiency_loss": 0.1,
   }
 
 
@@ -350,6 +352,10 @@ def test_edge_ratio_is_the_geometric_mean_over_tasks_both_reached():
   points = {p["model"]: p for p in report.frontier(rows)}
   assert points["s"]["edges_geomean"] == pytest.approx(math.sqrt(10 * 20))
   assert points["d"]["edges_geomean"] == pytest.approx(math.sqrt(160 * 80))
+  text = "\n".join(report.findings(rows, [("s", "d")]))
+  assert "**8.0x** the edges of `s`'s (geometric mean over 2 tasks" in text
+  assert "dense *frontier*" in text and "`d`, 1.700 vs 1.700): **8.0x**" in text
+  assert "Nonsense controls reaching the target: **1 of 1**" in text
 
 
 def test_prune_experiment_end_to_end(tmp_path, monkeypatch, lm):

@@ -188,6 +188,22 @@ def findings(rows: list[dict], matched: Sequence[tuple[str, str]]) -> list[str]:
         f"over {len(ratios)} tasks both reached; per task "
         f"{min(r['ratio'] for r in ratios):.1f}x to {max(r['ratio'] for r in ratios):.1f}x)."
       )
+  points = [p for p in frontier(rows) if np.isfinite(p["edges_geomean"])]
+  for sparse, _ in matched:
+    mine = next((p for p in points if p["model"] == sparse), None)
+    rivals = [
+      p
+      for p in points
+      if mine and p["hidden_density"] >= 0.99 and p["pretrain_loss"] <= mine["pretrain_loss"]
+    ]
+    if mine and rivals:
+      best = min(rivals, key=lambda p: p["edges_geomean"])
+      lines.append(
+        f"- Against the dense *frontier* (the dense model with the smallest circuits among those "
+        f"at least as good in pretraining loss, `{best['model']}`, {best['pretrain_loss']:.3f} vs "
+        f"{mine['pretrain_loss']:.3f}): **{best['edges_geomean'] / mine['edges_geomean']:.1f}x** "
+        f"the edges of `{sparse}`'s (geometric mean over the {mine['tasks']} frontier tasks)."
+      )
   controls = [r for r in rows if r["control"]]
   if controls:
     hit = sum(r["reached"] for r in controls)
