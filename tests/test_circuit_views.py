@@ -172,7 +172,6 @@ def test_html_draws_only_the_strongest_edges_when_asked(doc):
 
 
 def test_show_returns_inline_html(doc, tmp_path):
-  pytest.importorskip("IPython")
   shown = views.show(doc)
   assert "<svg" in shown.data and shown.data.count("<circle") == doc["n_nodes"]
   assert "<svg" in views.show(views.write_json(tmp_path / "c.json", doc)).data
