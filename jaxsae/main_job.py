@@ -97,9 +97,7 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
   splits = {}
   for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):
     windows = pipeline.load_split(corpus, split, lm.tokenizer, h.seq_len).windows
-    rng = np.random.default_rng([config.seed, len(split)])
-    chosen = np.sort(rng.choice(len(windows), size=min(count, len(windows)), replace=False))
-    splits[split] = np.stack([windows[int(i)] for i in chosen])
+    splits[split] = pipeline.sample_windows(windows, count, config.seed, split)
   stores = {}
   for split, windows in splits.items():
     if split == "train" and h.streaming:

@@ -34,7 +34,7 @@ from jaxsae.models.transformer import Transformer, run
 from jaxsae.sparse import nodes as nodes_lib
 from jaxsae.sparse.circuit import Circuit
 from jaxsae.sparse.edges import count_edges
-from jaxsae.sparse.tasks import PairBatch, Task, binary_loss, last_logits
+from jaxsae.sparse.tasks import PairBatch, Task, binary_loss, last_logits, padded_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,14 +155,8 @@ class Pruner:
     n = len(batch.last_a)
     tokens = np.concatenate([batch.tokens_a, batch.tokens_b])
     last = np.concatenate([batch.last_a, batch.last_b])
-    size, out = self.config.eval_batch, []
-    mask = jnp.asarray(mask_flat, jnp.float32)
-    for lo in range(0, len(tokens), size):
-      chunk, chunk_last = tokens[lo : lo + size], last[lo : lo + size]
-      rows = len(chunk)
-      if rows < size:
-        chunk = np.concatenate([chunk, np.repeat(chunk[:1], size - rows, 0)])
-        chunk_last = np.concatenate([chunk_last, np.repeat(chunk_last[:1], size - rows)])
+    out, mask = [], jnp.asarray(mask_flat, jnp.float32)
+    for rows, chunk, chunk_last in padded_batches(self.config.eval_batch, tokens, last):
       m = self._eval_fn(mask, jnp.asarray(chunk), jnp.asarray(chunk_last), task.tok, task.alt)
       out.append(np.asarray(m)[:rows])
     margin = np.concatenate(out)

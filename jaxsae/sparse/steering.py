@@ -27,10 +27,6 @@ from jaxsae.sparse import tasks as tasks_lib
 from jaxsae.sparse.bridges import Bridges, check_pair, check_sites, decode
 
 
-def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
-  return np.concatenate([x, np.repeat(x[:1], n - len(x), axis=0)]) if len(x) < n else x
-
-
 def _check_prompts(lm, tokens, last) -> tuple[np.ndarray, np.ndarray]:
   tokens = np.asarray(tokens, np.int32)
   tokens = tokens[None] if tokens.ndim == 1 else tokens
@@ -49,10 +45,9 @@ def _last_pass(lm, tokens_NxT, last_N, sites, batch_size: int = 64):
   tokens, last = _check_prompts(lm, tokens_NxT, last_N)
   batch_size = min(batch_size, len(tokens))  # Rows run in fixed chunks: one compiled shape.
   logits, out = [], {s: [] for s in sites}
-  for lo in range(0, len(tokens), batch_size):
-    chunk, n = tokens[lo : lo + batch_size], len(tokens[lo : lo + batch_size])
-    all_logits, captured = lm.run(_pad_rows(chunk, batch_size), capture=tuple(sites))
-    rows, at = np.arange(n), last[lo : lo + n]
+  for n, chunk, chunk_last in tasks_lib.padded_batches(batch_size, tokens, last):
+    all_logits, captured = lm.run(chunk, capture=tuple(sites))
+    rows, at = np.arange(n), chunk_last[:n]
     logits.append(np.asarray(all_logits)[rows, at])
     for s in sites:
       out[s].append(np.asarray(captured[s])[rows, at])
@@ -170,17 +165,12 @@ def _delta_logits(lm, site, tokens, last, delta_NxD, batch_size=64, last_only=Fa
   fn = _delta_run(lm.config, site)
   batch_size = min(batch_size, len(tokens))
   out = []
-  for lo in range(0, len(tokens), batch_size):
-    n = len(tokens[lo : lo + batch_size])
-    pad = functools.partial(_pad_rows, n=batch_size)
-    logits = fn(
-      lm.params,
-      pad(tokens[lo : lo + batch_size]),
-      pad(last[lo : lo + batch_size]),
-      pad(np.asarray(delta_NxD, np.float32)[lo : lo + batch_size]),
-    )
-    logits = np.asarray(logits)[:n]
-    out.append(logits[np.arange(n), last[lo : lo + n]] if last_only else logits)
+  delta = np.asarray(delta_NxD, np.float32)
+  for n, chunk, chunk_last, chunk_delta in tasks_lib.padded_batches(
+    batch_size, tokens, last, delta
+  ):
+    logits = np.asarray(fn(lm.params, chunk, chunk_last, chunk_delta))[:n]
+    out.append(logits[np.arange(n), chunk_last[:n]] if last_only else logits)
   return np.concatenate(out)
 
 
@@ -206,16 +196,6 @@ def steer(
   tokens, last = _check_prompts(dense_lm, tokens_NxT, last_N)
   h = last_residuals(sparse_lm, tokens, last, [site])[site]
   return _steered_logits(dense_lm, bridges, tokens, last, site, h, int(channel), value)
-
-
-def _dense_last_logits(lm, tokens, last, batch_size=64) -> np.ndarray:
-  batch_size = min(batch_size, len(tokens))
-  out = []
-  for lo in range(0, len(tokens), batch_size):
-    n = len(tokens[lo : lo + batch_size])
-    logits, _ = lm.run(_pad_rows(tokens[lo : lo + batch_size], batch_size))
-    out.append(np.asarray(logits)[np.arange(n), last[lo : lo + n]])
-  return np.concatenate(out)
 
 
 def _flip_summary(before_a, after_a, before_b, after_b) -> dict[str, float]:
@@ -282,8 +262,8 @@ def steering_report(
   def diff(logits):
     return logits[:, tok] - logits[:, alt]
 
-  before_a = diff(_dense_last_logits(dense_lm, batch.tokens_a, batch.last_a))
-  before_b = diff(_dense_last_logits(dense_lm, batch.tokens_b, batch.last_b))
+  before_a = diff(_last_pass(dense_lm, batch.tokens_a, batch.last_a, ())[0])
+  before_b = diff(_last_pass(dense_lm, batch.tokens_b, batch.last_b, ())[0])
   rng = np.random.default_rng(seed)
 
   def steered(site, tokens, last, h, channel, value):

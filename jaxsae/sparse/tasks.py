@@ -180,6 +180,17 @@ def last_logits(logits_NxTxV, last_N) -> jax.Array:
   return jnp.take_along_axis(logits_NxTxV, index, axis=1)[:, 0]
 
 
+def padded_batches(size: int, *arrays: np.ndarray):
+  """Yield (n, chunk, ...) over the rows of `arrays` in chunks of `size`; the last chunk is padded
+  by repeating its first row, so every call sees one shape (one compilation). n: real rows."""
+  for lo in range(0, len(arrays[0]), size):
+    chunks = [a[lo : lo + size] for a in arrays]
+    n = len(chunks[0])
+    if n < size:
+      chunks = [np.concatenate([c, np.repeat(c[:1], size - n, axis=0)]) for c in chunks]
+    yield (n, *chunks)
+
+
 def evaluate_task(lm, task: Task, max_len: int | None = None, batch_size: int = 64) -> dict:
   """{loss, accuracy, n_pairs} of a `LanguageModel` on a task (see `binary_loss`).
 
@@ -210,12 +221,7 @@ def evaluate_task(lm, task: Task, max_len: int | None = None, batch_size: int = 
   tokens = np.concatenate([b.tokens_a, b.tokens_b])
   last = np.concatenate([b.last_a, b.last_b])
   rows = []
-  for lo in range(0, len(tokens), batch_size):
-    chunk, chunk_last = tokens[lo : lo + batch_size], last[lo : lo + batch_size]
-    n = len(chunk)
-    if n < batch_size:  # keep one compiled shape
-      chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, axis=0)])
-      chunk_last = np.concatenate([chunk_last, np.repeat(chunk_last[:1], batch_size - n)])
+  for n, chunk, chunk_last in padded_batches(batch_size, tokens, last):
     logits, _ = lm.run(chunk)
     rows.append(np.asarray(last_logits(logits, chunk_last))[:n])
   final = np.concatenate(rows)

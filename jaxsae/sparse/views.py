@@ -82,9 +82,7 @@ def corpus_windows(lm, n: int = 128, seq_len: int | None = None, split: str = "v
     meta.get("test_fraction", 0.02),
   )
   windows = pipeline.load_split(found, split, lm.tokenizer, seq_len).windows
-  rng = np.random.default_rng([seed, len(split)])
-  chosen = np.sort(rng.choice(len(windows), size=min(n, len(windows)), replace=False))
-  return np.stack([windows[int(i)][:seq_len] for i in chosen]).astype(np.int32)
+  return pipeline.sample_windows(windows, n, seed, split)[:, :seq_len]
 
 
 @functools.lru_cache(maxsize=8)

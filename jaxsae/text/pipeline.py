@@ -105,6 +105,14 @@ def eval_batches(
     yield {"tokens": tokens, "weights": weights}
 
 
+def sample_windows(windows: PackedWindows, n: int, seed: int, split: str) -> np.ndarray:
+  """(min(n, len), seq_len + 1) int32: windows drawn without replacement by (seed, split), in
+  corpus order."""
+  rng = np.random.default_rng([seed, len(split)])
+  chosen = np.sort(rng.choice(len(windows), size=min(n, len(windows)), replace=False))
+  return np.stack([windows[int(i)] for i in chosen])
+
+
 @dataclasses.dataclass
 class SplitData:
   """One split of a corpus, tokenized and packed; holds the stream for baselines and metrics."""
