@@ -149,13 +149,19 @@ class SparseAutoencoder(nn.Module):
     return self.auto_unit_norm_decoder if mode == "auto" else mode == "unit"
 
   # ---- forward ------------------------------------------------------------------------------
+  def matmul(self, a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b in `sae.compute_dtype` with a float32 result (bfloat16 operands accumulate in
+    float32; the parameters themselves stay float32)."""
+    dtype = jnp.dtype(self.config.compute_dtype)
+    return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
   def pre_activations(self, x_BxD: jax.Array) -> jax.Array:
     """pre = (x̃ − b_dec) W_enc + b_enc."""
-    return (x_BxD - self.b_dec) @ self.W_enc + self.b_enc
+    return self.matmul(x_BxD - self.b_dec, self.W_enc) + self.b_enc
 
   def decode(self, z_BxN: jax.Array) -> jax.Array:
     """x̂ = z W_dec + b_dec (partial products summed over latent shards)."""
-    return self.axes.sum_latents(z_BxN @ self.W_dec) + self.b_dec
+    return self.axes.sum_latents(self.matmul(z_BxN, self.W_dec)) + self.b_dec
 
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
     """The reconstruction at inference."""
@@ -229,15 +235,19 @@ class SparseAutoencoder(nn.Module):
 
   def statistics(self, x_BxD, x_hat_BxD, z_BxN) -> dict[str, jax.Array]:
     """l0, batch FVU (against the batch mean), and per-latent firing counts (k-set only)."""
-    x, x_hat = jax.lax.stop_gradient((x_BxD, x_hat_BxD))
     z = jax.lax.stop_gradient(z_BxN)
+    l0 = self.mean_over_tokens(self.axes.sum_latents(jnp.sum(z != 0, -1).astype(jnp.float32)))
+    fired = self.axes.sum_batch(jnp.sum(z > FIRE_THRESHOLD, axis=0, dtype=jnp.int32))
+    return {"l0": l0, "fvu": self.batch_fvu(x_BxD, x_hat_BxD), "fired": fired}
+
+  def batch_fvu(self, x_BxD, x_hat_BxD) -> jax.Array:
+    """Σ‖x̃ − x̂‖² / Σ‖x̃ − mean(x̃)‖² over the global batch."""
+    x, x_hat = jax.lax.stop_gradient((x_BxD, x_hat_BxD))
     n_tokens = x.shape[0] * self.axes.batch_shards()
     mean_D = self.axes.sum_batch(x.sum(0)) / n_tokens
     err = self.axes.sum_batch(jnp.sum((x - x_hat) ** 2))
     var = self.axes.sum_batch(jnp.sum((x - mean_D) ** 2))
-    l0 = self.mean_over_tokens(self.axes.sum_latents(jnp.sum(z != 0, -1).astype(jnp.float32)))
-    fired = self.axes.sum_batch(jnp.sum(z > FIRE_THRESHOLD, axis=0, dtype=jnp.int32))
-    return {"l0": l0, "fvu": err / var, "fired": fired}
+    return err / var
 
   # ---- buffers and constraints --------------------------------------------------------------
   def updated_buffers(self, stats: dict[str, jax.Array]) -> dict[str, Any]:

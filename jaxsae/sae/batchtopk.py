@@ -18,6 +18,8 @@ from jaxsae.sae.topk import TopKSAE
 
 
 class BatchTopKSAE(TopKSAE):
+  has_sparse_path = False  # Its selection is over the batch: it trains on the dense path.
+
   def setup_encoder(self):
     super().setup_encoder()
     # -1 until the first training batch sets it.

@@ -41,6 +41,16 @@ class Axes:
     axes = tuple(a for a in (self.batch, self.latents) if a is not None)
     return jax.lax.pmin(x, axes) if axes else x
 
+  def vary(self, x):
+    """`x` typed as varying over every split axis (a no-op forward; its transpose is the psum that
+    sums a replicated parameter's per-shard gradients). Needed before a custom VJP, whose
+    gradients are per-shard partial sums, sees a replicated value."""
+    axes = tuple(a for a in (self.batch, self.latents) if a is not None)
+    if not axes:
+      return x
+    missing = tuple(a for a in axes if a not in jax.typeof(x).manual_axis_type.varying)
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+
   def latent_offset(self, n_local: int):
     """Global index of this shard's first latent."""
     return 0 if self.latents is None else jax.lax.axis_index(self.latents) * n_local

@@ -18,6 +18,8 @@ from jaxsae.errors import ConfigError
 DECODER_NORMS = ("auto", "unit", "penalty")
 PROLU_GRADIENTS = ("relu", "ste")
 PROLU_PENALTIES = ("l1", "sqrt_l1")
+TOPK_PATHS = ("auto", "sparse", "dense")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,13 @@ class SAEConfig:
   batchtopk_momentum: EMA decay of the inference threshold (smallest kept activation).
   tied_init:        W_enc = W_decᵀ at init (TopK paper); False draws W_enc independently (for
                     the paper's ablation of tied init against dead latents).
+  topk_path:        how TopK trains: "sparse" (gathers and scatter-adds of the k chosen latents,
+                    `jaxsae.sae.sparse_topk`), "dense" (the B×n latent matrix) or "auto" (sparse
+                    when n ≥ 16× the top-k width). Same numbers either way.
+  compute_dtype:    dtype of the matmul operands: "float32", or "bfloat16" for mixed precision
+                    (float32 accumulation and float32 parameters, optimizer and top-k).
+                    JumpReLU's threshold gradient sees pre-activations within ε of θ, and
+                    bfloat16 rounding of pre is about that size: its estimate gets noisier.
   """
 
   architecture: str
@@ -62,6 +71,8 @@ class SAEConfig:
   jumprelu_init_threshold: float = -1.0
   batchtopk_momentum: float = 0.999
   tied_init: bool = True
+  topk_path: str = "auto"
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     object.__setattr__(self, "matryoshka", tuple(int(m) for m in self.matryoshka))
@@ -129,6 +140,8 @@ class SAEConfig:
     config_check.require(self.aux_alpha >= 0, p, f"sae.aux_alpha={self.aux_alpha} must be >= 0")
     config_check.require_choice(self.decoder_norm, DECODER_NORMS, "sae.decoder_norm", p)
     config_check.require_choice(self.prolu_penalty, PROLU_PENALTIES, "sae.prolu_penalty", p)
+    config_check.require_choice(self.topk_path, TOPK_PATHS, "sae.topk_path", p)
+    config_check.require_choice(self.compute_dtype, COMPUTE_DTYPES, "sae.compute_dtype", p)
     config_check.require(
       0 <= self.batchtopk_momentum < 1,
       p,

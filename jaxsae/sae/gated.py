@@ -29,15 +29,15 @@ class GatedSAE(SparseAutoencoder):
 
   def encode(self, x_BxD, hyper: Hyper | None = None, train: bool = False) -> Encoding:
     centered = x_BxD - self.b_dec
-    pi_gate = centered @ self.W_enc + self.b_gate
-    pi_mag = centered @ (self.W_enc * jnp.exp(self.r_mag)) + self.b_mag
+    pi_gate = self.matmul(centered, self.W_enc) + self.b_gate
+    pi_mag = self.matmul(centered, self.W_enc * jnp.exp(self.r_mag)) + self.b_mag
     z = (pi_gate > 0).astype(pi_mag.dtype) * jax.nn.relu(pi_mag)
     return Encoding(z, pi_mag, gate=pi_gate)
 
   def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
     gate_acts = jax.nn.relu(enc.gate)
     frozen = jax.lax.stop_gradient((self.W_dec, self.b_dec))
-    x_via_gate = self.axes.sum_latents(gate_acts @ frozen[0]) + frozen[1]
+    x_via_gate = self.axes.sum_latents(self.matmul(gate_acts, frozen[0])) + frozen[1]
     return {
       "sparsity": hyper.sparsity_coefficient * self.l1_penalty(gate_acts),
       "gate_aux": self.reconstruction_error(x_BxD, x_via_gate),

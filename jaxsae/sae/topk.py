@@ -8,15 +8,31 @@ AuxK (section A.2): with e = sg(x̃ − x̂) and z_aux = ReLU(TopK_{k_aux}(pre o
     L_aux = ‖e − ê‖² / ‖e − ē‖²  (sums over the batch; ē the batch mean of e)
 It is zero when no latent is dead. Dead statistics count the k-set only, never the 4k set.
 The top-k is exact when latents are split across devices (`collectives.top_k_over_latents`).
+
+Training runs one of two paths with the same numbers (tested within 1e-5):
+- dense: z is the B×n matrix, x̂ = z W_dec (the formula as written; `encode` always returns it);
+- sparse (`sae.topk_path`, default "auto" = sparse where it is faster): after the encoder's
+  forward matmul and the top-k, forward and backward touch only the k chosen latents per token
+  (`jaxsae.sae.sparse_topk`). Multi-TopK takes its k-set as the first k of one top-4k, and AuxK
+  its candidates from the same pre-activations; the only n-wide activations are `pre` and, with
+  AuxK, its copy masked to the dead latents. With `sae.compute_dtype = "bfloat16"` the encoder
+  matmul runs in bfloat16 (float32 accumulation); the gathers and scatter-adds stay float32 (they
+  are k/n of the work), and the top-k always ranks float32.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from jaxsae.sae import collectives
-from jaxsae.sae.base import Encoding, Hyper, SparseAutoencoder
+from jaxsae.sae import collectives, sparse_topk
+from jaxsae.sae.base import FIRE_THRESHOLD, Encoding, Hyper, LossOutput, SparseAutoencoder
+
+# "auto" picks the sparse path when the dictionary is at least this many times the top-k width:
+# below it the B×n matmuls it saves are too small to pay for its gathers and scatters.
+SPARSE_MIN_RATIO = 16
 
 
 def top_k_latents(pre_BxN: jax.Array, k_max: int, k: jax.Array, axes) -> jax.Array:
@@ -26,8 +42,34 @@ def top_k_latents(pre_BxN: jax.Array, k_max: int, k: jax.Array, axes) -> jax.Arr
   return collectives.scatter_latents(values, indices, pre_BxN.shape[-1])
 
 
+class SparseCode(NamedTuple):
+  """k latents per token: values z (B×k) at local indices idx (B×k; n_local where another latent
+  shard holds the latent, whose value here is 0)."""
+
+  z: jax.Array
+  idx: jax.Array
+
+
+class _Encoder(NamedTuple):
+  """What the sparse path's selections share: centered inputs, encoder weights, `pre`."""
+
+  centered: jax.Array
+  W_enc: jax.Array
+  b_enc: jax.Array
+  pre: jax.Array
+
+  def select(self, idx_BxK: jax.Array) -> jax.Array:
+    """ReLU(pre) at idx, with the sparse gradient."""
+    return jax.nn.relu(
+      sparse_topk.select_pre(self.centered, self.W_enc, self.b_enc, idx_BxK, self.pre)
+    )
+
+
 class TopKSAE(SparseAutoencoder):
   """TopK activation with optional AuxK, Multi-TopK and Matryoshka terms."""
+
+  # Subclasses that select latents differently (BatchTopK) train on the dense path.
+  has_sparse_path = True
 
   def encode(self, x_BxD, hyper: Hyper | None = None, train: bool = False) -> Encoding:
     pre = self.pre_activations(x_BxD)
@@ -47,16 +89,107 @@ class TopKSAE(SparseAutoencoder):
 
   def aux_k_loss(self, x_BxD, x_hat_BxD, pre_BxN, dead_N) -> tuple[jax.Array, jax.Array]:
     """(L_aux, number of dead latents): the dead latents' top-k_aux reconstruct the residual."""
+    dead_pre = jnp.where(dead_N, pre_BxN, -jnp.inf)
+    z_aux = top_k_latents(dead_pre, self._k_aux, self._k_aux, self.axes)  # Live: ReLU(-inf) = 0.
+    return self._aux_ratio(
+      x_BxD, x_hat_BxD, self.axes.sum_latents(self.matmul(z_aux, self.W_dec)), dead_N
+    )
+
+  @property
+  def _k_aux(self) -> int:
+    return min(self.config.aux_k, self.config.n_latents)
+
+  def _aux_ratio(self, x_BxD, x_hat_BxD, e_hat_BxD, dead_N) -> tuple[jax.Array, jax.Array]:
+    """L_aux = ‖e − ê‖² / ‖e − ē‖² over the global batch, 0 with no dead latent."""
     axes = self.axes
     e = jax.lax.stop_gradient(x_BxD - x_hat_BxD)
     n_dead = axes.sum_latents(jnp.sum(dead_N, dtype=jnp.int32))
-    k_aux = min(self.config.aux_k, self.config.n_latents)
-    dead_pre = jnp.where(dead_N, pre_BxN, -jnp.inf)
-    z_aux = top_k_latents(dead_pre, k_aux, k_aux, axes)  # Live latents: ReLU(-inf) = 0.
-    e_hat = axes.sum_latents(z_aux @ self.W_dec)
     n_tokens = e.shape[0] * axes.batch_shards()
     e_mean = axes.sum_batch(e.sum(0)) / n_tokens
-    num = axes.sum_batch(jnp.sum((e - e_hat) ** 2))
+    num = axes.sum_batch(jnp.sum((e - e_hat_BxD) ** 2))
     den = axes.sum_batch(jnp.sum((e - e_mean) ** 2))
     aux = jnp.where(n_dead > 0, num / jnp.maximum(den, 1e-30), 0.0)
     return aux, n_dead
+
+  # ---- the sparse path ------------------------------------------------------------------------
+  @property
+  def sparse_path(self) -> bool:
+    """Whether `loss` trains on the sparse path (`sae.topk_path`)."""
+    cfg = self.config
+    if not self.has_sparse_path or cfg.topk_path == "dense":
+      return False
+    k_max = 4 * cfg.k if cfg.multi_topk else cfg.k
+    return cfg.topk_path == "sparse" or cfg.n_latents >= SPARSE_MIN_RATIO * k_max
+
+  def loss(self, x_BxD, hyper=None, dead_N=None, train=True) -> LossOutput:
+    if not self.sparse_path:
+      return super().loss(x_BxD, hyper, dead_N, train)
+    cfg, axes = self.config, self.axes
+    hyper = Hyper.of(cfg) if hyper is None else hyper
+    if dead_N is None:
+      dead_N = jnp.zeros(self.W_dec.shape[0], bool)
+    encoder = self._sparse_encoder(x_BxD)
+    k_max = 4 * cfg.k if cfg.multi_topk else cfg.k
+    _, idx = collectives.top_k_over_latents(encoder.pre, k_max, axes)
+    z_all = encoder.select(idx)
+    rank = jnp.arange(k_max)
+    code = SparseCode(jnp.where(rank < hyper.k, z_all, 0.0)[:, : cfg.k], idx[:, : cfg.k])
+    x_hat = self.decode_sparse(code)
+    terms = {"reconstruction": self.sparse_reconstruction_term(x_BxD, code, x_hat)}
+    if cfg.multi_topk:
+      code4 = SparseCode(jnp.where(rank < 4 * hyper.k, z_all, 0.0), idx)
+      terms["multi_topk"] = self.sparse_reconstruction_term(x_BxD, code4) / 8
+    stats = self.sparse_statistics(x_BxD, x_hat, code)
+    if cfg.aux_k > 0:
+      aux, n_dead = self._sparse_aux_k_loss(x_BxD, x_hat, encoder, dead_N)
+      terms["aux_k"] = hyper.aux_alpha * aux
+      stats["aux_k_loss"], stats["dead"] = jax.lax.stop_gradient(aux), n_dead
+    return LossOutput(sum(terms.values()), terms, stats)
+
+  def _sparse_encoder(self, x_BxD) -> _Encoder:
+    vary = self.axes.vary
+    centered = vary(x_BxD - self.b_dec)
+    W_enc, b_enc = vary(self.W_enc), vary(self.b_enc)
+    pre = jax.lax.stop_gradient(self.matmul(centered, W_enc) + b_enc)
+    return _Encoder(centered, W_enc, b_enc, pre)
+
+  def decode_sparse(self, code: SparseCode) -> jax.Array:
+    """x̂ = Σ_j z_j W_dec[i_j] + b_dec, partial sums added over latent shards."""
+    partial = sparse_topk.combine_rows(code.z, code.idx, self.axes.vary(self.W_dec))
+    return self.axes.sum_latents(partial) + self.b_dec
+
+  def sparse_reconstruction_term(self, x_BxD, code: SparseCode, x_hat_BxD=None) -> jax.Array:
+    """`reconstruction_term` on a sparse code (Matryoshka: latents of global index < m)."""
+    prefixes = self.config.prefixes
+    if len(prefixes) == 1:
+      x_hat = self.decode_sparse(code) if x_hat_BxD is None else x_hat_BxD
+      return self.reconstruction_error(x_BxD, x_hat)
+    index = self.axes.latent_offset(self.W_dec.shape[0]) + code.idx
+    return sum(
+      self.reconstruction_error(
+        x_BxD, self.decode_sparse(SparseCode(jnp.where(index < m, code.z, 0.0), code.idx))
+      )
+      for m in prefixes
+    )
+
+  def sparse_statistics(self, x_BxD, x_hat_BxD, code: SparseCode) -> dict[str, jax.Array]:
+    """`statistics` from a sparse code: l0, batch FVU, per-latent firing counts."""
+    axes, n_local = self.axes, self.W_dec.shape[0]
+    z = jax.lax.stop_gradient(code.z)
+    l0 = self.mean_over_tokens(axes.sum_latents(jnp.sum(z != 0, -1).astype(jnp.float32)))
+    fires = (z > FIRE_THRESHOLD).astype(jnp.int32)
+    fired = (
+      jnp.zeros(n_local, jnp.int32).at[code.idx.reshape(-1)].add(fires.reshape(-1), mode="drop")
+    )
+    return {"l0": l0, "fvu": self.batch_fvu(x_BxD, x_hat_BxD), "fired": axes.sum_batch(fired)}
+
+  def _sparse_aux_k_loss(self, x_BxD, x_hat_BxD, encoder: _Encoder, dead_N):
+    """`aux_k_loss` from the same pre-activations, decoding only the k_aux chosen dead latents."""
+    n_local = self.W_dec.shape[0]
+    dead_pre = jnp.where(dead_N, encoder.pre, -jnp.inf)
+    _, idx = collectives.top_k_over_latents(dead_pre, self._k_aux, self.axes)
+    # With fewer dead latents than k_aux the top-k also returns live ones (at -inf): drop them.
+    held_dead = (idx < n_local) & dead_N[jnp.minimum(idx, n_local - 1)]
+    idx = jnp.where(held_dead, idx, n_local)
+    partial = sparse_topk.combine_rows(encoder.select(idx), idx, self.axes.vary(self.W_dec))
+    return self._aux_ratio(x_BxD, x_hat_BxD, self.axes.sum_latents(partial), dead_N)
