@@ -111,3 +111,20 @@ def test_latent_sharded_sparse_run_equals_a_single_device_dense_run(tmp_path):
     np.testing.assert_allclose(
       sparse.history[-1][key], dense.history[-1][key], rtol=1e-4, atol=1e-6, err_msg=key
     )
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_no_dead_latents_skips_aux_k_with_the_same_result(path):
+  cfg = SAEConfig("topk", d_in=D, n_latents=N, k=6, k_aux=8, topk_path=path)
+  variables, x = variables_and_inputs(cfg)
+  sae = registry.build(cfg)
+  skipped = sae.apply(variables, x, Hyper.of(cfg), None, method="loss")
+  computed = sae.apply(variables, x, Hyper.of(cfg), jnp.zeros(N, bool), method="loss")
+  assert float(computed.terms["aux_k"]) == 0.0 and int(computed.stats["dead"]) == 0
+  assert jax.tree.structure(skipped) == jax.tree.structure(computed)
+  for got, want in zip(jax.tree.leaves(skipped), jax.tree.leaves(computed), strict=True):
+    np.testing.assert_array_equal(got, want)
+  jaxpr = str(
+    jax.make_jaxpr(lambda v: sae.apply(v, x, Hyper.of(cfg), None, method="loss"))(variables)
+  )
+  assert jaxpr.count("top_k") == 1  # the k-set's only: AuxK's top-k is not traced

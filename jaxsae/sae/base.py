@@ -98,6 +98,8 @@ class SparseAutoencoder(nn.Module):
   auto_unit_norm_decoder = True
   # Whether the architecture has an L1 penalty the decoder norm can weight.
   has_l1_penalty = False
+  # Whether `loss` has a term that needs the dead-latent mask (TopK's AuxK).
+  has_aux_k = False
   # Adam β1 when optim.b1 = -1 (dictionary_learning trains Gated and JumpReLU with β1 = 0).
   default_b1 = 0.9
 
@@ -202,9 +204,15 @@ class SparseAutoencoder(nn.Module):
     return self.mean_over_tokens(self.axes.sum_latents(jnp.sum(jnp.abs(z_BxN) * weights, -1)))
 
   def extra_terms(
-    self, x_BxD: jax.Array, x_hat_BxD: jax.Array, enc: Encoding, hyper: Hyper, dead_N: jax.Array
+    self,
+    x_BxD: jax.Array,
+    x_hat_BxD: jax.Array,
+    enc: Encoding,
+    hyper: Hyper,
+    dead_N: jax.Array | None,
   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """Architecture-specific (terms, stats): sparsity penalties, AuxK, Gated's aux loss…"""
+    """Architecture-specific (terms, stats): sparsity penalties, AuxK, Gated's aux loss…
+    (dead_N None: no latent is dead.)"""
     return {}, {}
 
   def loss(
@@ -219,12 +227,11 @@ class SparseAutoencoder(nn.Module):
     Args:
       x_BxD: inputs scaled to E‖x̃‖² = d (this shard's rows).
       hyper: traced hyperparameters (default: the config's).
-      dead_N: bool per latent, True for latents dead by the trainer's token window (AuxK).
+      dead_N: bool per latent, True for latents dead by the trainer's token window (AuxK);
+        None when none is: AuxK is then 0 and its top-k is skipped (`has_aux_k`).
       train: BatchTopK selects over the batch when training, by its threshold otherwise.
     """
     hyper = Hyper.of(self.config) if hyper is None else hyper
-    if dead_N is None:
-      dead_N = jnp.zeros(self.W_dec.shape[0], bool)
     enc = self.encode(x_BxD, hyper, train=train)
     x_hat = self.decode(enc.latents)
     terms = {"reconstruction": self.reconstruction_term(x_BxD, enc.latents)}

@@ -126,7 +126,9 @@ class GroupTrainer:
 
   # ---- loss ---------------------------------------------------------------------------------
   def loss(self, params, buffers, x_BxD, hyper, dead_SxN):
-    """Σ over members of each member's global loss, and per-member (terms, stats, fired)."""
+    """Σ over members of each member's global loss, and per-member (terms, stats, fired).
+
+    dead_SxN None: no latent of any member is dead (AuxK is 0 and skipped)."""
     sae = self.sharded_sae
 
     def per_device(params, buffers, x, hyper, dead):
@@ -145,7 +147,7 @@ class GroupTrainer:
       self.specs.get("buffers", {}),
       P(sharding.DATA),
       P(),
-      P(None, self._latent_axis()),
+      None if dead_SxN is None else P(None, self._latent_axis()),
     )
     fn = jax.shard_map(
       per_device,
@@ -155,13 +157,24 @@ class GroupTrainer:
     )
     return fn(params, buffers, x_BxD, hyper, dead_SxN)
 
+  def loss_skipping_aux_k(self, params, buffers, x_BxD, hyper, dead_SxN):
+    """`loss`, skipping AuxK's top-k over the dead latents while none is dead (a `lax.cond`
+    outside the member vmap, so only the branch taken runs; SAELens skips it the same way)."""
+    if not self.sae.has_aux_k:
+      return self.loss(params, buffers, x_BxD, hyper, dead_SxN)
+    return jax.lax.cond(
+      jnp.any(dead_SxN),
+      lambda: self.loss(params, buffers, x_BxD, hyper, dead_SxN),
+      lambda: self.loss(params, buffers, x_BxD, hyper, None),
+    )
+
   # ---- step ---------------------------------------------------------------------------------
   def step(self, params, opt_state, extras, x_BxD, step, settings: StepSettings):
     """One update of every member. Returns (params, opt_state, extras, metrics per member)."""
     warm = optim.sparsity_warmup(step, settings.steps, settings.sparsity_warmup_fraction)
     hyper = self.group.hyper(warm)
     dead = extras["tokens_since_fired"] >= settings.dead_window_tokens
-    grad_fn = jax.value_and_grad(self.loss, has_aux=True)
+    grad_fn = jax.value_and_grad(self.loss_skipping_aux_k, has_aux=True)
     (_, (terms, stats, fired)), grads = grad_fn(params, extras["buffers"], x_BxD, hyper, dead)
     updates, opt_state = jax.vmap(self.optimizer.update)(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)

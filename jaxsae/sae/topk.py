@@ -22,6 +22,7 @@ Training runs one of two paths with the same numbers (tested within 1e-5):
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -76,16 +77,28 @@ class TopKSAE(SparseAutoencoder):
     k = self.config.k if hyper is None else hyper.k
     return Encoding(top_k_latents(pre, self.config.k, k, self.axes), pre)
 
+  @property
+  def has_aux_k(self) -> bool:
+    return self.config.aux_k > 0
+
   def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
-    cfg, terms, stats = self.config, {}, {}
-    if cfg.multi_topk:
-      z4 = top_k_latents(enc.pre, 4 * cfg.k, 4 * hyper.k, self.axes)
+    terms, stats = {}, {}
+    if self.config.multi_topk:
+      z4 = top_k_latents(enc.pre, 4 * self.config.k, 4 * hyper.k, self.axes)
       terms["multi_topk"] = self.reconstruction_term(x_BxD, z4) / 8
-    if cfg.aux_k > 0:
-      aux, n_dead = self.aux_k_loss(x_BxD, x_hat_BxD, enc.pre, dead_N)
-      terms["aux_k"] = hyper.aux_alpha * aux
-      stats["aux_k_loss"], stats["dead"] = jax.lax.stop_gradient(aux), n_dead
+    if self.has_aux_k:
+      aux_k = functools.partial(self.aux_k_loss, x_BxD, x_hat_BxD, enc.pre)
+      self._add_aux_k(terms, stats, hyper, aux_k, dead_N)
     return terms, stats
+
+  def _add_aux_k(self, terms, stats, hyper, aux_k_loss, dead_N):
+    """AuxK's term and statistics; with dead_N None (nothing dead) L_aux = 0, not computed."""
+    if dead_N is None:
+      aux, n_dead = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+    else:
+      aux, n_dead = aux_k_loss(dead_N)
+    terms["aux_k"] = hyper.aux_alpha * aux
+    stats["aux_k_loss"], stats["dead"] = jax.lax.stop_gradient(aux), n_dead
 
   def aux_k_loss(self, x_BxD, x_hat_BxD, pre_BxN, dead_N) -> tuple[jax.Array, jax.Array]:
     """(L_aux, number of dead latents): the dead latents' top-k_aux reconstruct the residual."""
@@ -126,8 +139,6 @@ class TopKSAE(SparseAutoencoder):
       return super().loss(x_BxD, hyper, dead_N, train)
     cfg, axes = self.config, self.axes
     hyper = Hyper.of(cfg) if hyper is None else hyper
-    if dead_N is None:
-      dead_N = jnp.zeros(self.W_dec.shape[0], bool)
     encoder = self._sparse_encoder(x_BxD)
     k_max = 4 * cfg.k if cfg.multi_topk else cfg.k
     _, idx = collectives.top_k_over_latents(encoder.pre, k_max, axes)
@@ -140,10 +151,9 @@ class TopKSAE(SparseAutoencoder):
       code4 = SparseCode(jnp.where(rank < 4 * hyper.k, z_all, 0.0), idx)
       terms["multi_topk"] = self.sparse_reconstruction_term(x_BxD, code4) / 8
     stats = self.sparse_statistics(x_BxD, x_hat, code)
-    if cfg.aux_k > 0:
-      aux, n_dead = self._sparse_aux_k_loss(x_BxD, x_hat, encoder, dead_N)
-      terms["aux_k"] = hyper.aux_alpha * aux
-      stats["aux_k_loss"], stats["dead"] = jax.lax.stop_gradient(aux), n_dead
+    if self.has_aux_k:
+      aux_k = functools.partial(self._sparse_aux_k_loss, x_BxD, x_hat, encoder)
+      self._add_aux_k(terms, stats, hyper, aux_k, dead_N)
     return LossOutput(sum(terms.values()), terms, stats)
 
   def _sparse_encoder(self, x_BxD) -> _Encoder:
