@@ -1,0 +1,51 @@
+"""SAE training speed: our step per architecture, its floor and SAELens, in one process.
+
+  python -m experiments.bench.sae --out=runs/bench                 # topk, relu at d=768, n=16384
+  python -m experiments.bench.sae --architectures=topk --d=128 --n=1024 --k=16 --batch=1024 \
+      --out=/tmp/bench --peer=False
+  python -m experiments.bench.sae --out=runs/bench --readme=README.md   # also refresh README
+
+Writes OUT/sae_bench.json and OUT/sae_bench.md (jaxsae.bench.report); --readme replaces the
+table between `<!-- bench:sae -->` and `<!-- /bench:sae -->` in that file. SAELens is timed
+when the `peers` extra is installed (--peer=False skips it).
+"""
+
+from absl import flags
+
+from jaxsae import cli
+from jaxsae.bench import harness, report
+
+_ARCHITECTURES = flags.DEFINE_list("architectures", ["topk", "relu"], "Architectures to time.")
+_D = flags.DEFINE_integer("d", 768, "Input width.")
+_N = flags.DEFINE_integer("n", 16384, "Latents.")
+_K = flags.DEFINE_integer("k", 32, "Active latents (TopK, BatchTopK).")
+_BATCH = flags.DEFINE_integer("batch", 4096, "Tokens per step.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measurement (median).")
+_PEER = flags.DEFINE_boolean("peer", True, "Also time SAELens when it is installed.")
+_OUT = flags.DEFINE_string("out", None, "Directory for sae_bench.json and sae_bench.md.")
+_README = flags.DEFINE_string("readme", None, "Also replace the table in this README.")
+flags.mark_flag_as_required("out")
+
+
+def main(argv):
+  del argv
+  result = harness.run(
+    _ARCHITECTURES.value,
+    d=_D.value,
+    n=_N.value,
+    k=_K.value,
+    batch=_BATCH.value,
+    repeats=_REPEATS.value,
+    peer=_PEER.value,
+    log=print,
+  )
+  paths = report.write(result, _OUT.value)
+  print(report.markdown(result))
+  if _README.value:
+    report.update_readme(_README.value, result)
+    paths += (_README.value,)
+  print("wrote " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,167 @@
+"""One benchmark run: per architecture, our step, its floor and the SAELens peer, as rows.
+
+Targets (issue 7; benchmarks, not tests), at d=768, n=16384, k=32, B=4096, float32:
+TopK ≥ 8× SAELens tokens/s with a step ≤ 1.25× the floor (encoder + top-k); ReLU ≥ 1× SAELens
+and ≥ 85% of the measured matmul peak (a step ≤ 1/0.85 of the dense floor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pathlib
+import platform
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from jaxsae.bench import floor as floor_lib
+from jaxsae.bench import peers, sae_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  min_peer_ratio: float  # Our tokens/s over SAELens's.
+  max_step_over_floor: float
+  text: str
+
+
+TARGETS = {
+  "topk": Target(8.0, 1.25, "≥ 8× SAELens, ≤ 1.25× floor"),
+  "relu": Target(1.0, 1 / 0.85, "≥ 1× SAELens, ≥ 85% of matmul peak"),
+}
+
+
+def _cpu_model() -> str:
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  if cpuinfo.exists():
+    for line in cpuinfo.read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  return platform.processor() or platform.machine()
+
+
+def load_average() -> float | None:
+  """The 1-minute load average: other work on the machine makes every figure noisier."""
+  return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def machine_info() -> dict[str, Any]:
+  """Where the figures come from."""
+  return {
+    "platform": platform.platform(),
+    "cpu": _cpu_model(),
+    "cpus": peers.usable_cpus(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "device_kind": jax.devices()[0].device_kind,
+    "devices": jax.device_count(),
+  }
+
+
+def target_met(row: dict[str, Any]) -> str:
+  """Whether `row` meets its target: yes/no, "(floor only)" without the peer, "—" for none."""
+  target = TARGETS.get(row["architecture"])
+  if target is None:
+    return "—"
+  floor_ok = row["step_over_floor"] <= target.max_step_over_floor
+  if row["saelens_ratio"] is None:
+    return ("yes" if floor_ok else "no") + " (floor only)"
+  return "yes" if floor_ok and row["saelens_ratio"] >= target.min_peer_ratio else "no"
+
+
+def benchmark_architecture(
+  architecture: str,
+  *,
+  d: int,
+  n: int,
+  k: int,
+  batch: int,
+  repeats: int = 5,
+  peer: bool = True,
+  peak: floor_lib.Peak | None = None,
+  mesh=None,
+) -> dict[str, Any]:
+  """One row: our step, its floor and (if `peer` and installed) SAELens, all at one shape."""
+  peak = peak or floor_lib.matmul_peak(batch, d, n, repeats)
+  ours = sae_step.time_train_step(
+    architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, mesh=mesh
+  )
+  fl = floor_lib.floor(architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, peak=peak)
+  row = {
+    "architecture": architecture,
+    "d": d,
+    "n": n,
+    "k": k if architecture in sae_step.K_ARCHITECTURES else None,
+    "batch": batch,
+    "dtype": "float32",
+    "devices": ours.devices,
+    "step_ms": ours.seconds * 1e3,
+    "step_spread": ours.timing.spread,
+    "tokens_per_s": ours.tokens_per_s,
+    "losses": list(ours.losses),
+    "floor_kind": fl.kind,
+    "floor_ms": fl.seconds * 1e3,
+    "step_over_floor": ours.seconds / fl.seconds,
+    "peak_gflops": fl.peak_flops_per_s / 1e9,
+    "dense_gflop_per_step": fl.dense_flops / 1e9,
+    # Share of the matmul peak the step's dense FLOPs run at (dense floors only).
+    "peak_fraction": None if architecture in floor_lib.TOPK_FLOOR else fl.seconds / ours.seconds,
+    "saelens_step_ms": None,
+    "saelens_tokens_per_s": None,
+    "saelens_ratio": None,
+    "saelens_losses": None,
+    "saelens_note": "",
+  }
+  reason = "not requested (--peer=False)" if not peer else peers.unavailable_reason(architecture)
+  if reason:
+    row["saelens_note"] = reason
+  else:
+    theirs = peers.time_saelens_step(architecture, d=d, n=n, k=k, batch=batch, repeats=repeats)
+    row.update(
+      saelens_step_ms=theirs.seconds * 1e3,
+      saelens_tokens_per_s=theirs.tokens_per_s,
+      saelens_ratio=ours.tokens_per_s / theirs.tokens_per_s,
+      saelens_losses=list(theirs.losses),
+      saelens_note=f"sae-lens {theirs.version}, torch {theirs.threads} threads",
+    )
+  target = TARGETS.get(architecture)
+  row["target"] = target.text if target else ""
+  row["target_met"] = target_met(row)
+  return row
+
+
+def run(
+  architectures: Sequence[str],
+  *,
+  d: int,
+  n: int,
+  k: int,
+  batch: int,
+  repeats: int = 5,
+  peer: bool = True,
+  log: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+  """{"machine", "date", "settings", "rows"}: every architecture at one shape."""
+  load_before = load_average()
+  peak = floor_lib.matmul_peak(batch, d, n, repeats)
+  log(f"matmul peak {peak.flops_per_s / 1e9:.1f} GFLOP/s ({peak.timing.seconds * 1e3:.1f} ms)")
+  rows = []
+  for architecture in architectures:
+    row = benchmark_architecture(
+      architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, peer=peer, peak=peak
+    )
+    log(
+      f"{architecture}: {row['step_ms']:.1f} ms/step, {row['tokens_per_s']:.0f} tokens/s, "
+      f"{row['step_over_floor']:.2f}x floor; SAELens "
+      + (f"{row['saelens_tokens_per_s']:.0f} tokens/s" if row["saelens_ratio"] else "n/a")
+    )
+    rows.append(row)
+  return {
+    "machine": {**machine_info(), "load_average": [load_before, load_average()]},
+    "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+    "settings": {"repeats": repeats, "timing": "median of repeats after one warm-up step"},
+    "rows": rows,
+  }

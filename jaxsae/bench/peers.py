@@ -1,0 +1,112 @@
+"""SAELens (the `peers` extra: sae-lens + CPU torch) training the same SAE, timed in-process.
+
+The peer step is SAELens's own: `SAETrainer.step(batch)` on its training SAE (forward,
+dead-latent bookkeeping, backward, grad-norm clip at 1, Adam, scheduler steps), then
+`n_training_steps += 1` as `SAETrainer.fit` does. SAELens defaults otherwise: TopK scales
+pre-activations by ‖W_dec‖ (`rescale_acts_by_decoder_norm`) and skips AuxK until a latent has
+been dead for 1000 steps; ReLU is `standard` (‖W_dec‖-weighted L1). Learning rate and Adam betas
+are jaxsae's. torch runs on the CPU with one thread per usable core.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+from jaxsae.bench import timing
+from jaxsae.sae import optim
+
+# jaxsae architecture -> (SAELens training class, its config class, whether it takes k).
+CLASSES = {
+  "topk": ("TopKTrainingSAE", "TopKTrainingSAEConfig", True),
+  "batchtopk": ("BatchTopKTrainingSAE", "BatchTopKTrainingSAEConfig", True),
+  "relu": ("StandardTrainingSAE", "StandardTrainingSAEConfig", False),
+  "gated": ("GatedTrainingSAE", "GatedTrainingSAEConfig", False),
+  "jumprelu": ("JumpReLUTrainingSAE", "JumpReLUTrainingSAEConfig", False),
+}
+
+
+def usable_cpus() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def unavailable_reason(architecture: str) -> str | None:
+  """Why SAELens cannot be timed on `architecture` here, or None when it can."""
+  missing = [m for m in ("torch", "sae_lens") if importlib.util.find_spec(m) is None]
+  if missing:
+    return f"{' and '.join(missing)} not installed (pip install -e '.[peers]')"
+  if architecture not in CLASSES:
+    return f"SAELens has no {architecture} training SAE"
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerResult:
+  timing: timing.Timing
+  batch: int
+  losses: tuple[float, ...]  # Loss after each step (warm-up included).
+  version: str
+  threads: int
+
+  @property
+  def seconds(self) -> float:
+    return self.timing.seconds
+
+  @property
+  def tokens_per_s(self) -> float:
+    return self.batch / self.seconds
+
+
+def time_saelens_step(
+  architecture: str,
+  *,
+  d: int,
+  n: int,
+  k: int,
+  batch: int,
+  repeats: int = 5,
+  seed: int = 0,
+  threads: int | None = None,
+) -> PeerResult:
+  """Median seconds of one SAELens training step (after one warm-up step) on random rows."""
+  reason = unavailable_reason(architecture)
+  if reason:
+    raise RuntimeError(reason)
+  import sae_lens
+  import torch
+  from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+  sae_name, config_name, takes_k = CLASSES[architecture]
+  threads = threads or usable_cpus()
+  previous_threads = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  try:
+    torch.manual_seed(seed)
+    extra = {"k": k} if takes_k else {}
+    cfg = getattr(sae_lens, config_name)(d_in=d, d_sae=n, dtype="float32", device="cpu", **extra)
+    sae = getattr(sae_lens, sae_name)(cfg)
+    trainer = sae_lens.SAETrainer(
+      cfg=SAETrainerConfig(
+        total_training_samples=batch * 10_000,
+        train_batch_size_samples=batch,
+        lr=optim.default_learning_rate(n),
+        lr_end=optim.default_learning_rate(n),
+        device="cpu",
+        logger=LoggingConfig(log_to_wandb=False),
+      ),
+      sae=sae,
+      data_provider=iter(()),
+    )
+    x = torch.randn(batch, d, generator=torch.Generator().manual_seed(seed))
+    losses = []
+
+    def run():
+      out = trainer.step(x)
+      trainer.n_training_steps += 1
+      losses.append(float(out.loss.detach()))
+
+    measured = timing.time_calls(run, repeats)
+  finally:
+    torch.set_num_threads(previous_threads)
+  return PeerResult(measured, batch, tuple(losses), sae_lens.__version__, threads)

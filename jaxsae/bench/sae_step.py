@@ -1,0 +1,97 @@
+"""Our real SAE training step, timed: the jitted step `jaxsae.sae.train` runs, on random inputs.
+
+The trainer is `SAETrainer.build` on a one-SAE config (`base_config(architecture)`: the
+architecture's recipe, AuxK and all) and the step is its `make_step`: the same sweep group,
+`GroupTrainer`, shardings and state donation as in training, on the default (data, model) mesh
+over all devices. Inputs are standard normal rows of width d (E‖x‖² = d, the scale the trainer
+normalizes to, so the input scale is 1). A timed step is one whole optimizer update: forward,
+backward, Adam, constraints, dead-latent counters and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxsae import sharding
+from jaxsae.bench import timing
+from jaxsae.sae import train_config
+from jaxsae.sae.train import SAETrainer
+
+# Architectures whose config's k is the number of active latents.
+K_ARCHITECTURES = ("topk", "batchtopk")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+  timing: timing.Timing
+  batch: int
+  losses: tuple[float, ...]  # loss/total after the warm-up step and after the last timed step.
+  devices: int
+
+  @property
+  def seconds(self) -> float:
+    return self.timing.seconds
+
+  @property
+  def tokens_per_s(self) -> float:
+    return self.batch / self.seconds
+
+
+def bench_config(
+  architecture: str, *, d: int, n: int, k: int, batch: int, steps: int = 10_000
+) -> ml_collections.ConfigDict:
+  """A validated one-SAE config of `architecture` at this shape (steps only set the schedule)."""
+  config = train_config.base_config(architecture)
+  config.sae.n_latents = n
+  config.sae.k = k if architecture in K_ARCHITECTURES else min(config.sae.k, n)
+  config.train.batch_size = batch
+  config.train.steps = steps
+  train_config.validate(config, n_devices=jax.device_count(), d_in=d)
+  return config
+
+
+def random_batch(trainer: SAETrainer, d: int, batch: int, seed: int = 0) -> jax.Array:
+  """Standard normal (batch, d) float32 rows, placed as the trainer places a global batch."""
+  rows = np.random.default_rng(seed).standard_normal((batch, d), dtype=np.float32)
+  return sharding.global_batch({"x": rows}, trainer.mesh)["x"]
+
+
+def time_train_step(
+  architecture: str,
+  *,
+  d: int,
+  n: int,
+  k: int,
+  batch: int,
+  repeats: int = 5,
+  seed: int = 0,
+  mesh=None,
+) -> StepResult:
+  """Median seconds of one training step (after one compiling step) and the losses seen."""
+  config = bench_config(architecture, d=d, n=n, k=k, batch=batch)
+  trainer = SAETrainer.build(config, d, mesh)
+  step = trainer.make_step(scale=1.0)
+  x = random_batch(trainer, d, batch, seed)
+  state = trainer.init_state(jax.random.key(seed), np.zeros(d, np.float32))
+  group = trainer.groups[0].name
+  held = {"state": state, "metrics": None}
+
+  def run():
+    held["state"], held["metrics"] = step(held["state"], x)  # The old state is donated.
+    return held["state"], held["metrics"]
+
+  def loss() -> float:
+    return float(jax.device_get(held["metrics"][group]["loss/total"])[0])
+
+  jax.block_until_ready(run())  # Compiles.
+  losses = [loss()]
+  measured = timing.time_calls(run, repeats, warmup=0)
+  losses.append(loss())
+  if not all(math.isfinite(v) for v in losses):
+    raise FloatingPointError(f"{architecture}: non-finite training loss {losses}")
+  return StepResult(measured, batch, tuple(losses), trainer.mesh.size)

@@ -1,0 +1,85 @@
+"""The SAE speed benchmark at a tiny shape: our step, the floors, SAELens, and the outputs."""
+
+import json
+import math
+
+import pytest
+
+from jaxsae.bench import floor, harness, peers, report, sae_step
+from jaxsae.errors import JaxsaeError
+
+SHAPE = dict(d=16, n=64, k=4, batch=32)
+
+
+@pytest.fixture(scope="module")
+def result():
+  return harness.run(["topk", "relu"], **SHAPE, repeats=1, peer=True)
+
+
+def _positive(value) -> bool:
+  return value is not None and math.isfinite(value) and value > 0
+
+
+def test_harness_times_our_step_and_its_floor(result):
+  rows = {r["architecture"]: r for r in result["rows"]}
+  assert set(rows) == {"topk", "relu"}
+  for row in rows.values():
+    for key in ("step_ms", "tokens_per_s", "floor_ms", "step_over_floor", "peak_gflops"):
+      assert _positive(row[key]), (row["architecture"], key, row[key])
+    assert all(math.isfinite(v) for v in row["losses"])
+  assert rows["topk"]["floor_kind"] == "encoder+top_k" and rows["topk"]["k"] == 4
+  assert rows["relu"]["floor_kind"] == "dense FLOPs / peak" and rows["relu"]["k"] is None
+  assert rows["relu"]["dense_gflop_per_step"] == pytest.approx(12 * 32 * 16 * 64 / 1e9)
+  assert result["machine"]["cpus"] >= 1 and result["machine"]["device_kind"]
+  assert len(result["machine"]["load_average"]) == 2
+
+
+def test_saelens_peer_is_timed_in_the_same_run(result):
+  for row in result["rows"]:
+    assert _positive(row["saelens_tokens_per_s"]) and _positive(row["saelens_ratio"])
+    assert row["target_met"] in ("yes", "no")
+    assert "sae-lens 6.54" in row["saelens_note"]
+
+
+def test_saelens_step_trains():
+  out = peers.time_saelens_step("topk", **SHAPE, repeats=4)
+  assert all(math.isfinite(v) for v in out.losses) and len(out.losses) == 5
+  assert out.losses[-1] < out.losses[0]
+
+
+def test_peer_reports_why_it_cannot_run():
+  assert "prolu" in peers.unavailable_reason("prolu_relu")
+  assert peers.unavailable_reason("relu") is None
+  with pytest.raises(RuntimeError):
+    peers.time_saelens_step("prolu_ste", **SHAPE)
+
+
+def test_floor_counts_and_target_verdicts():
+  assert floor.dense_step_flops("gated", 2, 3, 5) == 11 * 2 * 2 * 3 * 5
+  row = {"architecture": "topk", "step_over_floor": 1.2, "saelens_ratio": 9.0}
+  assert harness.target_met(row) == "yes"
+  assert harness.target_met({**row, "saelens_ratio": 7.0}) == "no"
+  assert harness.target_met({**row, "saelens_ratio": None}) == "yes (floor only)"
+  assert harness.target_met({**row, "architecture": "gated"}) == "—"
+  with pytest.raises(ValueError):
+    sae_step.bench_config("topk", d=16, n=64, k=100, batch=32)
+
+
+def test_json_markdown_and_readme_block(result, tmp_path):
+  json_path, md_path = report.write(result, tmp_path / "out")
+  assert [r["architecture"] for r in json.loads(json_path.read_text())["rows"]] == ["topk", "relu"]
+  md = md_path.read_text()
+  assert "| topk | 16 | 64 | 4 | 32 | float32 |" in md and "| relu | 16 | 64 | — |" in md
+  assert "Machine: " in md and "load average" in md
+
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# x\n\n{report.START}\nold table\n{report.END}\n\n## After\n")
+  report.update_readme(readme, result)
+  text = readme.read_text()
+  assert (
+    "old table" not in text and "| topk |" in text and text.endswith(f"{report.END}\n\n## After\n")
+  )
+  report.update_readme(readme, result)  # Idempotent: the markers stay.
+  assert text == readme.read_text()
+  with pytest.raises(JaxsaeError):
+    report.replace_block("no markers", "table")
