@@ -29,7 +29,7 @@ def test_harness_times_our_step_and_its_floor(result):
     assert all(math.isfinite(v) for v in row["losses"])
   assert rows["topk"]["floor_kind"] == "encoder+top_k" and rows["topk"]["k"] == 4
   assert rows["relu"]["floor_kind"] == "dense FLOPs / peak" and rows["relu"]["k"] is None
-  assert rows["relu"]["dense_gflop_per_step"] == pytest.approx(12 * 32 * 16 * 64 / 1e9)
+  assert rows["relu"]["dense_gflop_per_step"] == pytest.approx(10 * 32 * 16 * 64 / 1e9)
   assert result["machine"]["cpus"] >= 1 and result["machine"]["device_kind"]
   assert len(result["machine"]["load_average"]) == 2
 
@@ -54,8 +54,25 @@ def test_peer_reports_why_it_cannot_run():
     peers.time_saelens_step("prolu_ste", **SHAPE)
 
 
+def test_variants_change_the_config_and_skip_the_peer():
+  assert sae_step.parse_spec("topk") == ("topk", {})
+  architecture, overrides = sae_step.parse_spec("topk:topk_path=dense+compute_dtype=bfloat16")
+  assert architecture == "topk" and overrides == {"topk_path": "dense", "compute_dtype": "bfloat16"}
+  config = sae_step.bench_config(
+    "topk", **SHAPE, overrides={**overrides, "dead_window_tokens": "32"}
+  )
+  assert (config.sae.topk_path, config.sae.compute_dtype) == ("dense", "bfloat16")
+  assert config.train.dead_window_tokens == 32
+  with pytest.raises(ValueError, match="unknown benchmark override"):
+    sae_step.bench_config("topk", **SHAPE, overrides={"nope": "1"})
+  row = harness.benchmark_architecture("topk:compute_dtype=bfloat16", **SHAPE, repeats=1)
+  assert row["variant"] == "compute_dtype=bfloat16" and row["dtype"] == "bfloat16"
+  assert row["saelens_ratio"] is None and row["target_met"] == "—"
+  assert _positive(row["tokens_per_s"])
+
+
 def test_floor_counts_and_target_verdicts():
-  assert floor.dense_step_flops("gated", 2, 3, 5) == 11 * 2 * 2 * 3 * 5
+  assert floor.dense_step_flops("gated", 2, 3, 5) == 9 * 2 * 2 * 3 * 5
   row = {"architecture": "topk", "step_over_floor": 1.2, "saelens_ratio": 9.0}
   assert harness.target_met(row) == "yes"
   assert harness.target_met({**row, "saelens_ratio": 7.0}) == "no"
@@ -69,7 +86,7 @@ def test_json_markdown_and_readme_block(result, tmp_path):
   json_path, md_path = report.write(result, tmp_path / "out")
   assert [r["architecture"] for r in json.loads(json_path.read_text())["rows"]] == ["topk", "relu"]
   md = md_path.read_text()
-  assert "| topk | 16 | 64 | 4 | 32 | float32 |" in md and "| relu | 16 | 64 | — |" in md
+  assert "| topk | — | 16 | 64 | 4 | 32 | float32 |" in md and "| relu | — | 16 | 64 | — |" in md
   assert "Machine: " in md and "load average" in md
 
   readme = tmp_path / "README.md"

@@ -3,6 +3,7 @@ and the reference's known mistakes of other libraries as regression tests."""
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -139,6 +140,42 @@ def test_relu_l1_penalty(decoder_norm):
   np.testing.assert_allclose(
     out.terms["reconstruction"], recon_error(xn, z @ p["W_dec"] + p["b_dec"]), rtol=1e-5
   )
+
+
+@pytest.mark.parametrize("architecture", ["relu", "gated", "prolu_relu"])
+def test_centered_matmul_has_the_formulas_values_and_b_dec_gradient(architecture):
+  """The encoder takes b_dec's gradient as one vector-matrix product (`centered_matmul`)."""
+  sae, v, x = make(architecture)
+  W, b = v["params"]["W_enc"], v["params"]["b_dec"]
+
+  def trick(b):
+    return sae.apply({**v, "params": {**v["params"], "b_dec": b}}, x, W, method="centered_matmul")
+
+  def formula(b):
+    return (x - b) @ W
+
+  np.testing.assert_allclose(trick(b), formula(b), rtol=1e-6, atol=1e-6)
+  g = jax.random.normal(jax.random.key(5), (BATCH, N))
+  got, want = jax.vjp(trick, b)[1](g)[0], jax.vjp(formula, b)[1](g)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_relu_gradients_equal_autodiff_of_the_plain_formula():
+  sae, v, x = make("relu")  # decoder_norm auto = penalty: λ Σ |z_i| ‖w_i‖
+
+  def ours(params):
+    return sae.apply({**v, "params": params}, x, method="loss").total
+
+  def plain(p):
+    z = jax.nn.relu((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"])
+    x_hat = z @ p["W_dec"] + p["b_dec"]
+    l1 = jnp.sum(z * jnp.linalg.norm(p["W_dec"], axis=-1), -1)
+    return jnp.mean(jnp.sum((x - x_hat) ** 2, -1)) / D + 0.3 * jnp.mean(l1)
+
+  np.testing.assert_allclose(ours(v["params"]), plain(v["params"]), rtol=1e-6)
+  got, want = jax.grad(ours)(v["params"]), jax.grad(plain)(v["params"])
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 def test_gated_encode_and_loss_terms():
@@ -285,3 +322,34 @@ def test_every_architecture_is_registered_and_trains_its_parameters():
     for param, g in grads.items():
       assert np.all(np.isfinite(np.asarray(g))), (name, param)
     assert np.abs(np.asarray(grads["W_enc"])).sum() > 0, name
+
+
+def _big_dots(jaxpr, threshold):
+  """dot_generals of at least `threshold` multiply-adds in a (closed) jaxpr, nested ones included."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs, rhs = (v.aval.shape for v in eqn.invars)
+      out = eqn.outvars[0].aval.shape
+      contracted = int(np.prod([lhs[i] for i in lhs_contract]))
+      count += int(np.prod(out)) * contracted >= threshold
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      count += _big_dots(sub, threshold)
+  return count
+
+
+@pytest.mark.parametrize("architecture,matmuls", [("relu", 5), ("jumprelu", 5), ("gated", 9)])
+def test_a_dense_step_has_the_counted_matmuls(architecture, matmuls):
+  """The benchmark's dense floor counts these B×d×n matmuls per step (jaxsae.bench.floor)."""
+  batch, d, n = 64, 16, 128
+  cfg = SAEConfig(architecture, d_in=d, n_latents=n, k=4, sparsity_coefficient=0.1)
+  sae = registry.build(cfg)
+  x = jax.random.normal(jax.random.key(0), (batch, d))
+  params = nn.meta.unbox(sae.init(jax.random.key(1), x))["params"]
+
+  def total(p):
+    return sae.apply({"params": p}, x, method="loss").total
+
+  jaxpr = jax.make_jaxpr(jax.grad(total))(params).jaxpr
+  assert _big_dots(jaxpr, batch * d * n) == matmuls

@@ -4,6 +4,8 @@
   python -m experiments.bench.sae --architectures=topk --d=128 --n=1024 --k=16 --batch=1024 \
       --out=/tmp/bench --peer=False
   python -m experiments.bench.sae --out=runs/bench --readme=README.md   # also refresh README
+  python -m experiments.bench.sae --out=/tmp/b --peer=False \
+      --architectures=topk,topk:topk_path=dense,topk:compute_dtype=bfloat16
 
 Writes OUT/sae_bench.json and OUT/sae_bench.md (jaxsae.bench.report); --readme replaces the
 table between `<!-- bench:sae -->` and `<!-- /bench:sae -->` in that file. SAELens is timed
@@ -15,7 +17,13 @@ from absl import flags
 from jaxsae import cli
 from jaxsae.bench import harness, report
 
-_ARCHITECTURES = flags.DEFINE_list("architectures", ["topk", "relu"], "Architectures to time.")
+_ARCHITECTURES = flags.DEFINE_list(
+  "architectures",
+  ["topk", "relu"],
+  "Architectures to time, or variants: ARCH:key=value+key=value over sae.* fields and "
+  "dead_window_tokens (e.g. topk:topk_path=dense, topk:compute_dtype=bfloat16, "
+  "topk:dead_window_tokens=4096 so AuxK runs).",
+)
 _D = flags.DEFINE_integer("d", 768, "Input width.")
 _N = flags.DEFINE_integer("n", 16384, "Latents.")
 _K = flags.DEFINE_integer("k", 32, "Active latents (TopK, BatchTopK).")

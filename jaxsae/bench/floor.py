@@ -14,13 +14,12 @@ pre = (x − b_dec) W_enc and x̂ = z W_dec, each matmul below costs 2·B·d·n 
   backward   ∂z = ∂x̂ W_decᵀ                   1
              ∂W_dec = zᵀ ∂x̂                    1
              ∂W_enc = (x − b_dec)ᵀ ∂pre        1
-             ∂(x − b_dec) = ∂pre W_encᵀ        1   (b_dec's gradient through the encoder)
 
-so 6 · 2·B·d·n = 12·B·d·n: the compiled ReLU step has exactly these 6 dots. (b_dec's encoder
-gradient could be −(Σ_B ∂pre) W_encᵀ, 2·d·n FLOPs, for 10·B·d·n; autodiff forms the B×d
-product.) Gated adds the magnitude encoder (forward, ∂W, ∂x: 3) and the gate-path reconstruction
-through the frozen decoder (forward and ∂z: 2): 11 matmuls. BatchTopK's dense path is counted
-like ReLU. AuxK's dense decode (TopK, BatchTopK) is not counted: it only works when latents are
+so 5 · 2·B·d·n = 10·B·d·n. b_dec's gradient through the encoder is −(Σ_B ∂pre) W_encᵀ, 2·d·n
+FLOPs (`SparseAutoencoder.centered_matmul`; plain autodiff would form the B×d product ∂pre W_encᵀ
+as a sixth matmul), and x is data. Gated adds the magnitude encoder (forward and ∂W: 2) and the
+gate-path reconstruction through the frozen decoder (forward and ∂z: 2): 9 matmuls. BatchTopK's
+dense path is counted like ReLU. AuxK's dense decode (TopK, BatchTopK) is not counted: it only works when latents are
 dead. Elementwise work (activations, penalties, Adam) is O(B·n) or O(d·n) and not counted.
 """
 
@@ -36,13 +35,13 @@ from jaxsae.bench import timing
 
 # Dense matmuls of shape B×d×n per training step (see the module docstring).
 MATMULS = {
-  "relu": 6,
-  "jumprelu": 6,
-  "prolu_relu": 6,
-  "prolu_ste": 6,
-  "batchtopk": 6,
-  "topk": 6,
-  "gated": 11,
+  "relu": 5,
+  "jumprelu": 5,
+  "prolu_relu": 5,
+  "prolu_ste": 5,
+  "batchtopk": 5,
+  "topk": 5,
+  "gated": 9,
 }
 TOPK_FLOOR = ("topk",)
 

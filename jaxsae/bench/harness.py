@@ -63,7 +63,7 @@ def machine_info() -> dict[str, Any]:
 
 def target_met(row: dict[str, Any]) -> str:
   """Whether `row` meets its target: yes/no, "(floor only)" without the peer, "—" for none."""
-  target = TARGETS.get(row["architecture"])
+  target = None if row.get("variant") else TARGETS.get(row["architecture"])
   if target is None:
     return "—"
   floor_ok = row["step_over_floor"] <= target.max_step_over_floor
@@ -73,7 +73,7 @@ def target_met(row: dict[str, Any]) -> str:
 
 
 def benchmark_architecture(
-  architecture: str,
+  spec: str,
   *,
   d: int,
   n: int,
@@ -84,19 +84,24 @@ def benchmark_architecture(
   peak: floor_lib.Peak | None = None,
   mesh=None,
 ) -> dict[str, Any]:
-  """One row: our step, its floor and (if `peer` and installed) SAELens, all at one shape."""
+  """One row: our step, its floor and (if `peer` and installed) SAELens, all at one shape.
+
+  `spec` is an architecture, or a variant of one (`sae_step.parse_spec`: "topk:topk_path=dense");
+  SAELens runs only for the plain architectures (a variant is compared with its floor)."""
+  architecture, overrides = sae_step.parse_spec(spec)
   peak = peak or floor_lib.matmul_peak(batch, d, n, repeats)
   ours = sae_step.time_train_step(
-    architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, mesh=mesh
+    architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, mesh=mesh, overrides=overrides
   )
   fl = floor_lib.floor(architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, peak=peak)
   row = {
     "architecture": architecture,
+    "variant": "+".join(f"{key}={value}" for key, value in overrides.items()),
     "d": d,
     "n": n,
     "k": k if architecture in sae_step.K_ARCHITECTURES else None,
     "batch": batch,
-    "dtype": "float32",
+    "dtype": overrides.get("compute_dtype", "float32"),
     "devices": ours.devices,
     "step_ms": ours.seconds * 1e3,
     "step_spread": ours.timing.spread,
@@ -116,6 +121,8 @@ def benchmark_architecture(
     "saelens_note": "",
   }
   reason = "not requested (--peer=False)" if not peer else peers.unavailable_reason(architecture)
+  if overrides and not reason:
+    reason = "not run for variants"
   if reason:
     row["saelens_note"] = reason
   else:
@@ -127,7 +134,7 @@ def benchmark_architecture(
       saelens_losses=list(theirs.losses),
       saelens_note=f"sae-lens {theirs.version}, torch {theirs.threads} threads",
     )
-  target = TARGETS.get(architecture)
+  target = None if overrides else TARGETS.get(architecture)
   row["target"] = target.text if target else ""
   row["target_met"] = target_met(row)
   return row
@@ -149,12 +156,12 @@ def run(
   peak = floor_lib.matmul_peak(batch, d, n, repeats)
   log(f"matmul peak {peak.flops_per_s / 1e9:.1f} GFLOP/s ({peak.timing.seconds * 1e3:.1f} ms)")
   rows = []
-  for architecture in architectures:
+  for spec in architectures:
     row = benchmark_architecture(
-      architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, peer=peer, peak=peak
+      spec, d=d, n=n, k=k, batch=batch, repeats=repeats, peer=peer, peak=peak
     )
     log(
-      f"{architecture}: {row['step_ms']:.1f} ms/step, {row['tokens_per_s']:.0f} tokens/s, "
+      f"{spec}: {row['step_ms']:.1f} ms/step, {row['tokens_per_s']:.0f} tokens/s, "
       f"{row['step_over_floor']:.2f}x floor; SAELens "
       + (f"{row['saelens_tokens_per_s']:.0f} tokens/s" if row["saelens_ratio"] else "n/a")
     )

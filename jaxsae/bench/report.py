@@ -15,6 +15,7 @@ JSON_FILE, MARKDOWN_FILE = "sae_bench.json", "sae_bench.md"
 # (row key, column header, format) of the markdown table.
 COLUMNS = (
   ("architecture", "architecture", "{}"),
+  ("variant", "variant", "{}"),
   ("d", "d", "{}"),
   ("n", "n", "{}"),
   ("k", "k", "{}"),

@@ -42,15 +42,53 @@ class StepResult:
     return self.batch / self.seconds
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+  """ "topk:topk_path=dense+compute_dtype=bfloat16" -> ("topk", {"topk_path": "dense", ...}).
+
+  Keys are `sae.*` fields, or `dead_window_tokens` (e.g. the batch size, so that latents silent
+  in one step count as dead and AuxK runs)."""
+  architecture, _, rest = spec.partition(":")
+  overrides = {}
+  for item in filter(None, rest.split("+")):
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"benchmark variant {spec!r}: {item!r} is not key=value")
+    overrides[key] = value
+  return architecture, overrides
+
+
+def _typed(old, value: str):
+  if isinstance(old, bool):
+    return value.lower() in ("1", "true", "yes")
+  return type(old)(value)
+
+
 def bench_config(
-  architecture: str, *, d: int, n: int, k: int, batch: int, steps: int = 10_000
+  architecture: str,
+  *,
+  d: int,
+  n: int,
+  k: int,
+  batch: int,
+  steps: int = 10_000,
+  overrides: dict[str, str] | None = None,
 ) -> ml_collections.ConfigDict:
-  """A validated one-SAE config of `architecture` at this shape (steps only set the schedule)."""
+  """A validated one-SAE config of `architecture` at this shape (steps only set the schedule),
+  with `overrides` (see `parse_spec`) applied."""
   config = train_config.base_config(architecture)
   config.sae.n_latents = n
   config.sae.k = k if architecture in K_ARCHITECTURES else min(config.sae.k, n)
   config.train.batch_size = batch
   config.train.steps = steps
+  for key, value in (overrides or {}).items():
+    if key == "dead_window_tokens":
+      config.train.dead_window_tokens = int(value)
+    elif key in config.sae:
+      config.sae[key] = _typed(config.sae[key], value)
+    else:
+      raise ValueError(
+        f"unknown benchmark override {key!r}: use sae.* fields or dead_window_tokens"
+      )
   train_config.validate(config, n_devices=jax.device_count(), d_in=d)
   return config
 
@@ -71,9 +109,10 @@ def time_train_step(
   repeats: int = 5,
   seed: int = 0,
   mesh=None,
+  overrides: dict[str, str] | None = None,
 ) -> StepResult:
   """Median seconds of one training step (after one compiling step) and the losses seen."""
-  config = bench_config(architecture, d=d, n=n, k=k, batch=batch)
+  config = bench_config(architecture, d=d, n=n, k=k, batch=batch, overrides=overrides)
   trainer = SAETrainer.build(config, d, mesh)
   step = trainer.make_step(scale=1.0)
   x = random_batch(trainer, d, batch, seed)

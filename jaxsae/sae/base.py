@@ -157,9 +157,27 @@ class SparseAutoencoder(nn.Module):
     dtype = jnp.dtype(self.config.compute_dtype)
     return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
+  def centered_matmul(self, x_BxD: jax.Array, W_DxN: jax.Array) -> jax.Array:
+    """(x̃ − b_dec) W, with b_dec's gradient through it as one 1×n·n×d product.
+
+    Autodiff of the formula would compute d(x̃ − b_dec) = g Wᵀ, a B×n·n×d matmul (a sixth of a
+    ReLU SAE's step), only to sum it over the batch for b_dec: x̃ is data. Here b_dec enters
+    stopped in (x̃ − sg(b_dec)) W and again in `b_dec_shift`, exactly 0 in value, whose gradient
+    is −(Σ_b g_b) Wᵀ. Values are bitwise the formula's; x̃'s own gradient, if asked for, is
+    unchanged.
+    """
+    centered = x_BxD - jax.lax.stop_gradient(self.b_dec)
+    return self.matmul(centered, W_DxN) + self.b_dec_shift(W_DxN)
+
+  def b_dec_shift(self, W_DxN: jax.Array) -> jax.Array:
+    """(sg(b_dec) − b_dec) sg(W): a row of exact zeros carrying b_dec's encoder-side gradient."""
+    b = self.b_dec
+    zero_row = (jax.lax.stop_gradient(b) - b)[None, :]
+    return self.matmul(zero_row, jax.lax.stop_gradient(W_DxN))
+
   def pre_activations(self, x_BxD: jax.Array) -> jax.Array:
     """pre = (x̃ − b_dec) W_enc + b_enc."""
-    return self.matmul(x_BxD - self.b_dec, self.W_enc) + self.b_enc
+    return self.centered_matmul(x_BxD, self.W_enc) + self.b_enc
 
   def decode(self, z_BxN: jax.Array) -> jax.Array:
     """x̂ = z W_dec + b_dec (partial products summed over latent shards)."""
@@ -184,11 +202,15 @@ class SparseAutoencoder(nn.Module):
     """mean over tokens of ‖x̃ − x̂‖² / d."""
     return self.mean_over_tokens(jnp.sum((x_BxD - x_hat_BxD) ** 2, axis=-1)) / x_BxD.shape[-1]
 
-  def reconstruction_term(self, x_BxD: jax.Array, z_BxN: jax.Array) -> jax.Array:
-    """The reconstruction error, or with Matryoshka Σ_m error(z[:m] W_dec[:m] + b_dec)."""
+  def reconstruction_term(
+    self, x_BxD: jax.Array, z_BxN: jax.Array, x_hat_BxD: jax.Array | None = None
+  ) -> jax.Array:
+    """The reconstruction error, or with Matryoshka Σ_m error(z[:m] W_dec[:m] + b_dec).
+    (`x_hat_BxD`: decode(z) if already computed.)"""
     prefixes = self.config.prefixes
     if len(prefixes) == 1:
-      return self.reconstruction_error(x_BxD, self.decode(z_BxN))
+      x_hat = self.decode(z_BxN) if x_hat_BxD is None else x_hat_BxD
+      return self.reconstruction_error(x_BxD, x_hat)
     index = self.global_index()
     return sum(
       self.reconstruction_error(x_BxD, self.decode(jnp.where(index < m, z_BxN, 0.0)))
@@ -234,7 +256,7 @@ class SparseAutoencoder(nn.Module):
     hyper = Hyper.of(self.config) if hyper is None else hyper
     enc = self.encode(x_BxD, hyper, train=train)
     x_hat = self.decode(enc.latents)
-    terms = {"reconstruction": self.reconstruction_term(x_BxD, enc.latents)}
+    terms = {"reconstruction": self.reconstruction_term(x_BxD, enc.latents, x_hat)}
     extra_terms, extra_stats = self.extra_terms(x_BxD, x_hat, enc, hyper, dead_N)
     terms.update(extra_terms)
     stats = {**self.statistics(x_BxD, x_hat, enc.latents), **extra_stats}

@@ -28,9 +28,8 @@ class GatedSAE(SparseAutoencoder):
     self.b_mag = self.latent_param("b_mag", 0.0)
 
   def encode(self, x_BxD, hyper: Hyper | None = None, train: bool = False) -> Encoding:
-    centered = x_BxD - self.b_dec
-    pi_gate = self.matmul(centered, self.W_enc) + self.b_gate
-    pi_mag = self.matmul(centered, self.W_enc * jnp.exp(self.r_mag)) + self.b_mag
+    pi_gate = self.centered_matmul(x_BxD, self.W_enc) + self.b_gate
+    pi_mag = self.centered_matmul(x_BxD, self.W_enc * jnp.exp(self.r_mag)) + self.b_mag
     z = (pi_gate > 0).astype(pi_mag.dtype) * jax.nn.relu(pi_mag)
     return Encoding(z, pi_mag, gate=pi_gate)
 

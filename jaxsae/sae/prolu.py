@@ -30,7 +30,7 @@ class ProLUSAE(SparseAutoencoder):
   activation = staticmethod(nonlinearities.prolu_relu)
 
   def encode(self, x_BxD, hyper: Hyper | None = None, train: bool = False) -> Encoding:
-    m = self.matmul(x_BxD - self.b_dec, self.W_enc)
+    m = self.centered_matmul(x_BxD, self.W_enc)
     return Encoding(self.activation(m, self.b_enc), m)
 
   def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):

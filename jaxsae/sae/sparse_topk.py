@@ -98,22 +98,29 @@ def select_pre(centered_BxD, W_enc_DxN, b_enc_N, idx_BxK, pre_BxN):
 
 
 def _select_fwd(centered_BxD, W_enc_DxN, b_enc_N, idx_BxK, pre_BxN):
-  out = select_pre(centered_BxD, W_enc_DxN, b_enc_N, idx_BxK, pre_BxN)
-  return out, (centered_BxD, W_enc_DxN, idx_BxK)
+  values = [a.value for a in (centered_BxD, W_enc_DxN, b_enc_N, idx_BxK, pre_BxN)]
+  # The gradient of the centered inputs (a gather of k encoder columns per token) is computed
+  # only when they are differentiated: not when they are data, as in training.
+  wants_d_centered = jnp.zeros(0) if centered_BxD.perturbed else None
+  return select_pre(*values), (values[0], values[1], values[3], wants_d_centered)
 
 
 def _select_bwd(residuals, g_BxK):
-  centered, W_enc_DxN, idx = residuals
+  centered, W_enc_DxN, idx, wants_d_centered = residuals
+  if isinstance(g_BxK, jax.custom_derivatives.SymbolicZero):
+    return None, None, None, None, None
   n = W_enc_DxN.shape[1]
   g = jnp.where(idx < n, g_BxK, 0).astype(jnp.float32)
-  # Rows of W_enc^T are contiguous: gather and scatter-add rows rather than columns.
-  d_centered = gather_combine(W_enc_DxN.T, idx, g).astype(centered.dtype)
+  d_centered = None
+  if wants_d_centered is not None:
+    # Rows of W_enc^T are contiguous: gather rows rather than columns.
+    d_centered = gather_combine(W_enc_DxN.T, idx, g).astype(centered.dtype)
   d_W_enc = scatter_outer(n, idx, g, centered).T.astype(W_enc_DxN.dtype)
   d_b_enc = scatter_sum(n, idx, g)
   return d_centered, d_W_enc, d_b_enc, None, None  # pre: no gradient (see the docstring)
 
 
-select_pre.defvjp(_select_fwd, _select_bwd)
+select_pre.defvjp(_select_fwd, _select_bwd, symbolic_zeros=True)
 
 
 @jax.custom_vjp
@@ -140,11 +147,27 @@ combine_rows.defvjp(_combine_fwd, _combine_bwd)
 
 @functools.partial(jax.jit, static_argnames="k")
 def topk_encode(x_BxD, W_enc_DxN, b_enc_N, b_dec_D, k: int):
-  """(z_BxK, indices_BxK): ReLU of the k largest pre-activations of each row and their latents."""
-  centered = x_BxD - b_dec_D
+  """(z_BxK, indices_BxK): ReLU of the k largest pre-activations of each row and their latents.
+
+  b_dec's gradient through the encoder is −(Σ_b g_b) W_encᵀ, one 1×n·n×d product, carried by
+  `b_dec_shift` (see `SparseAutoencoder.centered_matmul`)."""
+  centered = x_BxD - jax.lax.stop_gradient(b_dec_D)
   pre = jax.lax.stop_gradient(centered @ W_enc_DxN + b_enc_N)
   _, idx = jax.lax.top_k(pre.astype(jnp.float32), k)
-  return jax.nn.relu(select_pre(centered, W_enc_DxN, b_enc_N, idx, pre)), idx
+  values = select_pre(centered, W_enc_DxN, b_enc_N, idx, pre)
+  return jax.nn.relu(values + gather_shift(b_dec_shift(b_dec_D, W_enc_DxN), idx)), idx
+
+
+def b_dec_shift(b_dec_D, W_enc_DxN):
+  """(sg(b_dec) − b_dec) sg(W_enc): n exact zeros whose gradient is b_dec's through the encoder."""
+  zero = jax.lax.stop_gradient(b_dec_D) - b_dec_D
+  return zero @ jax.lax.stop_gradient(W_enc_DxN)
+
+
+def gather_shift(shift_N, idx_BxK):
+  """shift[idx] (0 at the index n)."""
+  n = shift_N.shape[0]
+  return jnp.where(idx_BxK < n, jnp.take(shift_N, idx_BxK, mode="clip"), 0)
 
 
 def sparse_decode(z_BxK, idx_BxK, W_dec_NxD, b_dec_D):

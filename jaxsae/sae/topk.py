@@ -52,18 +52,19 @@ class SparseCode(NamedTuple):
 
 
 class _Encoder(NamedTuple):
-  """What the sparse path's selections share: centered inputs, encoder weights, `pre`."""
+  """What the sparse path's selections share: centered inputs, encoder weights, `pre`, and the
+  zero row carrying b_dec's encoder-side gradient (`SparseAutoencoder.centered_matmul`)."""
 
   centered: jax.Array
   W_enc: jax.Array
   b_enc: jax.Array
   pre: jax.Array
+  b_dec_shift: jax.Array
 
   def select(self, idx_BxK: jax.Array) -> jax.Array:
     """ReLU(pre) at idx, with the sparse gradient."""
-    return jax.nn.relu(
-      sparse_topk.select_pre(self.centered, self.W_enc, self.b_enc, idx_BxK, self.pre)
-    )
+    values = sparse_topk.select_pre(self.centered, self.W_enc, self.b_enc, idx_BxK, self.pre)
+    return jax.nn.relu(values + sparse_topk.gather_shift(self.b_dec_shift, idx_BxK))
 
 
 class TopKSAE(SparseAutoencoder):
@@ -158,10 +159,10 @@ class TopKSAE(SparseAutoencoder):
 
   def _sparse_encoder(self, x_BxD) -> _Encoder:
     vary = self.axes.vary
-    centered = vary(x_BxD - self.b_dec)
+    centered = vary(x_BxD - jax.lax.stop_gradient(self.b_dec))
     W_enc, b_enc = vary(self.W_enc), vary(self.b_enc)
     pre = jax.lax.stop_gradient(self.matmul(centered, W_enc) + b_enc)
-    return _Encoder(centered, W_enc, b_enc, pre)
+    return _Encoder(centered, W_enc, b_enc, pre, self.b_dec_shift(self.W_enc)[0])
 
   def decode_sparse(self, code: SparseCode) -> jax.Array:
     """x̂ = Σ_j z_j W_dec[i_j] + b_dec, partial sums added over latent shards."""
