@@ -95,8 +95,11 @@ def _all_gathers(hlo: str) -> list[str]:
   return [line for line in hlo.splitlines() if " all-gather(" in line and "=" in line]
 
 
-def test_the_compiled_step_never_gathers_the_pre_activations():
-  config = tiny_config(**{"mesh.model": 2, "sweep.architecture": ("topk", "batchtopk")})
+@pytest.mark.parametrize("topk_path", ["sparse", "dense"])
+def test_the_compiled_step_never_gathers_the_pre_activations(topk_path):
+  config = tiny_config(
+    **{"mesh.model": 2, "sweep.architecture": ("topk", "batchtopk"), "sae.topk_path": topk_path}
+  )
   trainer = train_lib.SAETrainer.build(config, d_in=16)
   step = trainer.make_step(1.0)
   state = trainer.init_state(jax.random.key(0), np.zeros(16, np.float32))

@@ -49,7 +49,7 @@ class SAEConfig:
                     the paper's ablation of tied init against dead latents).
   topk_path:        how TopK trains: "sparse" (gathers and scatter-adds of the k chosen latents,
                     `jaxsae.sae.sparse_topk`), "dense" (the B×n latent matrix) or "auto" (sparse
-                    when n ≥ 16× the top-k width). Same numbers either way.
+                    when n ≥ 32× the top-k width). Same numbers either way.
   compute_dtype:    dtype of the matmul operands: "float32", or "bfloat16" for mixed precision
                     (float32 accumulation and float32 parameters, optimizer and top-k).
                     JumpReLU's threshold gradient sees pre-activations within ε of θ, and

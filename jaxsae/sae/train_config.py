@@ -64,7 +64,7 @@ def _defaults() -> ml_collections.ConfigDict:
   c.sae.jumprelu_init_threshold = -1.0  # θ₀; -1: 0.001·√d.
   c.sae.batchtopk_momentum = 0.999  # EMA decay of BatchTopK's inference threshold.
   c.sae.tied_init = True  # W_enc = W_decᵀ at init (TopK paper); False: independent.
-  c.sae.topk_path = "auto"  # TopK training: "sparse" | "dense" | "auto" (sparse when n ≥ 16k).
+  c.sae.topk_path = "auto"  # TopK training: "sparse" | "dense" | "auto" (sparse when n ≥ 32k).
   c.sae.compute_dtype = "float32"  # Matmul operands; "bfloat16": mixed precision, f32 params.
 
   # Lists to sweep over; their product is trained in one pass (empty: the value above).
