@@ -139,7 +139,7 @@ class GroupTrainer:
         fired = stats.pop("fired")
         return out.total, (out.terms, stats, fired)
 
-      totals, aux = jax.vmap(member)(params, buffers, hyper, dead)
+      totals, aux = _map_members(member, params, buffers, hyper, dead)
       return totals.sum(), aux
 
     in_specs = (
@@ -200,6 +200,17 @@ class GroupTrainer:
     metrics["grad_norm"] = jax.vmap(optax.tree.norm)(grads)
     metrics["density_histogram"] = jax.vmap(_density_histogram, (0, None))(window, window_tokens)
     return new_params, opt_state, extras, metrics
+
+
+def _map_members(fn, *args):
+  """jax.vmap(fn)(*args) over the leading member axis. A group of one calls fn on the squeezed
+  member instead: XLA:CPU runs a batch-1 dot_general of the vmapped matmuls much slower than the
+  plain matmul (a ReLU step at d=768, n=16384, B=4096: 5.3 s against 3.6 s)."""
+  sizes = {leaf.shape[0] for leaf in jax.tree.leaves(args)}
+  if sizes != {1}:
+    return jax.vmap(fn)(*args)
+  out = fn(*jax.tree.map(lambda leaf: leaf[0], args))
+  return jax.tree.map(lambda leaf: leaf[None], out)
 
 
 def _density_histogram(fires_N: jax.Array, tokens: jax.Array) -> jax.Array:
