@@ -114,6 +114,20 @@ def test_the_reader_yields_every_row_once_per_epoch_and_resumes(tmp_path):
   )
 
 
+def test_the_reader_reads_each_chunk_once_per_epoch(tmp_path, monkeypatch):
+  store = _numbered_store(tmp_path)
+  reads = []
+  read_chunk = ActivationStore.read_chunk
+  monkeypatch.setattr(
+    ActivationStore, "read_chunk", lambda self, h, i: reads.append(i) or read_chunk(self, h, i)
+  )
+  it = StoreSource(store, "h", shuffle_chunks=3).train_batches(100, seed=7)
+  for _ in range(20):  # Two epochs.
+    next(it)
+  # At most one more group read ahead (prefetch); grain's defaults read each chunk ~15 times.
+  assert 2 * store.n_chunks <= len(reads) <= 2 * store.n_chunks + 3
+
+
 def test_streaming_rows_equal_the_models_and_batches_resume(lm, windows):
   from jaxsae.activations.streaming import StreamingSource
 

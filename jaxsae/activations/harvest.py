@@ -3,7 +3,9 @@
 Several hooks are captured in one forward pass. Every row's (window, position, token) is
 planned before the first forward, so the store's size is known and a resumed harvest can find
 where it stopped: `rows_written` advances only after a whole chunk is on disk, and a rerun
-starts from the window holding that row, dropping the rows it already has. Separator positions
+starts from the window holding that row, dropping the rows it already has. The next batch's
+forward is dispatched before this one's rows are picked, and a chunk's writes stay in flight
+while the following batches compute, so the model rarely waits on the store. Separator positions
 (the start-of-document token, a BOS) can be skipped: their activations are outliers an SAE
 should not spend latents on.
 """
@@ -103,9 +105,28 @@ def harvest(
   buffers = {h: [] for h in hooks}
   buffered, written, chunks_done = 0, start, 0
   bar = run_log.progress(store.n_rows, start, desc="harvest") if progress else None
-  for w0 in range(first_window, len(windows_NxT), batch_size):
-    batch = windows_NxT[w0 : w0 + batch_size]
-    acts = jax.device_get(capture(lm.params, jnp.asarray(batch)))
+  pending: list = []  # The previous chunk in flight: (futures, its arrays, rows_written after).
+
+  def settle():
+    """Wait for the chunk in flight, then record it (so rows_written is always on disk)."""
+    for futures, _, rows_written, size in pending:
+      for future in futures:
+        future.result()
+      store.update_meta(rows_written=rows_written)
+      if bar is not None:
+        bar.update(size)
+    pending.clear()
+
+  def dispatch(w0):
+    return capture(lm.params, jnp.asarray(windows_NxT[w0 : w0 + batch_size]))
+
+  # Overlap: batch i+1 is computing while batch i is picked and its chunk is written.
+  starts = range(first_window, len(windows_NxT), batch_size)
+  ahead = dispatch(starts[0]) if len(starts) else None
+  for i, w0 in enumerate(starts):
+    acts = ahead
+    ahead = dispatch(starts[i + 1]) if i + 1 < len(starts) else None
+    acts = jax.device_get(acts)
     lo, hi = window_starts[w0], window_starts[min(w0 + batch_size, len(windows_NxT))]
     sel = rows[lo:hi]
     for h in hooks:
@@ -115,18 +136,21 @@ def harvest(
     drop = 0
     while buffered >= store.chunk_rows or (buffered and written + buffered == store.n_rows):
       size = min(store.chunk_rows, buffered)
+      futures, arrays = [], []
       for h in hooks:
         block = np.concatenate(buffers[h])
-        store.write_rows(h, written, block[:size].astype(store.array(h).dtype.numpy_dtype))
+        arrays.append(block[:size].astype(store.array(h).dtype.numpy_dtype))
+        futures.append(store.write_rows_async(h, written, arrays[-1]))
         buffers[h] = [block[size:]]
       written += size
       buffered -= size
-      store.update_meta(rows_written=written)
-      if bar is not None:
-        bar.update(size)
+      settle()
+      pending.append((futures, arrays, written, size))
       chunks_done += 1
       if stop_after_chunks is not None and chunks_done >= stop_after_chunks:
+        settle()
         return store
+  settle()
   if bar is not None:
     bar.close()
   scales = {h: _scale(store, h) for h in hooks}

@@ -6,10 +6,12 @@ its rows are permuted in memory (the shuffle buffer). Batch b of the epoch is ro
 [b·B, (b+1)·B) of that order, so every row appears exactly once per epoch (the last partial
 batch of an epoch is dropped). The dataset is a grain MapDataset over the global batch index,
 so its iterator state is one integer, saved with the train state; process p of n reads its
-slice of each global batch.
+slice of each global batch. One background thread reads a few batches ahead, in order.
 """
 
 from __future__ import annotations
+
+import threading
 
 import grain
 import numpy as np
@@ -18,6 +20,10 @@ from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import JaxsaeError
 
 _EPOCHS = 1 << 40  # "Forever": grain datasets are lazy, so this costs nothing.
+# One background thread reads a few batches ahead, in order, so each chunk group is read once
+# per epoch. (grain's default, 16 threads and 500 batches ahead, read every chunk ~15 times
+# over, racing on the group cache, and could hold gigabytes of batches.)
+READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=4)
 
 
 class StoreSource:
@@ -57,7 +63,8 @@ class StoreSource:
       start = b * batch_size + process_index * local
       return order.rows(epoch, start, start + local)
 
-    return iter(grain.MapDataset.range(_EPOCHS * per_epoch).map(batch).to_iter_dataset())
+    dataset = grain.MapDataset.range(_EPOCHS * per_epoch).map(batch)
+    return iter(dataset.to_iter_dataset(READ_OPTIONS))
 
 
 class EpochOrder:
@@ -67,6 +74,7 @@ class EpochOrder:
     self.store, self.hook, self.seed = store, hook, seed
     self.group_chunks = max(1, shuffle_chunks)
     self._cache: dict[tuple[int, int], np.ndarray] = {}
+    self._lock = threading.Lock()  # Readers on several threads read each group once.
     self._epoch_groups: tuple[int, tuple] | None = None
 
   def _groups(self, epoch: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -87,13 +95,14 @@ class EpochOrder:
 
   def _group_rows(self, epoch: int, index: int, chunks: np.ndarray) -> np.ndarray:
     key = (epoch, index)
-    if key not in self._cache:
-      block = np.concatenate([self.store.read_chunk(self.hook, int(c)) for c in chunks])
-      perm = np.random.default_rng([self.seed, epoch, index, 1]).permutation(len(block))
-      if len(self._cache) >= 2:  # A batch spans at most two groups.
-        self._cache.pop(next(iter(self._cache)))
-      self._cache[key] = block[perm]
-    return self._cache[key]
+    with self._lock:
+      if key not in self._cache:
+        block = np.concatenate([self.store.read_chunk(self.hook, int(c)) for c in chunks])
+        perm = np.random.default_rng([self.seed, epoch, index, 1]).permutation(len(block))
+        if len(self._cache) >= 2:  # A batch spans at most two groups.
+          self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = block[perm]
+      return self._cache[key]
 
   def rows(self, epoch: int, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) of epoch `epoch`'s order."""

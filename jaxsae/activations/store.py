@@ -172,7 +172,12 @@ class ActivationStore:
     return self._arrays[hook]
 
   def write_rows(self, hook: str, start: int, values: np.ndarray) -> None:
-    self.array(hook)[start : start + len(values)].write(values).result()
+    self.write_rows_async(hook, start, values).result()
+
+  def write_rows_async(self, hook: str, start: int, values: np.ndarray):
+    """Start writing rows [start, start + len(values)); the returned future's `result()` waits
+    until they are on disk. `values` must not change until then."""
+    return self.array(hook)[start : start + len(values)].write(values)
 
   def read_rows(self, hook: str, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) as float32."""

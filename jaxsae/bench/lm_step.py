@@ -54,7 +54,9 @@ def _calls(config, params, batch, step_fraction: float) -> dict[str, Any]:
     logits = model.apply({"params": p}, tokens[:, :-1])
     return loss_lib.mean_loss(logits, tokens[:, 1:], weights)
 
-  grads = jax.jit(jax.grad(loss_fn))(params)
+  forward = jax.jit(loss_fn)
+  forward_backward = jax.jit(jax.value_and_grad(loss_fn))
+  _, grads = forward_backward(params)
   sparse = isinstance(optimizer, sparse_optim.SparseOptimizer)
   if sparse:
     update = jax.jit(optimizer.sparse_step_update)
@@ -67,8 +69,6 @@ def _calls(config, params, batch, step_fraction: float) -> dict[str, Any]:
 
     update = jax.jit(dense_update)
   train_step = jax.jit(lm_train.make_train_step(model, optimizer))
-  forward = jax.jit(loss_fn)
-  forward_backward = jax.jit(jax.value_and_grad(loss_fn))
   calls = {
     "step": lambda: train_step(state, batch),
     "forward": lambda: forward(params),

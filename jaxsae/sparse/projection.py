@@ -36,12 +36,13 @@ states the floor per neuron). Never projected: biases, norm scales, attention si
 positional table `pos_embed` and the bigram table. Any other parameter of two or more dims is an
 error that names it, so a new layer is never silently left dense.
 
-Everything is jnp (jit-compatible, works on sharded parameters without a host round trip). A
-static k uses `lax.top_k`, a traced k (annealing under jit) a stable sort; both reduce to a
-threshold value and the index of the last kept entry at it, then a mask computed entrywise. |w|
-is compared in float32 (top_k on bfloat16 is ~100× slower on CPU). Under annealing, k is
-round(f · n) in float32 (off by at most a few entries for matrices past 2²⁴ entries), except at
-the two ends, where it is exactly n and exactly the target count.
+Everything is jnp (jit-compatible, works on sharded parameters without a host round trip). The
+mask, for a static k or a traced one (annealing under jit), is `jaxsae.topk_mask.topk_mask`: a
+threshold value and the index of the last kept entry at it, found by bit bisection on CPU and by
+`lax.top_k` or a stable sort elsewhere, then a mask computed entrywise. |w| is compared in
+float32 (top_k on bfloat16 is ~100× slower on CPU). Under annealing, k is round(f · n) in
+float32 (off by at most a few entries for matrices past 2²⁴ entries), except at the two ends,
+where it is exactly n and exactly the target count.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae import config_check
+from jaxsae import topk_mask as topk_mask_lib
 from jaxsae.errors import ConfigError, JaxsaeError
 
 HIDDEN = "hidden"
@@ -257,11 +259,6 @@ def kept_count(fraction: float, numel: int) -> int:
   return int(round(float(fraction) * numel))
 
 
-def _threshold_mask(score: jax.Array, flat_index: jax.Array, thr, last) -> jax.Array:
-  """Entries ranked before or at (thr, last) in the order (score descending, index ascending)."""
-  return (score > thr) | ((score == thr) & (flat_index <= last))
-
-
 def _slice_floor(a: jax.Array, j: int, axes: tuple[int, ...]) -> jax.Array:
   """Bool mask of the j largest entries of each slice (ties: lower index within the slice)."""
   others = tuple(i for i in range(a.ndim) if i not in axes)
@@ -271,10 +268,7 @@ def _slice_floor(a: jax.Array, j: int, axes: tuple[int, ...]) -> jax.Array:
   if j == per_slice:
     return jnp.ones(a.shape, bool)
   a_SxM = jnp.transpose(a, perm).reshape(n_slices, per_slice)
-  values_SxJ, index_SxJ = jax.lax.top_k(a_SxM, j)
-  iota_SxM = jax.lax.broadcasted_iota(jnp.int32, a_SxM.shape, 1)
-  forced_SxM = _threshold_mask(a_SxM, iota_SxM, values_SxJ[:, -1:], index_SxJ[:, -1:])
-  forced = forced_SxM.reshape(tuple(a.shape[i] for i in perm))
+  forced = topk_mask_lib.topk_mask(a_SxM, j).reshape(tuple(a.shape[i] for i in perm))
   return jnp.transpose(forced, tuple(np.argsort(perm)))
 
 
@@ -291,10 +285,10 @@ def topk_mask(
 ) -> jax.Array:
   """Bool mask of exactly k entries of `w`: each slice's min_per_slice largest |w|, then the largest.
 
-  k is a Python int (uses lax.top_k; k below the floor raises ConfigError) or a traced int
-  (uses a stable sort; it cannot raise, so it is raised to the floor and clipped to w.size).
-  Ties go to the lower index: within a slice in row-major order of the other axes, globally in
-  row-major order of `w`. Entries must be finite.
+  k is a Python int (k below the floor raises ConfigError) or a traced int (it cannot raise, so
+  it is raised to the floor and clipped to w.size). Ties go to the lower index: within a slice
+  in row-major order of the other axes, globally in row-major order of `w`. Entries must be
+  finite.
   """
   a = jnp.abs(w).astype(jnp.float32)
   numel = a.size
@@ -303,9 +297,9 @@ def topk_mask(
   score = a
   if forced:
     score = jnp.where(_slice_floor(a, min_per_slice, axes), jnp.inf, a)
-  flat_index = jax.lax.broadcasted_iota(jnp.int32, (numel,), 0).reshape(a.shape)
-  score_N = score.reshape(-1)
-  if isinstance(k, numbers.Integral):
+  if not isinstance(k, numbers.Integral):
+    k = jnp.clip(jnp.asarray(k, jnp.int32), forced, numel)
+  else:
     k = int(k)
     if not 0 <= k <= numel:
       raise JaxsaeError(f"k={k} must be between 0 and the {numel} entries of the matrix")
@@ -317,15 +311,7 @@ def topk_mask(
       return jnp.ones(a.shape, bool)
     if k == 0:
       return jnp.zeros(a.shape, bool)
-    values_K, index_K = jax.lax.top_k(score_N, k)
-    return _threshold_mask(score, flat_index, values_K[-1], index_K[-1])
-  k = jnp.clip(jnp.asarray(k, jnp.int32), forced, numel)
-  sorted_neg_N, sorted_index_N = jax.lax.sort(
-    (-score_N, flat_index.reshape(-1)), num_keys=1, is_stable=True
-  )
-  last = jnp.maximum(k - 1, 0)
-  mask = _threshold_mask(score, flat_index, -sorted_neg_N[last], sorted_index_N[last])
-  return mask & (k > 0)
+  return topk_mask_lib.topk_mask(score.reshape(-1), k).reshape(a.shape)
 
 
 def topk_magnitude(
