@@ -42,20 +42,11 @@ def unavailable_reason(architecture: str) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class PeerResult:
-  timing: timing.Timing
-  batch: int
-  losses: tuple[float, ...]  # Loss after each step (warm-up included).
+class PeerResult(timing.StepTiming):
+  """losses: after each step (warm-up included)."""
+
   version: str
   threads: int
-
-  @property
-  def seconds(self) -> float:
-    return self.timing.seconds
-
-  @property
-  def tokens_per_s(self) -> float:
-    return self.batch / self.seconds
 
 
 def time_saelens_step(

@@ -27,19 +27,10 @@ K_ARCHITECTURES = ("topk", "batchtopk")
 
 
 @dataclasses.dataclass(frozen=True)
-class StepResult:
-  timing: timing.Timing
-  batch: int
-  losses: tuple[float, ...]  # loss/total after the warm-up step and after the last timed step.
+class StepResult(timing.StepTiming):
+  """losses: loss/total after the warm-up step and after the last timed step."""
+
   devices: int
-
-  @property
-  def seconds(self) -> float:
-    return self.timing.seconds
-
-  @property
-  def tokens_per_s(self) -> float:
-    return self.batch / self.seconds
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:

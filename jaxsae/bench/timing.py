@@ -41,3 +41,20 @@ def time_calls(run: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> Tim
     jax.block_until_ready(run())
     samples.append(time.perf_counter() - start)
   return Timing(tuple(samples))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTiming:
+  """A timed training step: its timing, tokens per step and the losses seen."""
+
+  timing: Timing
+  batch: int
+  losses: tuple[float, ...]
+
+  @property
+  def seconds(self) -> float:
+    return self.timing.seconds
+
+  @property
+  def tokens_per_s(self) -> float:
+    return self.batch / self.seconds
