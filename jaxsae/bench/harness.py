@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
-import pathlib
-import platform
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-
 from jaxsae.bench import floor as floor_lib
-from jaxsae.bench import peers, sae_step
+from jaxsae.bench import machine, peers, sae_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,31 +29,10 @@ TARGETS = {
 }
 
 
-def _cpu_model() -> str:
-  cpuinfo = pathlib.Path("/proc/cpuinfo")
-  if cpuinfo.exists():
-    for line in cpuinfo.read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return platform.processor() or platform.machine()
-
-
 def load_average() -> float | None:
   """The 1-minute load average: other work on the machine makes every figure noisier."""
-  return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-
-
-def machine_info() -> dict[str, Any]:
-  """Where the figures come from."""
-  return {
-    "platform": platform.platform(),
-    "cpu": _cpu_model(),
-    "cpus": peers.usable_cpus(),
-    "jax": jax.__version__,
-    "backend": jax.default_backend(),
-    "device_kind": jax.devices()[0].device_kind,
-    "devices": jax.device_count(),
-  }
+  averages = machine.load_averages()
+  return averages[0] if averages else None
 
 
 def target_met(row: dict[str, Any]) -> str:
@@ -167,7 +141,7 @@ def run(
     )
     rows.append(row)
   return {
-    "machine": {**machine_info(), "load_average": [load_before, load_average()]},
+    "machine": {**machine.info(), "load_average": [load_before, load_average()]},
     "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
     "settings": {"repeats": repeats, "timing": "median of repeats after one warm-up step"},
     "rows": rows,

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import os
 
-from jaxsae.bench import timing
+from jaxsae.bench import machine, timing
 from jaxsae.sae import optim
 
 # jaxsae architecture -> (SAELens training class, its config class, whether it takes k).
@@ -25,10 +24,6 @@ CLASSES = {
   "gated": ("GatedTrainingSAE", "GatedTrainingSAEConfig", False),
   "jumprelu": ("JumpReLUTrainingSAE", "JumpReLUTrainingSAEConfig", False),
 }
-
-
-def usable_cpus() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def unavailable_reason(architecture: str) -> str | None:
@@ -69,7 +64,7 @@ def time_saelens_step(
   from sae_lens.config import LoggingConfig, SAETrainerConfig
 
   sae_name, config_name, takes_k = CLASSES[architecture]
-  threads = threads or usable_cpus()
+  threads = threads or machine.usable_cpus()
   previous_threads = torch.get_num_threads()
   torch.set_num_threads(threads)
   try:

@@ -34,8 +34,26 @@ COLUMNS = (
 )
 
 
-def _cell(value: Any, fmt: str) -> str:
+def cell(value: Any, fmt: str) -> str:
   return "—" if value is None or value == "" else fmt.format(value)
+
+
+def table(rows: list[dict[str, Any]], columns) -> str:
+  """A markdown table of `rows` by (row key, header, format) `columns`; None shows as —."""
+  cells = [{header: cell(row.get(key), fmt) for key, header, fmt in columns} for row in rows]
+  return tables.markdown(cells, [header for _, header, _ in columns])
+
+
+def write_outputs(
+  report: dict[str, Any], out_dir: str | pathlib.Path, json_name: str, md_name: str, text: str
+) -> tuple[pathlib.Path, pathlib.Path]:
+  """Write `report` as JSON and `text` as markdown into `out_dir`; return their paths."""
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  json_path, md_path = out / json_name, out / md_name
+  json_path.write_text(json.dumps(report, indent=2) + "\n")
+  md_path.write_text(text)
+  return json_path, md_path
 
 
 def machine_line(report: dict[str, Any]) -> str:
@@ -51,26 +69,19 @@ def machine_line(report: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
   """The table of every row, then the machine it was measured on."""
-  rows = [
-    {header: _cell(row.get(key), fmt) for key, header, fmt in COLUMNS} for row in report["rows"]
-  ]
   by_note: dict[str, list[str]] = {}
   for row in report["rows"]:
     if row["saelens_note"]:
       by_note.setdefault(row["saelens_note"], []).append(row["architecture"])
   notes = [f"SAELens ({', '.join(archs)}): {note}." for note, archs in by_note.items()]
-  table = tables.markdown(rows, [header for _, header, _ in COLUMNS])
-  return "\n\n".join([table, f"Machine: {machine_line(report)}", *notes]) + "\n"
+  return (
+    "\n\n".join([table(report["rows"], COLUMNS), f"Machine: {machine_line(report)}", *notes]) + "\n"
+  )
 
 
 def write(report: dict[str, Any], out_dir: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
   """Write `sae_bench.json` and `sae_bench.md` into `out_dir`; return their paths."""
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  json_path, md_path = out / JSON_FILE, out / MARKDOWN_FILE
-  json_path.write_text(json.dumps(report, indent=2) + "\n")
-  md_path.write_text(markdown(report))
-  return json_path, md_path
+  return write_outputs(report, out_dir, JSON_FILE, MARKDOWN_FILE, markdown(report))
 
 
 def replace_block(text: str, block: str) -> str:

@@ -3,15 +3,11 @@ forward and harvest, store reads, the sparse and dense LM steps), with the machi
 
 from __future__ import annotations
 
-import json
-import os
 import pathlib
-import platform
 from typing import Any
 
-import jax
-
-from jaxsae import tables
+from jaxsae.bench import machine
+from jaxsae.bench import report as report_lib
 
 JSON_FILE, MARKDOWN_FILE = "throughput.json", "throughput.md"
 
@@ -52,24 +48,7 @@ LM_COLUMNS = (
 
 def machine_info() -> dict[str, Any]:
   """Where the figures come from; the load average says how busy the machine was."""
-  return {
-    "platform": platform.platform(),
-    "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-    "jax": jax.__version__,
-    "backend": jax.default_backend(),
-    "device_kind": jax.devices()[0].device_kind,
-    "devices": jax.device_count(),
-    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-  }
-
-
-def _cell(value: Any, fmt: str) -> str:
-  return "—" if value is None or value == "" else fmt.format(value)
-
-
-def _table(rows: list[dict[str, Any]], columns) -> str:
-  cells = [{header: _cell(row.get(key), fmt) for key, header, fmt in columns} for row in rows]
-  return tables.markdown(cells, [header for _, header, _ in columns])
+  return {**machine.info(), "load_average": machine.load_averages()}
 
 
 def _lm_summary(summary: dict[str, Any]) -> str:
@@ -93,17 +72,17 @@ def markdown(report: dict[str, Any]) -> str:
     parts += [
       f"### Harvest against the plain forward ({s['model']}, {s['windows']} windows of "
       f"{s['seq_len']}, batch {s['batch_size']}, {s['store_dtype']} store)",
-      _table(report["harvest"], HARVEST_COLUMNS),
+      report_lib.table(report["harvest"], HARVEST_COLUMNS),
     ]
   if report.get("store"):
-    parts += ["### Store reads", _table(report["store"], STORE_COLUMNS)]
+    parts += ["### Store reads", report_lib.table(report["store"], STORE_COLUMNS)]
   lm = report.get("lm_step")
   if lm:
     row = lm["rows"][0]
     parts += [
       f"### Weight-sparse LM train step against its dense twin (batch {row['batch']} × "
       f"{row['seq_len']}, step at {lm['step_fraction']:.0%} of training)",
-      _table(lm["rows"], LM_COLUMNS),
+      report_lib.table(lm["rows"], LM_COLUMNS),
       _lm_summary(lm["summary"]),
     ]
   m = report["machine"]
@@ -119,9 +98,4 @@ def markdown(report: dict[str, Any]) -> str:
 
 def write(report: dict[str, Any], out_dir: str | pathlib.Path) -> tuple[pathlib.Path, ...]:
   """Write throughput.json and throughput.md into `out_dir`; return their paths."""
-  out = pathlib.Path(out_dir)
-  out.mkdir(parents=True, exist_ok=True)
-  json_path, md_path = out / JSON_FILE, out / MARKDOWN_FILE
-  json_path.write_text(json.dumps(report, indent=2) + "\n")
-  md_path.write_text(markdown(report))
-  return json_path, md_path
+  return report_lib.write_outputs(report, out_dir, JSON_FILE, MARKDOWN_FILE, markdown(report))

@@ -262,12 +262,17 @@ class SparseAutoencoder(nn.Module):
     stats = {**self.statistics(x_BxD, x_hat, enc.latents), **extra_stats}
     return LossOutput(sum(terms.values()), terms, stats)
 
-  def statistics(self, x_BxD, x_hat_BxD, z_BxN) -> dict[str, jax.Array]:
-    """l0, batch FVU (against the batch mean), and per-latent firing counts (k-set only)."""
+  def statistics(self, x_BxD, x_hat_BxD, z_BxN, fired_N=None) -> dict[str, jax.Array]:
+    """l0, batch FVU (against the batch mean), and per-latent firing counts (k-set only).
+
+    z may be any code whose nonzeros are the active latents (B×n, or B×k with `fired_N`, this
+    shard's firing counts, given)."""
     z = jax.lax.stop_gradient(z_BxN)
     l0 = self.mean_over_tokens(self.axes.sum_latents(jnp.sum(z != 0, -1).astype(jnp.float32)))
-    fired = self.axes.sum_batch(jnp.sum(z > FIRE_THRESHOLD, axis=0, dtype=jnp.int32))
-    return {"l0": l0, "fvu": self.batch_fvu(x_BxD, x_hat_BxD), "fired": fired}
+    if fired_N is None:
+      fired_N = jnp.sum(z > FIRE_THRESHOLD, axis=0, dtype=jnp.int32)
+    fvu = self.batch_fvu(x_BxD, x_hat_BxD)
+    return {"l0": l0, "fvu": fvu, "fired": self.axes.sum_batch(fired_N)}
 
   def batch_fvu(self, x_BxD, x_hat_BxD) -> jax.Array:
     """Σ‖x̃ − x̂‖² / Σ‖x̃ − mean(x̃)‖² over the global batch."""

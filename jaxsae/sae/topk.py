@@ -188,14 +188,9 @@ class TopKSAE(SparseAutoencoder):
 
   def sparse_statistics(self, x_BxD, x_hat_BxD, code: SparseCode) -> dict[str, jax.Array]:
     """`statistics` from a sparse code: l0, batch FVU, per-latent firing counts."""
-    axes, n_local = self.axes, self.W_dec.shape[0]
-    z = jax.lax.stop_gradient(code.z)
-    l0 = self.mean_over_tokens(axes.sum_latents(jnp.sum(z != 0, -1).astype(jnp.float32)))
-    fires = (z > FIRE_THRESHOLD).astype(jnp.int32)
-    fired = (
-      jnp.zeros(n_local, jnp.int32).at[code.idx.reshape(-1)].add(fires.reshape(-1), mode="drop")
-    )
-    return {"l0": l0, "fvu": self.batch_fvu(x_BxD, x_hat_BxD), "fired": axes.sum_batch(fired)}
+    fires = (jax.lax.stop_gradient(code.z) > FIRE_THRESHOLD).astype(jnp.int32)
+    fired = sparse_topk.scatter_sum(self.W_dec.shape[0], code.idx, fires, jnp.int32)
+    return self.statistics(x_BxD, x_hat_BxD, code.z, fired)
 
   def _sparse_aux_k_loss(self, x_BxD, x_hat_BxD, encoder: _Encoder, dead_N):
     """`aux_k_loss` from the same pre-activations, decoding only the k_aux chosen dead latents."""
