@@ -1,4 +1,8 @@
-"""The study's figures (matplotlib, Agg backend): one function per figure, each writing a PNG."""
+"""The study's figures: one function per figure, each writing a PNG.
+
+Figures are built as `matplotlib.figure.Figure` objects, not through pyplot, so importing this
+module never changes the backend (a notebook keeps its inline plots) and nothing is shown.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,19 @@ import pathlib
 from collections.abc import Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def _save(fig, path: pathlib.Path) -> pathlib.Path:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path
+
+
+def _subplots(*grid, figsize):
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(*grid)
 
 
 def _by(rows: Sequence[dict], key: str) -> dict[str, list[dict]]:
@@ -28,7 +34,7 @@ def _by(rows: Sequence[dict], key: str) -> dict[str, list[dict]]:
 
 def l0_fvu_frontier(rows, width: int, path) -> pathlib.Path:
   """FVU against L0 per family at one width (the TopK paper's sparsity–reconstruction plane)."""
-  fig, ax = plt.subplots(figsize=(6, 4.2))
+  fig, ax = _subplots(figsize=(6, 4.2))
   for family, group in _by([r for r in rows if r["width"] == width], "family").items():
     group = sorted(group, key=lambda r: r["l0"])
     ax.plot([r["l0"] for r in group], [r["fvu"] for r in group], "o-", label=family)
@@ -39,7 +45,7 @@ def l0_fvu_frontier(rows, width: int, path) -> pathlib.Path:
 
 
 def delta_ce_vs_fvu(rows, path) -> pathlib.Path:
-  fig, ax = plt.subplots(figsize=(6, 4.2))
+  fig, ax = _subplots(figsize=(6, 4.2))
   for family, group in _by(rows, "family").items():
     ax.scatter([r["fvu"] for r in group], [r["delta_ce"] for r in group], label=family, s=18)
   ax.set(xscale="log", yscale="log", xlabel="FVU", ylabel="ΔCE (nats)")
@@ -51,8 +57,8 @@ def delta_ce_vs_fvu(rows, path) -> pathlib.Path:
 def dead_vs_width(rows, path) -> pathlib.Path:
   """Dead fraction against width for families trained at several widths (each width's reference
   value): dead in the training window (solid) and never firing on held-out rows (dashed)."""
-  fig, ax = plt.subplots(figsize=(6, 4.2))
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig, ax = _subplots(figsize=(6, 4.2))
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   families = [(f, g) for f, g in _by(rows, "family").items() if len({r["width"] for r in g}) > 1]
   for (family, group), color in zip(families, colors * 4, strict=False):
     points = []
@@ -71,8 +77,8 @@ def dead_vs_width(rows, path) -> pathlib.Path:
 
 def progressive_recovery(curves: dict[str, list[dict]], path) -> pathlib.Path:
   """MSE-plane curves: TopK(k′) solid, threshold dashed, per family."""
-  fig, ax = plt.subplots(figsize=(6, 4.2))
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig, ax = _subplots(figsize=(6, 4.2))
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   for (family, rows), color in zip(curves.items(), colors * 4, strict=False):
     for kind, style in (("topk", "-"), ("threshold", "--")):
       pts = sorted((r["l0"], r["fvu"]) for r in rows if r["activation"] == kind)
@@ -98,7 +104,7 @@ def bars(
   metrics = sorted({m for v in values.values() for m in v})
   x = np.arange(len(families))
   width = 0.8 / max(len(metrics), 1)
-  fig, ax = plt.subplots(figsize=(7, 4.2))
+  fig, ax = _subplots(figsize=(7, 4.2))
   for i, metric in enumerate(metrics):
     ax.bar(x + i * width, [values[f].get(metric, np.nan) for f in families], width, label=metric)
   if baseline is not None:
@@ -111,7 +117,7 @@ def bars(
 
 def scaling(points: Sequence[dict], fits: dict, frontier, frontier_fit, path) -> pathlib.Path:
   """Left: FVU against n per k with the joint fit; right: the compute frontier L(C) and its fit."""
-  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+  fig, (left, right) = _subplots(1, 2, figsize=(10, 4.2))
   for k, group in _by(points, "k").items():
     group = sorted(group, key=lambda r: r["width"])
     n = np.array([r["width"] for r in group], float)

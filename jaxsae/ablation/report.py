@@ -6,6 +6,7 @@ setting of every family, interpretability and shrinkage, the scaling-law fits an
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import pathlib
@@ -14,6 +15,7 @@ import shutil
 from jaxsae import tables
 from jaxsae.ablation import findings as findings_lib
 from jaxsae.ablation import plots
+from jaxsae.errors import JaxsaeError
 
 COLUMNS = (
   "label",
@@ -59,6 +61,50 @@ PUBLISHED = (
   "recovery.csv",
   "figures",
 )
+
+
+FINDINGS_HEADING = "## The TopK paper's findings on our model"
+
+
+def read_results(path: str | pathlib.Path) -> list[dict]:
+  """The rows of a study's results.csv, numbers parsed (empty cells become None)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise JaxsaeError(
+      f"no results at {path}: run the study (python -m experiments.ablation --workdir=DIR) and "
+      "pass DIR/results.csv, or the published docs/ablation/results.csv"
+    )
+  with open(path, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  missing = [c for c in ("label", "family", "width", "l0", "fvu") if rows and c not in rows[0]]
+  if not rows or missing:
+    raise JaxsaeError(f"{path} is not a study's results.csv (missing columns {missing or 'all'})")
+  return [
+    {k: _number(v) if k not in ("label", "family") else v for k, v in r.items()} for r in rows
+  ]
+
+
+def _number(text: str):
+  if text == "":
+    return None
+  if text in ("True", "False"):
+    return text == "True"
+  try:
+    return int(text)
+  except ValueError:
+    try:
+      return float(text)
+    except ValueError:
+      return text
+
+
+def findings_section(results_md: str) -> str:
+  """The findings section of a RESULTS.md page (heading to the next "## " heading)."""
+  start = results_md.find(FINDINGS_HEADING)
+  if start < 0:
+    raise JaxsaeError(f'no "{FINDINGS_HEADING}" section: pass a RESULTS.md the study wrote')
+  end = results_md.find("\n## ", start + len(FINDINGS_HEADING))
+  return results_md[start : end if end >= 0 else None].strip() + "\n"
 
 
 def publish(workdir: str | pathlib.Path, target: str | pathlib.Path) -> None:
@@ -130,7 +176,7 @@ def results_page(rows, interp, found, fits, frontier_fit, reference, grid, figur
     f"Clean CE {reference['ce_clean']:.4f}, zero-ablation CE {reference['ce_zero']:.4f}, "
     f"mean-ablation CE {reference['ce_mean']:.4f} nats/token on held-out text.",
     "",
-    "## The TopK paper's findings on our model",
+    FINDINGS_HEADING,
     "",
     findings_lib.markdown(found),
     "",

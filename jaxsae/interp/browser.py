@@ -207,7 +207,8 @@ def _logits_html(caption: str, rows: Sequence[tuple[str, float]]) -> str:
   return f'<table class="logits"><caption>{_esc(caption)}</caption>{cells}</table>'
 
 
-def _card_html(card: LatentCard, tokenizer: Tokenizer, title: str) -> str:
+def card_html(card: LatentCard, tokenizer: Tokenizer, title: str) -> str:
+  """One latent's page (HTML): density, logit weights, top and quantile contexts."""
   every = card.top_contexts + [c for group in card.quantile_contexts for c in group]
   peak = max([max(c.activations, default=0.0) for c in every], default=0.0)
   scores = "".join(f"<tr><td>{_esc(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in card.scores.items())
@@ -289,7 +290,7 @@ def write_browser(
   (directory / "latents").mkdir(parents=True, exist_ok=True)
   for card in cards:
     (directory / _latent_href(card.latent)).write_text(
-      _card_html(card, tokenizer, title), encoding="utf-8"
+      card_html(card, tokenizer, title), encoding="utf-8"
     )
   for i, key in enumerate(sort_keys):
     (directory / _index_name(key, i == 0)).write_text(

@@ -243,9 +243,9 @@ def store_codes_fn(store: ActivationStore, hook: str, encode, batch_size: int = 
     unique, inverse = np.unique(rows[found], return_inverse=True)
     codes = []
     for lo in range(0, len(unique), batch_size):
-      codes.append(_encode_padded(encode, store.gather(hook, unique[lo : lo + batch_size])))
+      codes.append(encode_padded(encode, store.gather(hook, unique[lo : lo + batch_size])))
     if not codes:  # no position is in the store: encode one row for the width
-      codes.append(_encode_padded(encode, store.gather(hook, [0]))[:0])
+      codes.append(encode_padded(encode, store.gather(hook, [0]))[:0])
     codes = np.concatenate(codes)
     out = np.zeros((len(want), codes.shape[1]), np.float32)
     out[found] = codes[inverse.reshape(-1)]
@@ -254,7 +254,7 @@ def store_codes_fn(store: ActivationStore, hook: str, encode, batch_size: int = 
   return fn
 
 
-def _encode_padded(encode, x_BxD: np.ndarray) -> np.ndarray:
+def encode_padded(encode, x_BxD: np.ndarray) -> np.ndarray:
   """encode(x) on x padded with zero rows to a power of two (≥ 64), so a jitted `encode` sees a
   few batch shapes, not one per call."""
   n = len(x_BxD)

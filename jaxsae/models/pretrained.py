@@ -5,6 +5,10 @@ The shipped default lives in `jaxsae/pretrained/stdlib_bytes` and loads with
 `load("default")`. Weights are safetensors (nothing pickled); names are the parameter paths joined
 with "/", e.g. "blocks_0/attn/query/kernel". Every tensor is checked against the shapes the
 config implies before use.
+
+Hugging Face GPT-2 folders load too (`jaxsae.models.hf_gpt2`): any folder whose config.json has
+a "model_type", and the names of `HF_NAMED` ("gpt2"), which resolve to `$JAXSAE_MODELS/<name>`
+(default ~/jaxsae_models/<name>). Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -42,6 +47,15 @@ NAMED = {
   "dense": "stdlib_dense",  # same shape, trained to the end
   "dense_matched": "stdlib_dense_matched",  # same shape, stopped at the sparse model's test loss
 }
+# Hugging Face GPT-2 checkpoints the user puts in $JAXSAE_MODELS/<name>: name -> Hub repo.
+HF_NAMED = {
+  "gpt2": "openai-community/gpt2",
+  "gpt2-medium": "openai-community/gpt2-medium",
+  "gpt2-large": "openai-community/gpt2-large",
+  "gpt2-xl": "openai-community/gpt2-xl",
+}
+MODELS_ENV = "JAXSAE_MODELS"
+DEFAULT_MODELS_DIR = "~/jaxsae_models"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -136,21 +150,44 @@ def save(
   return path
 
 
+def models_dir() -> pathlib.Path:
+  """Where the `HF_NAMED` checkpoints live: $JAXSAE_MODELS, default ~/jaxsae_models."""
+  return pathlib.Path(os.environ.get(MODELS_ENV) or DEFAULT_MODELS_DIR).expanduser()
+
+
 def resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
-  """A shipped model's name ("default") or a folder path -> the folder."""
+  """A shipped model's name ("default"), an `HF_NAMED` name ("gpt2") or a folder -> the folder."""
   if str(name_or_path) in NAMED:
     return PRETRAINED_DIR / NAMED[str(name_or_path)]
-  return pathlib.Path(name_or_path)
+  if str(name_or_path) in HF_NAMED:
+    return models_dir() / str(name_or_path)
+  return pathlib.Path(name_or_path).expanduser()
 
 
 def load(name_or_path: str | pathlib.Path = "default") -> LanguageModel:
-  """Load a saved model, checking format, version and every tensor's name and shape."""
+  """Load a saved model, checking format, version and every tensor's name and shape; a Hugging
+  Face GPT-2 folder (or an `HF_NAMED` name) loads through `jaxsae.models.hf_gpt2`."""
+  from jaxsae.models import hf_gpt2
+
   path = resolve(name_or_path)
+  name = str(name_or_path)
+  if name in HF_NAMED:
+    env = os.environ.get(MODELS_ENV)
+    now = f"it is {env}" if env else f"unset, so {DEFAULT_MODELS_DIR}"
+    how_else = (
+      f". Or keep them elsewhere: set {MODELS_ENV} to a directory holding {name}/ ({now}), or "
+      "pass the folder itself as the model (e.g. --config.harvest.model=FOLDER)"
+    )
+    return hf_gpt2.load_gpt2(path, HF_NAMED[name], how_else)
+  if hf_gpt2.looks_like_hf(path):
+    return hf_gpt2.load_gpt2(path)
   config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
   if not config_file.is_file() or not weights_file.is_file():
     raise CheckpointError(
       f"no saved model at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}; pass a folder "
-      f"written by jaxsae.models.pretrained.save or experiments.export_lm, or one of {sorted(NAMED)}"
+      f"written by jaxsae.models.pretrained.save or experiments.export_lm, one of {sorted(NAMED)}, "
+      f"or a Hugging Face GPT-2 folder ({CONFIG_FILE}, {WEIGHTS_FILE}, vocab.json, merges.txt) "
+      f"or one of {sorted(HF_NAMED)} (kept in ${MODELS_ENV}, default {DEFAULT_MODELS_DIR})"
     )
   doc = saved.read_document(config_file, FORMAT, FORMAT_VERSION, "re-export the model")
   try:

@@ -26,6 +26,12 @@ from jaxsae.sae.normalization import fold_scale
 FORMAT = "jaxsae-sae/1"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "sae.safetensors"
+PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / "pretrained"
+NAMED = {
+  # TopK SAE (n = 1024, k = 16) on the default model's blocks.1.resid_post, trained by the main
+  # job (python -m experiments.main) and exported; its config.json records the run.
+  "default": "sae_stdlib_bytes_topk",
+}
 
 
 def member_variables(params: Any, extras: Any, index: int) -> dict[str, Any]:
@@ -69,9 +75,17 @@ def expected_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
   return flat
 
 
+def resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
+  """A shipped SAE's name ("default") or a folder path -> the folder."""
+  if str(name_or_path) in NAMED:
+    return PRETRAINED_DIR / NAMED[str(name_or_path)]
+  return pathlib.Path(name_or_path)
+
+
 def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any], dict]:
-  """(config, variables, metadata) of an exported SAE; the variables act on raw activations."""
-  path = pathlib.Path(path)
+  """(config, variables, metadata) of an exported SAE (a folder, or a shipped SAE's name such as
+  "default"); the variables act on raw activations."""
+  path = resolve(path)
   config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
   for f in (config_file, weights_file):
     if not f.is_file():

@@ -136,12 +136,10 @@ def frontier(rows: list[dict]) -> list[dict]:
 
 
 def plot_frontier(points: list[dict], path: str | pathlib.Path) -> pathlib.Path:
-  import matplotlib
+  from matplotlib.figure import Figure  # Not pyplot: the caller's backend is left alone.
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4.2))
+  fig = Figure(figsize=(6, 4.2))
+  ax = fig.subplots()
   for kind, marker, color in (("sparse", "o", "tab:blue"), ("dense", "s", "tab:orange")):
     chosen = [p for p in points if (p["hidden_density"] < 0.99) == (kind == "sparse")]
     chosen = [p for p in chosen if np.isfinite(p["edges_geomean"])]
@@ -172,7 +170,6 @@ def plot_frontier(points: list[dict], path: str | pathlib.Path) -> pathlib.Path:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=120)
-  plt.close(fig)
   return path
 
 
