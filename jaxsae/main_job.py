@@ -50,6 +50,7 @@ def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
   c.harvest.chunk_rows = 8192  # Rows per store chunk (the unit of shuffled reading).
   c.harvest.dtype = "float32"  # "float32" | "bfloat16".
   c.harvest.skip_separator = True  # Leave the start-of-document positions out.
+  c.harvest.skip_first = 0  # Leave the first positions of every window out (GPT-2: 1).
   c.harvest.streaming = False  # Train on activations computed on the fly (no training store).
   c.sae.n_latents = 1024  # 8 × d_model of the shipped model.
   c.sae.k = 16
@@ -65,6 +66,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   h, p = config.harvest, []
   for name in ("seq_len", "train_windows", "eval_windows", "batch_size", "chunk_rows"):
     config_check.require(h[name] >= 1, p, f"harvest.{name}={h[name]} must be at least 1")
+  config_check.require(
+    0 <= h.skip_first < h.seq_len,
+    p,
+    f"harvest.skip_first={h.skip_first} must be in [0, harvest.seq_len={h.seq_len})",
+  )
   config_check.require_choice(h.dtype, ("float32", "bfloat16"), "harvest.dtype", p)
   try:
     train_config.validate(sae_part(config), n_devices=jax.device_count())
@@ -111,10 +117,17 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
       chunk_rows=h.chunk_rows,
       dtype=h.dtype,
       skip_separator=h.skip_separator,
+      skip_first=h.skip_first,
       metadata={"model": str(h.model), "split": split, "corpus": str(h.corpus)},
     )
   if h.streaming:
-    train = StreamingSource(lm, splits["train"][:, :-1], h.hook, skip_separator=h.skip_separator)
+    train = StreamingSource(
+      lm,
+      splits["train"][:, :-1],
+      h.hook,
+      skip_separator=h.skip_separator,
+      skip_first=h.skip_first,
+    )
   else:
     train = StoreSource(stores["train"], h.hook)
   return Harvested(

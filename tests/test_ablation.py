@@ -140,8 +140,19 @@ def test_auxk_finding_compares_dead_fractions_at_the_widest_width():
 
 
 def test_the_study_runs_end_to_end_on_a_tiny_grid(tmp_path):
-  result = study.run(tiny_config(), tmp_path)
-  assert len(result.rows) == 3 + 2 + 3 + 2 + 2 + 1
+  config = tiny_config()
+  # Every family, finding and figure, with the fewest runs (each compiles its own splice):
+  # two sparsities of TopK and ReLU at the reference width, three widths at k = 8.
+  config.grid.runs = (
+    ("topk", 64, (4, 8)),
+    ("topk_multi", 64, (8,)),
+    ("relu", 64, (0.03, 0.003)),
+    ("topk", 32, (8,)),
+    ("topk", 128, (8,)),
+    ("topk_plain", 128, (8,)),
+  )
+  result = study.run(config, tmp_path)
+  assert len(result.rows) == 2 + 1 + 2 + 1 + 1 + 1
   for r in result.rows:
     assert 0 < r["fvu"] < 1.5 and r["l0"] > 0 and np.isfinite(r["delta_ce"])
     assert -1 <= r["kl_score"] <= 1 and np.isfinite(r["ce_recovered_mean"])

@@ -148,3 +148,18 @@ def test_streaming_rows_equal_the_models_and_batches_resume(lm, windows):
   flat = np.asarray(cache[HOOKS[0]]).reshape(-1, 128)
   distances = np.abs(first[:, None, :] - flat[None]).max(-1).min(-1)  # Every row is a real one.
   assert distances.max() < 1e-4
+
+
+def test_skip_first_leaves_the_first_positions_of_every_window_out(lm, windows, tmp_path):
+  sep = lm.tokenizer.separator_id
+  every = harvest_lib.plan_rows(windows, sep, skip_separator=False)
+  rows = harvest_lib.plan_rows(windows, sep, skip_separator=False, skip_first=2)
+  np.testing.assert_array_equal(rows, every[every[:, 1] >= 2])
+  store = harvest_lib.harvest(
+    lm, windows, ["blocks.0.resid_post"], tmp_path / "s", chunk_rows=64, skip_first=1,
+    progress=False,
+  )  # fmt: skip
+  table = store.rows_table()
+  assert table[:, 1].min() == 1 and store.meta["skip_first"] == 1
+  with pytest.raises(JaxsaeError, match="skip_first"):
+    harvest_lib.plan_rows(windows, sep, True, skip_first=windows.shape[1])

@@ -13,7 +13,9 @@ openai-community/gpt2, e.g. on a machine with internet
 then copy the folder over; or point at another folder with JAXSAE_MODELS=DIR (holding gpt2/) or
 --config.harvest.model=FOLDER. Without the files the job stops before any compute and says so.
 
-The text is the standard-library corpus (as for the shipped model; --config.harvest.corpus=DIR
+Position 0 of every window is left out of the training and held-out activations (its residual
+norm in GPT-2 is tens of times the others' and would dominate the input normalization); ΔCE
+still splices the SAE at every position. The text is the standard-library corpus (as for the shipped model; --config.harvest.corpus=DIR
 for other text). Up to 131072 training windows of 64 tokens (about the whole train split in
 GPT-2 tokens) make up to 8.4M activations, stored as bfloat16 (~13 GB at d = 768); 8192 steps of
 4096 tokens (34M) read each about four times.
@@ -27,6 +29,7 @@ def get_config():
   c.harvest.model = "gpt2"
   c.harvest.hook = "blocks.8.resid_post"
   c.harvest.seq_len = 64
+  c.harvest.skip_first = 1  # Position 0's residual norm is tens of times the rest (attention sink).
   c.harvest.train_windows = 131072
   c.harvest.eval_windows = 256
   c.harvest.batch_size = 64

@@ -28,9 +28,20 @@ from jaxsae.models.pretrained import LanguageModel
 from jaxsae.models.transformer import run as run_model
 
 
-def plan_rows(windows_NxT: np.ndarray, separator_id: int, skip_separator: bool) -> np.ndarray:
-  """(n_rows, 3) int32 (window, position, token) of the rows to harvest, in window order."""
+def plan_rows(
+  windows_NxT: np.ndarray, separator_id: int, skip_separator: bool, skip_first: int = 0
+) -> np.ndarray:
+  """(n_rows, 3) int32 (window, position, token) of the rows to harvest, in window order.
+
+  skip_separator leaves out separator positions; skip_first the first positions of every window
+  (GPT-2's position 0 carries a residual norm tens of times the others: an attention sink).
+  """
+  if not 0 <= skip_first < windows_NxT.shape[1]:
+    raise JaxsaeError(
+      f"skip_first={skip_first} must be in [0, {windows_NxT.shape[1]}) (the window length)"
+    )
   keep = np.ones(windows_NxT.shape, bool)
+  keep[:, :skip_first] = False
   if skip_separator:
     keep &= windows_NxT != separator_id
   window, position = np.nonzero(keep)
@@ -60,6 +71,7 @@ def harvest(
   chunk_rows: int = 4096,
   dtype: str = "float32",
   skip_separator: bool = True,
+  skip_first: int = 0,
   metadata: dict | None = None,
   stop_after_chunks: int | None = None,
   progress: bool = True,
@@ -77,7 +89,7 @@ def harvest(
   if not hooks:
     raise JaxsaeError("no hooks to harvest; name at least one, e.g. blocks.1.resid_post")
   windows_NxT = np.asarray(windows_NxT, np.int32)
-  rows = plan_rows(windows_NxT, lm.tokenizer.separator_id, skip_separator)
+  rows = plan_rows(windows_NxT, lm.tokenizer.separator_id, skip_separator, skip_first)
   fingerprint = {
     "tokenizer": {
       "kind": type(lm.tokenizer).__name__,
@@ -87,6 +99,7 @@ def harvest(
     "n_windows": int(len(windows_NxT)),
     "seq_len": int(windows_NxT.shape[1]),
     "skip_separator": bool(skip_separator),
+    "skip_first": int(skip_first),
     "windows_sha256": hashlib.sha256(windows_NxT.tobytes()).hexdigest(),
   }
   widths = hook_widths(lm, hooks)

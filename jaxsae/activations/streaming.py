@@ -34,12 +34,13 @@ class StreamingSource:
     hook: str,
     *,
     skip_separator: bool = True,
+    skip_first: int = 0,
     oversample: float = 1.5,
   ):
     self.lm, self.hook = lm, hook
     self.windows = np.asarray(windows_NxT, np.int32)
     self.d_in = hook_widths(lm, (hook,))[hook]
-    self.plan = plan_rows(self.windows, lm.tokenizer.separator_id, skip_separator)
+    self.plan = plan_rows(self.windows, lm.tokenizer.separator_id, skip_separator, skip_first)
     if len(self.plan) == 0:
       raise JaxsaeError("the windows hold no positions to stream; pass more text")
     self.keep = np.zeros(self.windows.shape, bool)
