@@ -26,6 +26,7 @@ from jaxsae.activations.reader import StoreSource
 from jaxsae.activations.streaming import StreamingSource
 from jaxsae.evals import baselines, downstream
 from jaxsae.lm import config as lm_config
+from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
 from jaxsae.sae import data as data_lib
 from jaxsae.sae import evaluate, export, saelens, train_config
@@ -72,6 +73,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"harvest.skip_first={h.skip_first} must be in [0, harvest.seq_len={h.seq_len})",
   )
   config_check.require_choice(h.dtype, ("float32", "bfloat16"), "harvest.dtype", p)
+  hook_problem = hooks_lib.name_problem(h.hook)
+  if hook_problem:
+    p.append(f"harvest.hook: {hook_problem}")
   try:
     train_config.validate(sae_part(config), n_devices=jax.device_count())
   except ValueError as e:
@@ -142,6 +146,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   validate(config)
   workdir = pathlib.Path(workdir)
   lm = pretrained.load(config.harvest.model)
+  hooks_lib.Hooks.make([config.harvest.hook]).check(lm.hook_names())  # This model's layers.
   data = harvest_stores(config, lm, workdir)
   result = train_lib.train(sae_part(config), workdir, data.train)
   group = result.groups[0]

@@ -37,3 +37,45 @@ def test_model_field_errors_surface_in_the_lm_config():
   message = str(info.value)
   assert "model.activation='gelu_new' is not one of" in message and "did you mean" in message
   assert "model.d_model=0 must be a positive int" in message
+
+
+def test_main_job_config_lists_every_problem_before_any_compute():
+  from jaxsae import main_job
+
+  config = main_job.base_config("topk")
+  config.sae.k = 5000
+  config.optim.lr = -2.0
+  config.harvest.hook = "blocks.1.resid_postt"
+  config.harvest.dtype = "float8"
+  config.harvest.skip_first = 500
+  config.train.batch_size = 1001
+  with pytest.raises(ConfigError) as info:
+    main_job.validate(config)  # Loads no model, harvests nothing.
+  message = str(info.value)
+  for expected in (
+    "sae.k=5000 must be in [1, n_latents=1024]",
+    "optim.lr=-2.0 must be positive",
+    'did you mean "blocks.1.resid_post"?',
+    "harvest.dtype='float8'",
+    "harvest.skip_first=500",
+    "batch size 1001 is not divisible by the data axis (8 devices)",  # conftest's 8 devices.
+  ):
+    assert expected in message, expected
+  assert len(info.value.problems) >= 5
+
+
+@pytest.mark.parametrize(
+  "hook, problem",
+  [
+    ("blocks.1.resid_post", None),
+    ("logits", None),
+    ("blocks.x.resid_post", "must read blocks.<layer>.<site>"),
+    ("final.norm", 'did you mean "final.normed"?'),
+    ("blocks.2.mlp.postt", 'did you mean "blocks.2.mlp.post"?'),
+  ],
+)
+def test_hook_names_are_checked_without_a_model(hook, problem):
+  from jaxsae.models import hooks
+
+  found = hooks.name_problem(hook)
+  assert found is None if problem is None else problem in found

@@ -88,6 +88,30 @@ def parse(name: str) -> tuple[int | None, str]:
   return None, name
 
 
+OUTER_NAMES = ("embed.tok", "embed.pos", "final.normed", "logits")
+
+
+def name_problem(name: str) -> str | None:
+  """Why `name` cannot be a hook of any model (None if its form is valid), with the closest
+  valid form; checks what needs no model: the site, and a non-negative integer layer."""
+  if not isinstance(name, str):
+    return f"hook {name!r} must be a string such as blocks.1.resid_post"
+  if not name.startswith("blocks."):
+    if name in OUTER_NAMES:
+      return None
+    close = difflib.get_close_matches(name, [*OUTER_NAMES, "blocks.0.resid_post"], n=1)
+    hint = f'; did you mean "{close[0]}"?' if close else "; e.g. blocks.1.resid_post"
+    return f'unknown hook "{name}"{hint}'
+  parts = name.split(".", 2)
+  if len(parts) < 3 or not parts[1].isdigit():
+    return f'hook "{name}" must read blocks.<layer>.<site>, e.g. blocks.1.resid_post'
+  if parts[2] not in BLOCK_SITES:
+    close = difflib.get_close_matches(parts[2], BLOCK_SITES, n=1)
+    hint = f'; did you mean "blocks.{parts[1]}.{close[0]}"?' if close else ""
+    return f'unknown site "{parts[2]}" in hook "{name}"{hint} (sites: {", ".join(BLOCK_SITES)})'
+  return None
+
+
 EditFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 

@@ -1,0 +1,92 @@
+"""Loading what is on disk: nothing is unpickled, and a store or saved file of another format,
+shape or version is refused with an error that names the file and the fix."""
+
+import ast
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from jaxsae.activations import harvest as harvest_lib
+from jaxsae.activations.store import ActivationStore
+from jaxsae.errors import CheckpointError, JaxsaeError
+from jaxsae.models import pretrained
+from jaxsae.sae import export
+from jaxsae.sae import sources as sources_lib
+
+UNPICKLING_CALLS = {"pickle.load", "pickle.loads", "torch.load", "dill.load", "joblib.load"}
+
+
+def _calls(tree):
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Call):
+      yield node, ast.unparse(node.func)
+
+
+@pytest.mark.parametrize("package", ["jaxsae", "experiments"])
+def test_no_code_path_unpickles(package):
+  """Every np.load passes allow_pickle=False; pickle, torch.load and friends are never called."""
+  offenders = []
+  for path in sorted((REPO / package).rglob("*.py")):
+    for call, name in _calls(ast.parse(path.read_text(), str(path))):
+      where = f"{path.relative_to(REPO)}:{call.lineno}"
+      if name in UNPICKLING_CALLS or name.startswith("pickle."):
+        offenders.append(f"{where} calls {name}")
+      if name in ("np.load", "numpy.load", "jnp.load"):
+        flags = {k.arg: ast.unparse(k.value) for k in call.keywords}
+        if flags.get("allow_pickle") != "False":
+          offenders.append(f"{where} calls {name} without allow_pickle=False")
+  assert not offenders, offenders
+
+
+def test_an_npy_of_objects_is_refused_not_unpickled(tmp_path):
+  path = tmp_path / "rows.npy"
+  np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+  data = type("Data", (), {"source": f"npy:{path}"})()
+  with pytest.raises(JaxsaeError, match="not a plain .npy array"):
+    sources_lib.open_source(data)
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory):
+  lm = pretrained.load("default")
+  windows = np.random.default_rng(0).integers(0, 256, (4, 32)).astype(np.int32)
+  directory = tmp_path_factory.mktemp("store")
+  harvest_lib.harvest(lm, windows, ["blocks.0.resid_post"], directory, progress=False)
+  return directory
+
+
+def test_a_store_of_another_format_version_or_without_metadata_is_refused(store_dir, tmp_path):
+  copy = tmp_path / "store"
+  shutil.copytree(store_dir, copy)
+  meta = json.loads((copy / "store.json").read_text())
+  (copy / "store.json").write_text(json.dumps({**meta, "format": "jaxsae-store/0"}))
+  with pytest.raises(CheckpointError, match=r"store format 'jaxsae-store/0'.*re-harvest"):
+    ActivationStore.open(copy)
+  (copy / "store.json").write_text('{"format": ')
+  with pytest.raises(CheckpointError, match="not valid JSON"):
+    ActivationStore.open(copy)
+  (copy / "store.json").unlink()
+  with pytest.raises(CheckpointError, match="harvest one first"):
+    ActivationStore.open(copy)
+
+
+def test_an_sae_of_another_shape_or_format_is_refused(tmp_path):
+  source = export.resolve("default")
+  copy = tmp_path / "sae"
+  shutil.copytree(source, copy)
+  doc = json.loads((copy / "config.json").read_text())
+  wider = {**doc, "sae": {**doc["sae"], "n_latents": 2048}}
+  (copy / "config.json").write_text(json.dumps(wider))
+  with pytest.raises(CheckpointError, match="W_dec.*2048|2048.*W_dec|does not match"):
+    export.load(copy)
+  (copy / "config.json").write_text(json.dumps({**doc, "format": "jaxsae-sae/0"}))
+  with pytest.raises(CheckpointError, match="jaxsae-sae/0"):
+    export.load(copy)
+  (copy / "config.json").write_text(json.dumps(doc))
+  header = (copy / "sae.safetensors").read_bytes()
+  (copy / "sae.safetensors").write_bytes(header[:100])  # A truncated download.
+  with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+    export.load(copy)
