@@ -164,13 +164,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
 
   # Measured on the exported SAE, which acts on raw activations: the artifact users load.
   hook = config.harvest.hook
-  reference = downstream.reference_losses(lm, data.eval_windows, hook)
+  skip_first = config.harvest.skip_first  # Positions the SAE never saw are left unedited.
+  reference = downstream.reference_losses(lm, data.eval_windows, hook, skip_first)
 
   def measure(name, encode_decode, variables) -> dict:
     metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
     reconstruct = lambda v, x: encode_decode(v, x)[1]  # noqa: E731
     spliced = downstream.splice_losses(
-      lm, data.eval_windows, hook, reconstruct, variables, reference
+      lm, data.eval_windows, hook, reconstruct, variables, reference, skip_first
     )
     return {"method": name, **metrics, **spliced}
 

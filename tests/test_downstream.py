@@ -56,6 +56,21 @@ def test_kl_matches_a_hand_computation(lm_and_windows):
   assert kl == pytest.approx(expected, rel=1e-4)
 
 
+def test_skip_first_leaves_the_first_positions_unedited(lm_and_windows):
+  lm, ids = lm_and_windows
+  ce, _ = downstream.edited_losses(lm, ids, HOOK, "zero", skip_first=4)
+  inputs = ids[:, :-1]
+  keep = (inputs == lm.tokenizer.separator_id) | (np.arange(inputs.shape[1]) < 4)
+  zeroed, _ = lm.run(inputs, edits={HOOK: lambda x: jnp.where(keep[..., None], x, 0.0)})
+  logq = log_softmax(np.asarray(zeroed, np.float64), axis=-1)
+  expected = -np.mean(np.take_along_axis(logq, ids[:, 1:, None], -1))
+  assert ce == pytest.approx(expected, rel=1e-5)
+  assert ce < downstream.edited_losses(lm, ids, HOOK, "zero")[0]  # Fewer positions zeroed.
+  mean = downstream.mean_activation(lm, ids, HOOK, skip_first=4)
+  _, captured = lm.run(inputs, capture=[HOOK])
+  np.testing.assert_allclose(mean, np.asarray(captured[HOOK])[~keep].mean(0), rtol=1e-5, atol=1e-6)
+
+
 def test_unknown_mode_is_named(lm_and_windows):
   lm, ids = lm_and_windows
   with pytest.raises(ValueError, match="mode='half'"):

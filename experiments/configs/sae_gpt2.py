@@ -15,7 +15,7 @@ then copy the folder over; or point at another folder with JAXSAE_MODELS=DIR (ho
 
 Position 0 of every window is left out of the training and held-out activations (its residual
 norm in GPT-2 is tens of times the others' and would dominate the input normalization); ΔCE
-still splices the SAE at every position. The text is the standard-library corpus (as for the shipped model; --config.harvest.corpus=DIR
+splices the SAE everywhere else (position 0 keeps its own activation, as separators do). The text is the standard-library corpus (as for the shipped model; --config.harvest.corpus=DIR
 for other text). Up to 131072 training windows of 64 tokens (about the whole train split in
 GPT-2 tokens) make up to 8.4M activations, stored as bfloat16 (~13 GB at d = 768); 8192 steps of
 4096 tokens (34M) read each about four times.

@@ -5,8 +5,9 @@
     KL score = 1 − KL_spliced / KL_zero,   KL = mean over predictions of KL(p_clean ‖ p_edited)
 
 CE is the mean next-token cross-entropy (nats) over every prediction of the windows. The hook
-is replaced at every position except separator (start-of-document) positions, which the SAE
-never saw in training (the harvest skips them); zero ablation replaces the same positions with
+is replaced at every position except separator (start-of-document) positions and the first
+`skip_first` positions of each window, which the SAE never saw in training (the harvest skips
+them, e.g. GPT-2's position-0 attention sink); zero ablation replaces the same positions with
 zeros and mean ablation with the mean activation over those positions of the same windows.
 """
 
@@ -30,7 +31,9 @@ MODES = ("clean", "zero", "mean", "spliced")
 
 
 @functools.lru_cache(maxsize=16)
-def _edited_sums_fn(lm_config, hook: str, separator_id: int, reconstruct, mode: str):
+def _edited_sums_fn(
+  lm_config, hook: str, separator_id: int, reconstruct, mode: str, skip_first: int = 0
+):
   """jit(params, variables, tokens) -> (Σ CE, Σ KL(p_clean ‖ p_edited)) over the predictions.
 
   For mode "mean", `variables` is the mean activation (D,)."""
@@ -38,7 +41,8 @@ def _edited_sums_fn(lm_config, hook: str, separator_id: int, reconstruct, mode: 
 
   def sums(params, variables, tokens_BxT1):
     inputs, targets = tokens_BxT1[:, :-1], tokens_BxT1[:, 1:]
-    keep = (inputs == separator_id)[..., None]
+    position = jnp.arange(inputs.shape[1])[None, :]
+    keep = ((inputs == separator_id) | (position < skip_first))[..., None]
 
     def edit(x_BxTxD):
       if mode == "zero":
@@ -70,13 +74,15 @@ def edited_losses(
   reconstruct: Reconstruct | None = None,
   variables=None,
   batch_size: int = 16,
+  skip_first: int = 0,
 ) -> tuple[float, float]:
   """(mean CE, mean KL from the clean model) with the hook left alone ("clean"), zeroed
   ("zero"), set to its mean ("mean"; `variables` is the mean vector) or replaced by
-  `reconstruct(variables, x)` ("spliced"), separator positions excepted."""
+  `reconstruct(variables, x)` ("spliced"), separator positions and the first `skip_first`
+  positions of each window excepted."""
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is not one of {MODES}")
-  fn = _edited_sums_fn(lm.config, hook, lm.tokenizer.separator_id, reconstruct, mode)
+  fn = _edited_sums_fn(lm.config, hook, lm.tokenizer.separator_id, reconstruct, mode, skip_first)
   ce = kl = 0.0
   for i in range(0, len(windows_NxT1), batch_size):
     batch_ce, batch_kl = fn(lm.params, variables, jnp.asarray(windows_NxT1[i : i + batch_size]))
@@ -90,23 +96,32 @@ def cross_entropy(lm, windows_NxT1, hook, mode, reconstruct=None, variables=None
   return edited_losses(lm, windows_NxT1, hook, mode, reconstruct, variables)[0]
 
 
-def mean_activation(lm: LanguageModel, windows_NxT1: np.ndarray, hook: str, batch_size=16):
-  """(D,) mean of the hook's activation over the windows' non-separator input positions."""
+def mean_activation(
+  lm: LanguageModel, windows_NxT1: np.ndarray, hook: str, batch_size=16, skip_first: int = 0
+):
+  """(D,) mean of the hook's activation over the windows' input positions that are edited
+  (not separators, not among the first `skip_first`)."""
   total, count = None, 0
   for i in range(0, len(windows_NxT1), batch_size):
     inputs = windows_NxT1[i : i + batch_size, :-1]
     _, captured = lm.run(inputs, capture=[hook])
-    x = np.asarray(captured[hook], np.float64)[inputs != lm.tokenizer.separator_id]
+    edited = inputs != lm.tokenizer.separator_id
+    edited[:, :skip_first] = False
+    x = np.asarray(captured[hook], np.float64)[edited]
     total = x.sum(0) if total is None else total + x.sum(0)
     count += len(x)
   return (total / max(count, 1)).astype(np.float32)
 
 
-def reference_losses(lm: LanguageModel, windows_NxT1: np.ndarray, hook: str) -> dict[str, float]:
+def reference_losses(
+  lm: LanguageModel, windows_NxT1: np.ndarray, hook: str, skip_first: int = 0
+) -> dict[str, float]:
   """CE of the clean model and of zero- and mean-ablation, with the ablations' KL."""
-  mean = mean_activation(lm, windows_NxT1, hook)
-  ce_zero, kl_zero = edited_losses(lm, windows_NxT1, hook, "zero")
-  ce_mean, kl_mean = edited_losses(lm, windows_NxT1, hook, "mean", variables=jnp.asarray(mean))
+  mean = mean_activation(lm, windows_NxT1, hook, skip_first=skip_first)
+  ce_zero, kl_zero = edited_losses(lm, windows_NxT1, hook, "zero", skip_first=skip_first)
+  ce_mean, kl_mean = edited_losses(
+    lm, windows_NxT1, hook, "mean", variables=jnp.asarray(mean), skip_first=skip_first
+  )
   return {
     "ce_clean": edited_losses(lm, windows_NxT1, hook, "clean")[0],
     "ce_zero": ce_zero,
@@ -127,12 +142,15 @@ def splice_losses(
   reconstruct: Reconstruct,
   variables,
   reference: dict[str, float] | None = None,
+  skip_first: int = 0,
 ) -> dict[str, float]:
   """The reference losses plus {ce_spliced, delta_ce, ce_recovered (vs zero ablation),
   ce_recovered_mean (vs mean ablation), kl, kl_score}; pass `reference` (from
   `reference_losses`) to compare several reconstructions without recomputing it."""
-  reference = reference or reference_losses(lm, windows_NxT1, hook)
-  spliced, kl = edited_losses(lm, windows_NxT1, hook, "spliced", reconstruct, variables)
+  reference = reference or reference_losses(lm, windows_NxT1, hook, skip_first)
+  spliced, kl = edited_losses(
+    lm, windows_NxT1, hook, "spliced", reconstruct, variables, skip_first=skip_first
+  )
   clean = reference["ce_clean"]
   return {
     **reference,
