@@ -67,11 +67,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   h, p = config.harvest, []
   for name in ("seq_len", "train_windows", "eval_windows", "batch_size", "chunk_rows"):
     config_check.require(h[name] >= 1, p, f"harvest.{name}={h[name]} must be at least 1")
-  config_check.require(
-    0 <= h.skip_first < h.seq_len,
-    p,
-    f"harvest.skip_first={h.skip_first} must be in [0, harvest.seq_len={h.seq_len})",
-  )
+  if h.seq_len >= 1:
+    config_check.require(
+      0 <= h.skip_first < h.seq_len,
+      p,
+      f"harvest.skip_first={h.skip_first} must be in [0, harvest.seq_len={h.seq_len})",
+    )
   config_check.require_choice(h.dtype, ("float32", "bfloat16"), "harvest.dtype", p)
   hook_problem = hooks_lib.name_problem(h.hook)
   if hook_problem:
