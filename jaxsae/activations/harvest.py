@@ -3,11 +3,12 @@
 Several hooks are captured in one forward pass. Every row's (window, position, token) is
 planned before the first forward, so the store's size is known and a resumed harvest can find
 where it stopped: `rows_written` advances only after a whole chunk is on disk, and a rerun
-starts from the window holding that row, dropping the rows it already has. The next batch's
-forward is dispatched before this one's rows are picked, and a chunk's writes stay in flight
-while the following batches compute, so the model rarely waits on the store. Separator positions
-(the start-of-document token, a BOS) can be skipped: their activations are outliers an SAE
-should not spend latents on.
+starts from the batch holding that row (the batches of an uninterrupted run, so the rows come
+out bit for bit the same), dropping the rows it already has. The next batch's forward is
+dispatched before this one's rows are picked, and a chunk's writes stay in flight while the
+following batches compute, so the model rarely waits on the store. Separator positions (the
+start-of-document token, a BOS) can be skipped: their activations are outliers an SAE should
+not spend latents on.
 """
 
 from __future__ import annotations
@@ -110,8 +111,14 @@ def harvest(
   start = int(store.meta["rows_written"])
   if store.meta.get("complete"):
     return store
-  # The window holding row `start`, and how many of its rows are already stored.
-  first_window = int(rows[start, 0])
+  # The first window of the batch holding row `start`, and how many of its rows are already
+  # stored. The batches are those of an uninterrupted run: a batch of another size compiles to
+  # other kernels and rounds differently. Every row stored but the store not marked complete
+  # (killed in between): nothing left to forward.
+  if start < len(rows):
+    first_window = int(rows[start, 0]) // batch_size * batch_size
+  else:
+    first_window = len(windows_NxT)
   window_starts = np.searchsorted(rows[:, 0], np.arange(len(windows_NxT) + 1))
   drop = start - int(window_starts[first_window])
   capture = capture_fn(lm.config, hooks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from jaxsae import config_check, sharding
+from jaxsae import config_check, nonfinite, sharding
 from jaxsae.models.config import TransformerConfig
 from jaxsae.sparse.projection import SparsityConfig
 
@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200  # Steps between checkpoints.
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
   c.train.async_checkpoints = True  # Write checkpoints in the background.
+  # NaN/Inf in a step's loss or gradients: "stop" raises, naming the step, batch and last good
+  # checkpoint; "skip" leaves parameters and optimizer state unchanged for the batch, counts it.
+  c.train.on_nonfinite = "stop"
 
   # AdamW with linear warmup, cosine decay and global-norm clipping.
   c.optim = ml_collections.ConfigDict()
@@ -116,6 +119,7 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str]) -> None:
     req(value >= 1, p, f"train.{name}={value} must be at least 1")
   req(c.train.eval_every >= 0, p, f"train.eval_every={c.train.eval_every} must be >= 0")
   req(c.train.keep_checkpoints >= 1, p, "train.keep_checkpoints must be at least 1")
+  config_check.require_choice(c.train.on_nonfinite, nonfinite.CHOICES, "train.on_nonfinite", p)
   req(c.optim.lr > 0, p, f"optim.lr={c.optim.lr} must be positive")
   req(c.optim.warmup_steps >= 0, p, "optim.warmup_steps must be >= 0")
   req(0 <= c.optim.final_lr_fraction <= 1, p, "optim.final_lr_fraction must be in [0, 1]")

@@ -1,16 +1,19 @@
 """Language-model training: a jitted, sharded train step and the loop around it.
 
 `train_and_evaluate(config, workdir)` validates the config, builds the mesh, data, model and
-optimizer, resumes from the workdir's latest checkpoint (state and data position), trains with
-a progress bar, evaluates on the validation split, logs to JSONL and TensorBoard, and saves
-checkpoints asynchronously.
+optimizer, resumes from the workdir's newest intact checkpoint (state and data position),
+trains with a progress bar, evaluates on the validation split, logs to JSONL and TensorBoard,
+and saves checkpoints asynchronously. A batch whose loss or gradients are not finite stops the
+run or is skipped (`train.on_nonfinite`, see jaxsae.nonfinite).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
+import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -19,8 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxsae import run_log, sharding
+from jaxsae import nonfinite, run_log, sharding
 from jaxsae.checkpoint import Checkpointer
+from jaxsae.errors import JaxsaeError
 from jaxsae.lm import config as lm_config
 from jaxsae.lm import evaluate as eval_lib
 from jaxsae.lm import loss as loss_lib
@@ -75,7 +79,10 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int, sparsity=
 
 
 def make_train_step(model: Transformer, optimizer):
-  """(state, batch) -> (state, metrics): one AdamW step on mean next-token cross-entropy."""
+  """(state, batch) -> (state, metrics): one AdamW step on mean next-token cross-entropy.
+
+  A step whose loss or gradients are not finite keeps the parameters and optimizer state
+  (metrics["skipped"] is 1); the step counter still advances."""
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     tokens_BxT1 = batch["tokens"]
@@ -94,11 +101,17 @@ def make_train_step(model: Transformer, optimizer):
     else:
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = nonfinite.select_finite(
+      ok, (params, opt_state), (state.params, state.opt_state)
+    )
     metrics = {
       "loss": loss,
-      "grad_norm": optax.tree.norm(grads),
+      "grad_norm": grad_norm,
       "update_norm": optax.tree.norm(updates),
       "param_norm": optax.tree.norm(params),
+      "skipped": (~ok).astype(jnp.float32),
     }
     if sparse:  # Nonzeros per matrix and overall, dead neurons (Gao et al. 2025).
       metrics.update(projection.nonzero_stats(params))
@@ -206,9 +219,11 @@ def train_and_evaluate(
     process_count=jax.process_count(),
   )
   checkpointer = Checkpointer.for_run(workdir, tc)
+  skipped = 0  # Batches skipped for non-finite loss or gradients (train.on_nonfinite="skip").
   if checkpointer.latest_step() is not None:
     target = sharding.with_shardings(abstract_state, shardings)
-    state, _ = checkpointer.restore(target, train_iter)
+    state, meta = checkpointer.restore(target, train_iter)
+    skipped = int(meta.get("skipped_batches", 0))
   else:
     state = create_state(run.model, optimizer, jax.random.key(config.seed), shardings)
 
@@ -241,17 +256,36 @@ def train_and_evaluate(
   history, evals, previous = [], [], None
 
   def finish(step, metrics):
-    """Wait for a step's metrics; record them if it is a logging step."""
+    """Wait for a step's metrics; stop at or count a non-finite step; record a logging step."""
+    nonlocal skipped
     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if values.pop("skipped"):
+      where = nonfinite.describe_batch(step, tc.batch_size, "tokens", config.data.seq_len)
+      terms = ", ".join(k for k in ("loss", "grad_norm") if not math.isfinite(values[k]))
+      if tc.on_nonfinite == "stop":
+        raise JaxsaeError(
+          f"non-finite {terms} at step {step}, on {where}; "
+          f"{nonfinite.last_checkpoint(checkpointer.latest_step())}. The state from before "
+          "the step is kept and nothing after it was saved. Lower optim.lr (or raise "
+          "optim.warmup_steps), or set train.on_nonfinite='skip' to skip such batches"
+        )
+      skipped += 1
+      warnings.warn(
+        f"skipped step {step} ({where}): non-finite {terms}; parameters and optimizer state "
+        "are unchanged (train.on_nonfinite='skip')",
+        nonfinite.NonFiniteWarning,
+        stacklevel=3,
+      )
     bar.update(tokens_per_step)
     if step % tc.log_every == 0 or step == stop:
       values["lr"] = float(schedule(step - 1))
+      values["skipped_batches"] = skipped
       log.write(step, values, split="train")
       history.append({"step": step, **values})
       bar.set_postfix(loss=f"{values['loss']:.3f}")
 
-  with run_log.RunLog(workdir) as log, checkpointer:
-    bar = run_log.progress(tc.steps * tokens_per_step, start * tokens_per_step)
+  bar = run_log.progress(tc.steps * tokens_per_step, start * tokens_per_step)
+  with run_log.RunLog(workdir) as log, checkpointer, bar:  # Closed on errors too.
     for step in range(start + 1, stop + 1):
       batch = sharding.global_batch(next(train_iter), mesh)
       state, metrics = train_step(state, batch)
@@ -262,9 +296,11 @@ def train_and_evaluate(
       previous = (step, metrics)
       if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
         validate(state.params, step, log)
-      meta = {"tokens": step * tokens_per_step}
-      checkpointer.save(step, state, train_iter, meta, force=step == stop)
+      if checkpointer.will_save(step, force=step == stop):
+        finish(*previous)  # A bad step stops the run before its state is saved.
+        previous = None
+        meta = {"tokens": step * tokens_per_step, "skipped_batches": skipped}
+        checkpointer.save(step, state, train_iter, meta, force=step == stop)
     if previous is not None:
       finish(*previous)
-    bar.close()
   return TrainResult(state, history, evals, run.model_config)

@@ -1,9 +1,11 @@
 """SAE training: state creation, the jitted step over every sweep group, and the loop.
 
 `train(config, workdir, source)` validates the config, builds the mesh, estimates the input
-scale c (E‖c·x‖² = d) and the decoder-bias init on a sample, resumes from the workdir's latest
-checkpoint (parameters, optimizer state, dead-latent counters, BatchTopK thresholds, data
-position and c), trains with a progress bar, and writes metrics to JSONL and TensorBoard.
+scale c (E‖c·x‖² = d) and the decoder-bias init on a sample, resumes from the workdir's newest
+intact checkpoint (parameters, optimizer state, dead-latent counters, BatchTopK thresholds, data
+position and c), trains with a progress bar, and writes metrics to JSONL and TensorBoard. A
+batch whose activations, loss or gradients are not finite stops the run or is skipped
+(`train.on_nonfinite`, see jaxsae.nonfinite).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import warnings
 from typing import Any
 
 import jax
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxsae import run_log, sharding
+from jaxsae import nonfinite, run_log, sharding
 from jaxsae.checkpoint import Checkpointer
 from jaxsae.errors import JaxsaeError
 from jaxsae.sae import data as data_lib
@@ -85,17 +88,26 @@ class SAETrainer:
     return jax.jit(self._init, out_shardings=self.state_shardings())(rng, jnp.asarray(b_dec))
 
   def make_step(self, scale: float):
-    """The jitted (state, raw batch) -> (state, {group: metrics}) step. Donates the state."""
+    """The jitted (state, raw batch) -> (state, {group: metrics}) step. Donates the state.
+
+    Members whose batch, loss or gradients are not finite keep their state; metrics "skipped"
+    flags them (and "nonfinite_input" a non-finite batch)."""
     settings = self.settings(scale)
 
     def train_step(state: TrainState, x_raw_BxD: jax.Array):
       x = x_raw_BxD.astype(jnp.float32) * settings.scale
       step = state.step + 1
+      finite_x = jnp.all(jnp.isfinite(x))
       params, opt_state, extras, metrics = {}, {}, {}, {}
       for name, trainer in self.trainers.items():
-        params[name], opt_state[name], extras[name], metrics[name] = trainer.step(
-          state.params[name], state.opt_state[name], state.extras[name], x, step, settings
-        )
+        old = (state.params[name], state.opt_state[name], state.extras[name])
+        *new, metrics[name] = trainer.step(*old, x, step, settings)
+        # A member whose loss or gradients are not finite keeps its state (nonfinite.py).
+        ok = finite_x & jnp.isfinite(metrics[name]["loss/total"])
+        ok &= jnp.isfinite(metrics[name]["grad_norm"])
+        params[name], opt_state[name], extras[name] = nonfinite.select_finite(ok, tuple(new), old)
+        metrics[name]["skipped"] = ~ok
+        metrics[name]["nonfinite_input"] = jnp.broadcast_to(~finite_x, ok.shape)
       return TrainState(step, params, opt_state, extras), metrics
 
     shardings = self.state_shardings()
@@ -138,8 +150,9 @@ class TrainResult:
     return self.member_variables(group, index)["params"]
 
 
-def _metric_records(groups: list[Group], metrics: dict) -> tuple[dict, dict]:
-  """(scalars, histograms) keyed "<member>/<metric>" (bare names for a run of one SAE)."""
+def _metric_records(groups: list[Group], metrics: dict, skipped: dict) -> tuple[dict, dict]:
+  """(scalars, histograms) keyed "<member>/<metric>" (bare names for a run of one SAE), with
+  each member's count of skipped batches (`skipped`: {label: count}) as "skipped_batches"."""
   single = len(groups) == 1 and groups[0].size == 1
   scalars, histograms = {}, {}
   for group in groups:
@@ -147,9 +160,15 @@ def _metric_records(groups: list[Group], metrics: dict) -> tuple[dict, dict]:
     for i, label in enumerate(group.labels):
       prefix = "" if single else f"{label}/"
       for key, array in values.items():
+        if key in _STEP_FLAGS:
+          continue
         target = histograms if key == "density_histogram" else scalars
         target[prefix + key] = np.asarray(array[i])
+      scalars[prefix + "skipped_batches"] = np.asarray(skipped.get(label, 0))
   return scalars, histograms
+
+
+_STEP_FLAGS = ("skipped", "nonfinite_input")  # Per-step flags read by the loop, not logged.
 
 
 def train(
@@ -195,7 +214,9 @@ def train(
     if "scale" not in meta:
       raise JaxsaeError(f"checkpoint in {checkpointer.directory} has no input scale; retrain")
     scale = float(meta["scale"])
+    skipped = dict(meta.get("skipped_batches", {}))
   else:
+    skipped = {}
     scale, b_dec = initial_statistics(config, source)
     state = trainer.init_state(jax.random.key(config.seed), b_dec)
   meta = {
@@ -215,11 +236,55 @@ def train(
   history, previous = [], None
   bin_edges = np.asarray(DENSITY_BINS)
 
+  def check(step, metrics):
+    """Stop at, or count, a step whose activations, loss or gradients were not finite."""
+    flags = jax.device_get({name: m["skipped"] for name, m in metrics.items()})
+    bad = [(g, i) for g in trainer.groups for i in range(g.size) if flags[g.name][i]]
+    if not bad:
+      return
+    values = jax.device_get(metrics)
+    where = nonfinite.describe_batch(step, tc.batch_size, "rows")
+    last = nonfinite.last_checkpoint(checkpointer.latest_step())
+    if values[bad[0][0].name]["nonfinite_input"][0]:
+      if tc.on_nonfinite == "stop":
+        raise JaxsaeError(
+          f"NaN or Inf in the activations of {where}, at step {step}; {last}. Fix or drop "
+          "those rows at their source, or set train.on_nonfinite='skip' to skip such batches"
+        )
+      problems = "NaN or Inf in the activations"
+    else:
+      terms = {
+        g.labels[i]: [
+          key
+          for key, array in values[g.name].items()
+          if (key.startswith("loss/") or key == "grad_norm") and not np.isfinite(array[i])
+        ]
+        for g, i in bad
+      }
+      problems = "; ".join(f"{label}: {', '.join(t)}" for label, t in terms.items())
+      problems = f"non-finite loss terms or gradients ({problems})"
+      if tc.on_nonfinite == "stop":
+        raise JaxsaeError(
+          f"{problems} at step {step}, on {where}; {last}. The state from before the step is "
+          "kept and nothing after it was saved. Lower optim.lr or check those activations, or "
+          "set train.on_nonfinite='skip' to skip such batches"
+        )
+    for g, i in bad:
+      skipped[g.labels[i]] = skipped.get(g.labels[i], 0) + 1
+    labels = ", ".join(g.labels[i] for g, i in bad)
+    warnings.warn(
+      f"skipped step {step} ({where}) for {labels}: {problems}; their parameters, optimizer "
+      "state and counters are unchanged (train.on_nonfinite='skip')",
+      nonfinite.NonFiniteWarning,
+      stacklevel=3,
+    )
+
   def finish(step, metrics, log, bar):
+    check(step, metrics)
     bar.update(tc.batch_size)
     if step % tc.log_every and step != stop:
       return
-    scalars, histograms = _metric_records(trainer.groups, jax.device_get(metrics))
+    scalars, histograms = _metric_records(trainer.groups, jax.device_get(metrics), skipped)
     log.write(step, scalars, split="train")
     for name, counts in histograms.items():
       log.histogram(step, name, bin_edges, counts)
@@ -228,24 +293,20 @@ def train(
     key = "fvu" if "fvu" in scalars else f"{first}/fvu"
     bar.set_postfix(fvu=f"{scalars[key]:.3f}")
 
-  with run_log.RunLog(workdir) as log, checkpointer:
-    bar = run_log.progress(tc.steps * tc.batch_size, start * tc.batch_size, desc=progress_desc)
+  bar = run_log.progress(tc.steps * tc.batch_size, start * tc.batch_size, desc=progress_desc)
+  with run_log.RunLog(workdir) as log, checkpointer, bar:  # Closed on errors too.
     for step in range(start + 1, stop + 1):
-      raw = next(batches)
-      if not np.all(np.isfinite(raw)):
-        raise JaxsaeError(
-          f"NaN or Inf in the activations of step {step}; the last checkpoint is step "
-          f"{checkpointer.latest_step()}. Fix or drop those rows at their source"
-        )
-      batch = sharding.global_batch({"x": raw}, trainer.mesh)["x"]
+      batch = sharding.global_batch({"x": next(batches)}, trainer.mesh)["x"]
       state, metrics = train_step(state, batch)
+      # Step n-1's flags are read once step n is dispatched: the device never waits on the host.
       if previous is not None:
         finish(*previous, log, bar)
       previous = (step, metrics)
-      checkpointer.save(
-        step, state, batches, {**meta, "tokens": step * tc.batch_size}, force=step == stop
-      )
+      if checkpointer.will_save(step, force=step == stop):
+        finish(*previous, log, bar)  # A bad step stops the run before its state is saved.
+        previous = None
+        extra = {"tokens": step * tc.batch_size, "skipped_batches": dict(skipped)}
+        checkpointer.save(step, state, batches, {**meta, **extra}, force=step == stop)
     if previous is not None:
       finish(*previous, log, bar)
-    bar.close()
   return TrainResult(state, scale, trainer.groups, history)

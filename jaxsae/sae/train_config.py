@@ -12,7 +12,7 @@ import difflib
 import ml_collections
 from ml_collections import config_dict
 
-from jaxsae import config_check, sharding
+from jaxsae import config_check, nonfinite, sharding
 from jaxsae.sae import registry, sweep
 
 # Each architecture's paper recipe, on inputs scaled to E‖x̃‖² = d: the fields of `sae` that
@@ -107,6 +107,9 @@ def _defaults() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000  # Steps between checkpoints.
   c.train.keep_checkpoints = 2  # Checkpoints kept on disk.
   c.train.async_checkpoints = True  # Write checkpoints in the background.
+  # NaN/Inf in a step's loss, gradients or activations: "stop" raises, naming the step, batch
+  # and last good checkpoint; "skip" leaves that SAE unchanged for the batch and counts it.
+  c.train.on_nonfinite = "stop"
 
   # Adam with linear warmup, a constant phase and a linear decay to zero.
   c.optim = ml_collections.ConfigDict()
@@ -199,6 +202,7 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) 
   for name in ("steps", "batch_size", "log_every", "checkpoint_every", "dead_window_tokens"):
     req(c.train[name] >= 1, p, f"train.{name}={c.train[name]} must be at least 1")
   req(c.train.keep_checkpoints >= 1, p, "train.keep_checkpoints must be at least 1")
+  config_check.require_choice(c.train.on_nonfinite, nonfinite.CHOICES, "train.on_nonfinite", p)
   req(
     0 <= c.train.sparsity_warmup_fraction <= 1,
     p,
