@@ -79,3 +79,29 @@ def test_hook_names_are_checked_without_a_model(hook, problem):
 
   found = hooks.name_problem(hook)
   assert found is None if problem is None else problem in found
+
+
+def test_a_pruning_config_lists_every_problem_before_loading_a_model(tmp_path):
+  from jaxsae.sparse import study
+
+  for variant in ("default", "frontier", "quick"):
+    assert study.problems(load_config("prune", variant)) == [], variant
+  config = load_config("prune", "quick")
+  config.tasks = "closing_quote,closing_quotes"
+  config.views = "sparse_closing_quote"
+  config.n_train_pairs = 0
+  config.prune.lr = -1.0
+  config.prune.steps = 0
+  with pytest.raises(ConfigError) as info:
+    study.run(config, tmp_path)
+  message = str(info.value)
+  for expected in (
+    "tasks='closing_quotes' is not one of",
+    'did you mean "closing_quote"?',
+    '"sparse_closing_quote" in views/published_circuits must read "<model>/<task>"',
+    "n_train_pairs=0 must be an int >= 1",
+    "prune.lr=-1.0 must be positive",
+    "prune.steps=0 must be at least 1",
+  ):
+    assert expected in message, expected
+  assert not list(tmp_path.iterdir())  # Nothing was written.

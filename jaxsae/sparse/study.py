@@ -15,12 +15,14 @@ import time
 import ml_collections
 import numpy as np
 
+from jaxsae import config_check
+from jaxsae.errors import ConfigError
 from jaxsae.models import pretrained
 from jaxsae.run_log import RunLog
 from jaxsae.sparse import nodes, views
 from jaxsae.sparse.circuit import Circuit
 from jaxsae.sparse.prune import PruneConfig, prune
-from jaxsae.sparse.tasks import NONSENSE_SUFFIX, build_suite
+from jaxsae.sparse.tasks import NONSENSE_SUFFIX, TASK_NAMES, build_suite
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text.pipeline import load_split
 
@@ -68,8 +70,45 @@ def task_order(tasks: list[str], controls: bool) -> list[str]:
   return [n for t in tasks for n in ([t, t + NONSENSE_SUFFIX] if controls else [t])]
 
 
+POSITIVE = ("n_train_pairs", "n_heldout_pairs", "max_len", "mean_windows", "mean_seq_len")
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Every invalid field of a pruning config (experiments/configs/prune.py), with its fix."""
+  p: list[str] = []
+  for name in POSITIVE + ("view_windows", "view_contexts"):
+    value = config.get(name)
+    config_check.require(
+      isinstance(value, int) and value >= (1 if name in POSITIVE else 0),
+      p,
+      f"{name}={value!r} must be an int >= {1 if name in POSITIVE else 0}",
+    )
+  config_check.require(config.deadline_s >= 0, p, "deadline_s must be >= 0 (0: no deadline)")
+  config_check.require(bool(split_names(config.models)), p, "models is empty; name at least one")
+  tasks = split_names(config.tasks)
+  config_check.require(bool(tasks), p, f"tasks is empty; use some of {list(TASK_NAMES)}")
+  for task in tasks:
+    config_check.require_choice(task, TASK_NAMES, "tasks", p)
+  for spec in split_names(config.views) + split_names(config.published_circuits):
+    model, _, task = spec.partition("/")
+    if not model or task.removesuffix(NONSENSE_SUFFIX) not in TASK_NAMES:
+      p.append(f'"{spec}" in views/published_circuits must read "<model>/<task>" with a known task')
+  for pair in config.matched:
+    config_check.require(
+      len(pair) == 2, p, f"matched entry {pair!r} must be a (sparse, dense) pair of model names"
+    )
+  try:
+    prune_config(config.prune)
+  except (ConfigError, TypeError) as e:
+    p.extend(getattr(e, "problems", [f"prune: {e}"]))
+  return p
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[pathlib.Path]:
   """Prune every model on every task; returns the circuit files (new and already present)."""
+  found = problems(config)
+  if found:  # Before any model is loaded or any text read.
+    raise ConfigError(found)
   workdir = pathlib.Path(workdir)
   start = time.monotonic()
   corpus = corpus_lib.discover(config.corpus)
