@@ -90,3 +90,15 @@ def test_an_sae_of_another_shape_or_format_is_refused(tmp_path):
   (copy / "sae.safetensors").write_bytes(header[:100])  # A truncated download.
   with pytest.raises(CheckpointError, match="not a readable safetensors file"):
     export.load(copy)
+
+
+def test_a_damaged_store_chunk_names_the_store_and_the_fix(store_dir, tmp_path):
+  copy = tmp_path / "store"
+  shutil.copytree(store_dir, copy)
+  store = ActivationStore.open(copy)
+  chunk = sorted((copy / "acts" / "blocks.0.resid_post" / "c").rglob("*"))[-1]
+  chunk.write_bytes(chunk.read_bytes()[:50])  # Truncated.
+  with pytest.raises(CheckpointError, match=r"blocks.0.resid_post rows .*delete .* harvest it"):
+    store.read_rows("blocks.0.resid_post", 0, store.n_rows)
+  with pytest.raises(CheckpointError, match="The store is damaged"):
+    store.gather("blocks.0.resid_post", [store.n_rows - 1])

@@ -179,9 +179,21 @@ class ActivationStore:
     until they are on disk. `values` must not change until then."""
     return self.array(hook)[start : start + len(values)].write(values)
 
+  def _read(self, what: str, future):
+    """`future.result()`, with tensorstore's errors on damaged files as a CheckpointError."""
+    try:
+      return future.result()
+    except ValueError as e:  # tensorstore: truncated, garbled or missing chunk files.
+      raise CheckpointError(
+        f"cannot read {what} of the activation store {self.directory}: "
+        f"{' '.join(str(e).split())[:300]}. The store is damaged: delete {self.directory} "
+        "and harvest it again"
+      ) from e
+
   def read_rows(self, hook: str, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) as float32."""
-    return np.asarray(self.array(hook)[start:stop].read().result(), np.float32)
+    rows = self._read(f"{hook} rows [{start}, {stop})", self.array(hook)[start:stop].read())
+    return np.asarray(rows, np.float32)
 
   def read_chunk(self, hook: str, index: int) -> np.ndarray:
     start = index * self.chunk_rows
@@ -191,7 +203,10 @@ class ActivationStore:
     """Arbitrary rows (slow on disk: for samples, not for training batches)."""
     indices = np.asarray(indices)
     order = np.argsort(indices)
-    rows = np.asarray(self.array(hook)[indices[order]].read().result(), np.float32)
+    rows = np.asarray(
+      self._read(f"{len(indices)} {hook} rows", self.array(hook)[indices[order]].read()),
+      np.float32,
+    )
     out = np.empty_like(rows)
     out[order] = rows
     return out
@@ -199,7 +214,7 @@ class ActivationStore:
   def rows_table(self, start: int = 0, stop: int | None = None) -> np.ndarray:
     """(window, position, token) of rows [start, stop)."""
     table = ts.open(_spec(self.directory / "rows"), open=True).result()
-    return np.asarray(table[start : stop or self.n_rows].read().result())
+    return np.asarray(self._read("the rows table", table[start : stop or self.n_rows].read()))
 
   def windows(self) -> np.ndarray:
     return np.asarray(
