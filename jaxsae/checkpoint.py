@@ -117,6 +117,7 @@ class Checkpointer:
     unusable newer steps are skipped with a `CheckpointFallbackWarning` and moved to
     `<directory>/corrupt/`; CheckpointError if no step is intact (or `step` is not).
     """
+    self._check_shapes(abstract_state, step)
     if step is not None:
       try:
         return self._restore_step(step, abstract_state, data_iterator)
@@ -157,6 +158,40 @@ class Checkpointer:
       "(If every step reports the same shape or structure problem, the checkpoints were "
       "written with another config: use that config.)"
     )
+
+  def _check_shapes(self, abstract_state: Any, step: int | None) -> None:
+    """CheckpointError if the saved state's array shapes (read from the newest readable step's
+    metadata, or `step`'s) differ from `abstract_state`'s: a checkpoint of another config (e.g.
+    another width or number of latents), not a damaged one, so no step is skipped."""
+    steps = [step] if step is not None else sorted(self._manager.all_steps(), reverse=True)
+    for candidate in steps:
+      try:
+        saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(candidate) / "state")
+      except Exception:  # Unreadable metadata is damage: the fallback deals with it.
+        continue
+      saved = _shapes_by_path(getattr(saved, "item_metadata", saved))
+      wanted = _shapes_by_path(abstract_state)
+      differ = [k for k in wanted if k in saved and saved[k] != wanted[k]]
+      absent, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+      if absent or extra:
+        raise CheckpointError(
+          f"the checkpoints in {self.directory} hold another state: "
+          + (f"this run's {', '.join(absent[:3])}{' …' if len(absent) > 3 else ''} not saved; "
+             if absent else "")
+          + (f"saved {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''} not in this run; "
+             if extra else "")
+          + "the config changed since (e.g. the architecture or the sweep). Resume with the "
+          "config that wrote them, or use another workdir"
+        )  # fmt: skip
+      if differ:
+        shown = "; ".join(f"{k}: saved {saved[k]}, this run {wanted[k]}" for k in differ[:3])
+        raise CheckpointError(
+          f"the checkpoints in {self.directory} were written by a run of another shape "
+          f"({len(differ)} array(s) differ: {shown}{' …' if len(differ) > 3 else ''}): the "
+          "config changed since (e.g. the number of latents, the activation width or the "
+          "model). Resume with the config that wrote them, or use another workdir"
+        )
+      return
 
   def _restore_step(self, step: int, abstract_state: Any, data_iterator) -> tuple[Any, dict]:
     """(state, metadata) of one step, verified; `_Unusable` with a one-line reason if not.
@@ -300,6 +335,24 @@ def state_checksums(state: Any) -> dict[str, str]:
     leaves.append(leaf)
   values = jax.device_get(_checksums(leaves))
   return {p: "".join(f"{int(w):08x}" for w in v) for p, v in zip(paths, values, strict=True)}
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+  """{"params/topk/W_dec": shape} for every leaf with a shape (dict keys, attribute names and
+  sequence indices alike, so a saved tree's metadata and a live state line up)."""
+
+  def name(key) -> str:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+
+  leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+  return {
+    "/".join(name(k) for k in path): tuple(leaf.shape)
+    for path, leaf in leaves
+    if hasattr(leaf, "shape")
+  }
 
 
 # ---- quiet failures -----------------------------------------------------------------------------

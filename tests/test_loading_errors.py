@@ -102,3 +102,37 @@ def test_a_damaged_store_chunk_names_the_store_and_the_fix(store_dir, tmp_path):
     store.read_rows("blocks.0.resid_post", 0, store.n_rows)
   with pytest.raises(CheckpointError, match="The store is damaged"):
     store.gather("blocks.0.resid_post", [store.n_rows - 1])
+
+
+def _sae_config(architecture="topk", n_latents=64):
+  from jaxsae.sae import train_config
+
+  c = train_config.base_config(architecture)
+  c.sae.n_latents, c.train.batch_size, c.train.steps = n_latents, 128, 4
+  c.train.log_every = c.train.checkpoint_every = 2
+  c.optim.warmup_steps = 1
+  c.data.normalization_samples, c.data.b_dec_samples = 512, 128
+  if architecture == "topk":
+    c.sae.k = 4
+  return c
+
+
+def test_a_checkpoint_of_another_shape_or_architecture_is_refused_not_skipped(tmp_path):
+  from jaxsae.sae import data
+  from jaxsae.sae import train as train_lib
+
+  rows = np.random.default_rng(0).normal(size=(2048, 16)).astype(np.float32)
+  train_lib.train(_sae_config(), tmp_path, data.ArraySource(rows))
+  wider = _sae_config(n_latents=128)
+  wider.train.steps = 6
+  with pytest.raises(CheckpointError, match=r"another shape .*W_dec: saved \(1, 64, 16\), this"):
+    train_lib.train(wider, tmp_path, data.ArraySource(rows))
+  wide_rows = np.random.default_rng(0).normal(size=(2048, 32)).astype(np.float32)
+  with pytest.raises(CheckpointError, match=r"saved \(1, 16\), this run \(1, 32\)"):
+    train_lib.train(_sae_config(), tmp_path, data.ArraySource(wide_rows))
+  relu = _sae_config("relu")
+  relu.train.steps = 6
+  with pytest.raises(CheckpointError, match="another state: this run's .*relu.* not saved"):
+    train_lib.train(relu, tmp_path, data.ArraySource(rows))
+  assert not (tmp_path / "checkpoints" / "corrupt").exists()  # Refused, not set aside.
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
