@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxsae import config_check, tables
+from jaxsae import config_check, sharding, tables
 from jaxsae.activations import harvest as harvest_lib
 from jaxsae.activations.reader import StoreSource
 from jaxsae.activations.streaming import StreamingSource
@@ -145,6 +145,7 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
   """Harvest, train, evaluate; returns the table's rows (SAE first, then the baselines)."""
   validate(config)
+  sharding.initialize_distributed(config.mesh.distributed)  # Before the model touches JAX.
   workdir = pathlib.Path(workdir)
   lm = pretrained.load(config.harvest.model)
   hooks_lib.Hooks.make([config.harvest.hook]).check(lm.hook_names())  # This model's layers.

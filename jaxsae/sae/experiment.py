@@ -12,7 +12,7 @@ import pathlib
 import jax
 import ml_collections
 
-from jaxsae import tables
+from jaxsae import sharding, tables
 from jaxsae.sae import evaluate, export, sources, synthetic
 from jaxsae.sae import train as train_lib
 
@@ -22,6 +22,7 @@ COLUMNS = ("sae", "l0", "fvu", "dead_fraction", "recovered@0.9", "train_fvu")
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
   """Train (or resume), evaluate and export; returns one result row per SAE."""
   workdir = pathlib.Path(workdir)
+  sharding.initialize_distributed(config.mesh.distributed)  # Before anything touches JAX.
   train_source, held_out = sources.open_source(config.data)
   result = train_lib.train(config, workdir, train_source)
   truth = None

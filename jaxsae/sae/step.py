@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -33,7 +34,9 @@ from jaxsae.sae.collectives import Axes
 from jaxsae.sae.sweep import Group
 
 # Feature-density histogram: log10(fires / tokens) in [-10, 0], plus a first bin for "never".
-DENSITY_BINS = jnp.linspace(-10.0, 0.0, 41)
+# numpy, not jnp: a module-level jnp array would start the XLA backend at import time, before
+# a multi-process run can call jax.distributed.initialize().
+DENSITY_BINS = np.linspace(-10.0, 0.0, 41, dtype=np.float32)
 _COUNTER_CAP = 2**30  # tokens_since_fired saturates here instead of overflowing int32.
 
 
