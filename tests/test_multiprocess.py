@@ -33,34 +33,7 @@ def test_two_processes_match_one_process(tmp_path):
     "--config.train.checkpoint_every=3", f"--config.data.corpus={stdlib_root() / 'asyncio'}",
     "--config.data.validation_fraction=0.15", "--config.data.test_fraction=0.15",
   ]  # fmt: skip
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  env.update(JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}", JAX_NUM_PROCESSES="2")
-  procs = [
-    subprocess.Popen(
-      [*args, "--config.mesh.distributed=True", f"--workdir={tmp_path / 'two'}"],
-      cwd=REPO,
-      env=dict(env, JAX_PROCESS_ID=str(i)),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )  # fmt: skip
-    for i in range(2)
-  ]
-  for proc in procs:
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-  single_env = dict(
-    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8"
-  )
-  one = subprocess.run(
-    [*args, f"--workdir={tmp_path / 'one'}"],
-    cwd=REPO,
-    env=single_env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert one.returncode == 0, one.stderr[-3000:]
+  _run_two_and_one(args, tmp_path)
   two_losses, one_losses = _train_losses(tmp_path / "two"), _train_losses(tmp_path / "one")
   assert len(two_losses) == 6
   for a, b in zip(two_losses, one_losses, strict=True):
