@@ -37,7 +37,15 @@ class Explorer:
   hook: str
   windows: np.ndarray  # (W, T) token ids
   activations: np.ndarray  # (W·T, D) float32, row r = (r // T, r % T)
-  codes: SparseCodes
+
+  @functools.cached_property
+  def codes(self) -> SparseCodes:
+    """The SAE's codes of every row, kept sparse (encoded 4096 rows at a time)."""
+    step, n = 4096, len(self.activations)
+    return SparseCodes.from_batches(
+      (np.arange(lo, min(lo + step, n)), self.encode(self.activations[lo : lo + step]))
+      for lo in range(0, n, step)
+    )
 
   @property
   def rows_table(self) -> np.ndarray:
@@ -147,10 +155,4 @@ def explore(
       f"the SAE reads width {config.d_in} but {hook} has width {activations.shape[1]}: load the "
       "SAE trained on this hook"
     )
-  explorer = Explorer(lm, config, variables, hook, windows_WxT, activations, None)  # type: ignore[arg-type]
-  step = 4096
-  explorer.codes = SparseCodes.from_batches(
-    (np.arange(lo, min(lo + step, len(activations))), explorer.encode(activations[lo : lo + step]))
-    for lo in range(0, len(activations), step)
-  )
-  return explorer
+  return Explorer(lm, config, variables, hook, windows_WxT, activations)

@@ -84,12 +84,13 @@ def looks_like_hf(folder: str | pathlib.Path) -> bool:
   """An HF config.json, or no jaxsae config.json and a file only a Hugging Face folder holds
   (pickled or sharded weights, a tokenizer)."""
   folder = pathlib.Path(folder)
-  if is_hf_checkpoint(folder):
-    return True
   doc = _config_doc(folder)
+  if isinstance(doc, dict) and "format" in doc:  # jaxsae's own saved model.
+    return False
+  if isinstance(doc, dict) and "model_type" in doc:
+    return True
   names = (*PICKLED_FILES, WEIGHTS_INDEX, *VOCAB_FILES, TOKENIZER_JSON)
-  jaxsae_doc = isinstance(doc, dict) and "format" in doc
-  return not jaxsae_doc and any((folder / n).is_file() for n in names)
+  return any((folder / n).is_file() for n in names)
 
 
 def download_hint(folder: pathlib.Path, repo: str | None = None) -> str:
