@@ -512,7 +512,7 @@ def compare(kind: str, reference: pathlib.Path, workdir: pathlib.Path) -> list[s
 def _store_files(root: pathlib.Path) -> dict[str, pathlib.Path]:
   return {
     str(p.relative_to(root)): p
-    for sub in ("acts", "rows", "windows")
+    for sub in ("acts", "scales", "rows", "windows")
     for p in (root / sub).rglob("*")
     if p.is_file()
   }
@@ -531,9 +531,12 @@ def compare_stores(reference: pathlib.Path, store_dir: pathlib.Path) -> list[str
   ]
   if any(a.meta[k] != b.meta.get(k) for k in ("hooks", "n_rows", "dtype")):
     return problems  # Not the same arrays: nothing more to compare.
-  for hook in a.hooks:  # Raw, in the stored dtype.
+  for hook in a.hooks:  # Raw, in the stored dtype (an int8 store's codes, and its scales).
     rows_a, rows_b = (np.asarray(s.array(hook).read().result()) for s in (a, b))
     problems += _bitwise_mismatches(f"acts/{hook}", rows_a, rows_b)
+    if a.quantized:
+      scales_a, scales_b = (np.asarray(s.scales_array(hook).read().result()) for s in (a, b))
+      problems += _bitwise_mismatches(f"scales/{hook}", scales_a, scales_b)
   problems += _bitwise_mismatches("rows", a.rows_table(), b.rows_table())
   problems += _bitwise_mismatches("windows", a.windows(), b.windows())
   files_a, files_b = _store_files(reference), _store_files(store_dir)

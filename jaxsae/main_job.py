@@ -2,7 +2,8 @@
 
 On the shipped model and the standard-library corpus by default:
   1. harvest the hook's activations for a random subset of training windows, and for held-out
-     (validation-split) windows, into two stores in the workdir (resumable);
+     (validation-split) windows, into two stores in the workdir (resumable; the training store
+     in harvest.dtype, the held-out one always in float32);
   2. train the SAE (TopK by default) on the training store (resumable);
   3. evaluate it on the held-out store (L0, FVU, dead fraction) and by splicing its
      reconstruction into the model on held-out text (ΔCE, CE recovered), beside two same-L0
@@ -35,6 +36,7 @@ from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
 
 COLUMNS = ("method", "l0", "fvu", "dead_fraction", "delta_ce", "ce_recovered")
+STORE_DTYPES = ("float32", "bfloat16", "int8")  # harvest.dtype: the training store's.
 
 
 def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
@@ -49,7 +51,9 @@ def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
   c.harvest.eval_windows = 128  # Validation-split windows for held-out metrics and ΔCE.
   c.harvest.batch_size = 32  # Windows per forward pass.
   c.harvest.chunk_rows = 8192  # Rows per store chunk (the unit of shuffled reading).
-  c.harvest.dtype = "float32"  # "float32" | "bfloat16".
+  # "float32" | "bfloat16" | "int8" (per-chunk, per-channel scales; jaxsae.activations.int8):
+  # dtype of the training store; the held-out store is always float32.
+  c.harvest.dtype = "float32"
   c.harvest.skip_separator = True  # Leave the start-of-document positions out.
   c.harvest.skip_first = 0  # Leave the first positions of every window out (GPT-2: 1).
   c.harvest.streaming = False  # Train on activations computed on the fly (no training store).
@@ -73,7 +77,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       p,
       f"harvest.skip_first={h.skip_first} must be in [0, harvest.seq_len={h.seq_len})",
     )
-  config_check.require_choice(h.dtype, ("float32", "bfloat16"), "harvest.dtype", p)
+  config_check.require_choice(h.dtype, STORE_DTYPES, "harvest.dtype", p)
   hook_problem = hooks_lib.name_problem(h.hook)
   if hook_problem:
     p.append(f"harvest.hook: {hook_problem}")
@@ -113,6 +117,7 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
   for split, windows in splits.items():
     if split == "train" and h.streaming:
       continue
+    # The held-out store is small and held to exact activations (FVU is measured on it).
     stores[split] = harvest_lib.harvest(
       lm,
       windows[:, :-1],
@@ -120,7 +125,7 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
       workdir / f"store_{split}",
       batch_size=h.batch_size,
       chunk_rows=h.chunk_rows,
-      dtype=h.dtype,
+      dtype=h.dtype if split == "train" else "float32",
       skip_separator=h.skip_separator,
       skip_first=h.skip_first,
       metadata={"model": str(h.model), "split": split, "corpus": str(h.corpus)},

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from jaxsae.activations import harvest as harvest_lib
+from jaxsae.activations import int8
 from jaxsae.activations.reader import StoreSource
 from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import JaxsaeError
+from jaxsae.evals import store_precision
 from jaxsae.models import pretrained
 
 HOOKS = ("blocks.1.resid_post", "blocks.0.mlp.post")
@@ -75,6 +77,105 @@ def test_bfloat16_store_and_bad_hooks(lm, windows, tmp_path):
     harvest_lib.harvest(lm, windows, ["blocks.9.resid_post"], tmp_path / "x")
   with pytest.raises(JaxsaeError, match="per-head"):
     harvest_lib.harvest(lm, windows, ["blocks.0.attn.q"], tmp_path / "y")
+
+
+def _int8_tolerance(store, hook, rows):
+  """Δ/2 of each of `rows`' elements (its chunk's scale of its channel), plus float32 rounding."""
+  delta = np.asarray(store.scales_array(hook).read().result())[np.asarray(rows) // store.chunk_rows]
+  return delta / 2 * (1 + 1e-6)
+
+
+def test_int8_store_round_trips_within_half_a_step_per_chunk_and_channel(tmp_path):
+  rng = np.random.default_rng(0)
+  n, d, chunk = 300, 12, 64
+  x = rng.standard_normal((n, d)).astype(np.float32)
+  x[:, 3] *= 80.0  # An outlier channel: its scale must not coarsen the others.
+  x[::17, 7] = 500.0  # Rare outliers in one channel.
+  x[:, 5] = 0.0  # All zero: decodes to exactly 0.
+  x[:chunk, 9] = 0.0  # Zero in the first chunk only.
+  store = ActivationStore.create(
+    tmp_path, hooks={"h": d}, n_rows=n, rows_table=np.zeros((n, 3), np.int32),
+    windows=np.zeros((1, 4), np.int32), dtype="int8", chunk_rows=chunk,
+  )  # fmt: skip
+  assert store.meta["dtype"] == "int8" and store.meta["scales"] == "per_chunk_channel"
+  for c in range(store.n_chunks):  # The last chunk is short (300 = 4·64 + 44).
+    store.write_chunk_async("h", c, x[c * chunk : (c + 1) * chunk]).result()
+  store = ActivationStore.open(tmp_path)
+  assert store.array("h").dtype.numpy_dtype == np.int8
+  scales = np.asarray(store.scales_array("h").read().result())
+  assert scales.shape == (5, d)
+  peaks = [np.abs(x[c * chunk : (c + 1) * chunk, 3]).max() for c in range(5)]
+  np.testing.assert_allclose(scales[:, 3], np.array(peaks) / 127, rtol=1e-6)
+  everything = np.arange(n)
+  for got, rows in (
+    (store.read_rows("h", 0, n), everything),
+    (store.read_rows("h", 50, 200), everything[50:200]),  # Crosses three chunk boundaries.
+    (np.concatenate([store.read_chunk("h", c) for c in range(5)]), everything),
+    (store.gather("h", [299, 3, 130, 64, 63, 3]), np.array([299, 3, 130, 64, 63, 3])),
+  ):
+    assert got.dtype == np.float32
+    assert np.all(np.abs(got - x[rows]) <= _int8_tolerance(store, "h", rows))
+  decoded = store.read_rows("h", 0, n)
+  assert np.all(decoded[:, 5] == 0) and np.all(decoded[:chunk, 9] == 0)
+  # The small channels keep their resolution beside the outliers: ~1% of their range, not 80×.
+  assert np.abs(decoded[:, 0] - x[:, 0]).max() < 0.05
+  # Rescaling channels changes the scales, not the codes (powers of two: exact in float).
+  factors = 2.0 ** np.arange(-4, d - 4, dtype=np.float32)
+  q, delta = int8.quantize(x[:chunk] * factors)
+  np.testing.assert_array_equal(q, int8.quantize(x[:chunk])[0])
+  np.testing.assert_array_equal(delta[delta != 1], (scales[0] * factors)[delta != 1])
+
+
+def test_int8_writes_must_be_whole_chunks(tmp_path):
+  store = ActivationStore.create(
+    tmp_path, hooks={"h": 4}, n_rows=100, rows_table=np.zeros((100, 3), np.int32),
+    windows=np.zeros((1, 4), np.int32), dtype="int8", chunk_rows=32,
+  )  # fmt: skip
+  block = np.ones((32, 4), np.float32)
+  for start, values in ((16, block), (0, block[:20]), (32, np.ones((40, 4), np.float32))):
+    with pytest.raises(JaxsaeError, match="whole chunks of 32 rows"):
+      store.write_rows("h", start, values)
+  with pytest.raises(JaxsaeError, match="has 4 rows, not 32"):
+    store.write_chunk_async("h", 3, block)  # The last chunk holds rows 96..99.
+  store.write_rows("h", 32, np.ones((64, 4), np.float32))  # Two whole chunks at once: fine.
+  store.write_chunk_async("h", 3, block[:4]).result()  # The short last chunk.
+  np.testing.assert_array_equal(store.read_rows("h", 32, 100), np.ones((68, 4), np.float32))
+  with pytest.raises(JaxsaeError, match="non-finite"):
+    store.write_rows("h", 0, np.full((32, 4), np.nan, np.float32))
+  with pytest.raises(JaxsaeError, match="is not one of"):
+    ActivationStore.create(
+      tmp_path / "x", hooks={"h": 4}, n_rows=10, rows_table=np.zeros((10, 3), np.int32),
+      windows=np.zeros((1, 4), np.int32), dtype="int4",
+    )  # fmt: skip
+
+
+def _raw_files(directory):
+  return {
+    str(p.relative_to(directory)): p.read_bytes()
+    for sub in ("acts", "scales")
+    for p in sorted((directory / sub).rglob("*"))
+    if p.is_file()
+  }
+
+
+def test_an_interrupted_int8_harvest_resumes_to_the_same_bytes(lm, windows, tmp_path):
+  settings = dict(batch_size=4, chunk_rows=50, dtype="int8", progress=False)
+  full = harvest_lib.harvest(lm, windows, HOOKS, tmp_path / "full", **settings)
+  cut = harvest_lib.harvest(lm, windows, HOOKS, tmp_path / "cut", stop_after_chunks=3, **settings)
+  assert not cut.meta["complete"] and cut.meta["rows_written"] == 150
+  resumed = harvest_lib.harvest(lm, windows, HOOKS, tmp_path / "cut", **settings)
+  assert resumed.meta["complete"] and resumed.meta["scales"] == "per_chunk_channel"
+  files = _raw_files(tmp_path / "full")
+  assert any(k.startswith("scales/") for k in files) and files == _raw_files(tmp_path / "cut")
+  exact = harvest_lib.harvest(
+    lm, windows, HOOKS, tmp_path / "f32", batch_size=4, chunk_rows=50, progress=False
+  )
+  rows = np.arange(full.n_rows)
+  for hook in HOOKS:
+    x, decoded = exact.read_rows(hook, 0, exact.n_rows), full.read_rows(hook, 0, full.n_rows)
+    assert np.all(np.abs(decoded - x) <= _int8_tolerance(full, hook, rows))
+    assert np.abs(decoded - x).max() > 0  # Really quantized.
+  assert full.stored_bytes() < exact.stored_bytes() / 3
 
 
 def _numbered_store(tmp_path, n_rows=1000, chunk_rows=64):
@@ -163,3 +264,22 @@ def test_skip_first_leaves_the_first_positions_of_every_window_out(lm, windows, 
   assert table[:, 1].min() == 1 and store.meta["skip_first"] == 1
   with pytest.raises(JaxsaeError, match="skip_first"):
     harvest_lib.plan_rows(windows, sep, True, skip_first=windows.shape[1])
+
+
+def test_store_fvu_of_an_int8_store_against_its_float32_twin(tmp_path):
+  rng = np.random.default_rng(1)
+  n, d = 200, 6
+  x = (rng.standard_normal((n, d)) * [1, 2, 50, 1, 1, 3] + 4).astype(np.float32)
+  stores = {}
+  for dtype in ("float32", "int8"):
+    stores[dtype] = ActivationStore.create(
+      tmp_path / dtype, hooks={"h": d}, n_rows=n, rows_table=np.zeros((n, 3), np.int32),
+      windows=np.zeros((1, 4), np.int32), dtype=dtype, chunk_rows=64,
+    )  # fmt: skip
+    stores[dtype].write_rows("h", 0, x)
+  decoded = stores["int8"].read_rows("h", 0, n).astype(np.float64)
+  expected = np.sum((decoded - x) ** 2) / np.sum((x - x.mean(0)) ** 2)
+  got = store_precision.store_fvu(stores["int8"], stores["float32"], "h")
+  assert got == pytest.approx(expected, rel=1e-6) and 0 < got < 1e-3
+  assert store_precision.store_fvu(stores["float32"], stores["float32"], "h") == 0.0
+  assert stores["int8"].stored_bytes() < stores["float32"].stored_bytes() / 2

@@ -74,3 +74,15 @@ def test_main_job_can_stream_instead_of_storing(tmp_path):
   rows = main_job.run(config, tmp_path)
   assert not (tmp_path / "store_train").exists() and (tmp_path / "store_validation").exists()
   assert rows[0]["l0"] == pytest.approx(8.0) and np.isfinite(rows[0]["fvu"])
+
+
+def test_the_training_store_may_be_int8_and_the_held_out_store_stays_float32(tmp_path):
+  config = tiny_main_config()
+  config.harvest.dtype = "int4"
+  with pytest.raises(ConfigError, match=r"harvest.dtype='int4' is not one of \['float32', 'bf"):
+    main_job.validate(config)
+  config.harvest.dtype = "int8"
+  main_job.validate(config)
+  config.harvest.update(train_windows=8, eval_windows=2)
+  data = main_job.harvest_stores(config, pretrained.load("default"), tmp_path)
+  assert data.train.store.dtype == "int8" and data.held_out.store.dtype == "float32"

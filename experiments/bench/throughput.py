@@ -32,7 +32,9 @@ _HOOK = flags.DEFINE_string("hook", "blocks.1.resid_post", "The single harvested
 _WINDOWS = flags.DEFINE_integer("windows", 256, "Windows harvested (a multiple of --batch_size).")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Tokens per harvested window.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Windows per harvest forward.")
-_DTYPE = flags.DEFINE_enum("store_dtype", "float32", ["float32", "bfloat16"], "Store dtype.")
+_DTYPE = flags.DEFINE_enum(
+  "store_dtype", "float32", ["float32", "bfloat16", "int8"], "Store dtype."
+)
 _CHUNK = flags.DEFINE_integer("chunk_rows", 8192, "Rows per store chunk.")
 _STORE_ROWS = flags.DEFINE_integer("store_rows", 131072, "Rows of the store that is read.")
 _READ_BATCH = flags.DEFINE_integer("read_batch", 4096, "Rows per shuffled batch.")

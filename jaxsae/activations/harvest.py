@@ -79,8 +79,11 @@ def harvest(
 ) -> ActivationStore:
   """Write the activations of `lm` at `hooks` for every (kept) position of `windows_NxT`.
 
-  Resumes a partial store in `directory` made with the same settings; refuses one made with
-  other settings. `stop_after_chunks` ends early (as a preemption would), for tests.
+  `dtype` is the store's: "float32", "bfloat16" or "int8" (codes with per-chunk, per-channel
+  scales, jaxsae.activations.int8; a quarter of float32's bytes). Resumes a partial store in
+  `directory` made with the same settings (an int8 one bit for bit too: a chunk's scales are
+  its own); refuses one made with other settings. `stop_after_chunks` ends early (as a
+  preemption would), for tests.
   """
   hooks = tuple(hooks)
   known = set(lm.hook_names())
@@ -159,8 +162,8 @@ def harvest(
       futures, arrays = [], []
       for h in hooks:
         block = np.concatenate(buffers[h])
-        arrays.append(block[:size].astype(store.array(h).dtype.numpy_dtype))
-        futures.append(store.write_rows_async(h, written, arrays[-1]))
+        arrays.append(block[:size])  # Cast (or quantized) to the stored dtype by the store.
+        futures.append(store.write_chunk_async(h, written // store.chunk_rows, arrays[-1]))
         buffers[h] = [block[size:]]
       written += size
       buffered -= size

@@ -2,13 +2,16 @@
 
     <dir>/store.json            format, model, tokenizer, hooks and widths, dtype, row count,
                                 chunk size, rows written so far, complete flag, input scales
-    <dir>/acts/<hook>/          (n_rows, d) float32 or bfloat16, chunks of `chunk_rows` rows
+    <dir>/acts/<hook>/          (n_rows, d) float32, bfloat16 or int8, chunks of `chunk_rows` rows
+    <dir>/scales/<hook>/        int8 stores only: (n_chunks, d) float32, each chunk's per-channel
+                                scales (jaxsae.activations.int8); codes decode to codes · scale
     <dir>/rows/                 (n_rows, 3) int32: window, position, token id of every row
     <dir>/windows/              (n_windows, seq_len) int32: the token windows, for contexts
 
 A chunk is the unit of writing and of shuffled reading (blocks are read whole; random rows are
 never gathered from disk). `rows_written` only advances after a chunk is on disk, so an
-interrupted writer resumes at a chunk boundary without gaps or duplicates.
+interrupted writer resumes at a chunk boundary without gaps or duplicates. Reads always return
+float32 (int8 codes decoded); `array(hook)` is the raw stored array.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from jaxsae.activations import int8
 from jaxsae.errors import CheckpointError, JaxsaeError
 
 FORMAT = "jaxsae-activations/1"
 META_FILE = "store.json"
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "int8": "int8"}
+INT8_SCALES = "per_chunk_channel"  # store.json "scales" of an int8 store: see int8.py.
 
 
 def _spec(path: pathlib.Path, shape=None, dtype=None, chunk=None) -> dict:
@@ -82,6 +87,13 @@ class ActivationStore:
         create=True,
         delete_existing=True,
       ).result()
+      if dtype == "int8":  # One row of scales per chunk, one file per row: written with it.
+        n_chunks = -(-n_rows // chunk_rows)
+        ts.open(
+          _spec(directory / "scales" / hook, (n_chunks, d), "float32", (1, d)),
+          create=True,
+          delete_existing=True,
+        ).result()
     rows = ts.open(
       _spec(directory / "rows", (n_rows, 3), "int32", (chunk_rows, 3)),
       create=True,
@@ -102,6 +114,7 @@ class ActivationStore:
       "n_rows": int(n_rows),
       "chunk_rows": int(chunk_rows),
       "dtype": dtype,
+      **({"scales": INT8_SCALES} if dtype == "int8" else {}),
       "rows_written": 0,
       "complete": False,
       **(metadata or {}),
@@ -124,6 +137,15 @@ class ActivationStore:
     if meta.get("format") != FORMAT:
       raise CheckpointError(
         f"{directory} has store format {meta.get('format')!r}, expected {FORMAT!r}; re-harvest"
+      )
+    if meta.get("dtype") not in DTYPES:
+      raise CheckpointError(
+        f"{meta_file} has dtype {meta.get('dtype')!r}, not one of {sorted(DTYPES)}; re-harvest"
+      )
+    if meta["dtype"] == "int8" and meta.get("scales") != INT8_SCALES:
+      raise CheckpointError(
+        f"{meta_file} is an int8 store with scales {meta.get('scales')!r}, expected "
+        f"{INT8_SCALES!r}; re-harvest"
       )
     return cls(directory, meta)
 
@@ -148,6 +170,24 @@ class ActivationStore:
   def n_chunks(self) -> int:
     return -(-self.n_rows // self.chunk_rows)
 
+  @property
+  def dtype(self) -> str:
+    return str(self.meta["dtype"])
+
+  @property
+  def quantized(self) -> bool:
+    """Whether rows are stored as int8 codes with per-chunk, per-channel scales."""
+    return self.dtype == "int8"
+
+  def stored_bytes(self) -> int:
+    """Bytes on disk of the activations: every file under acts/ and scales/."""
+    return sum(
+      p.stat().st_size
+      for sub in ("acts", "scales")
+      for p in (self.directory / sub).rglob("*")
+      if p.is_file()
+    )
+
   def width(self, hook: str) -> int:
     return int(self.meta["hooks"][self.check_hook(hook)])
 
@@ -165,19 +205,63 @@ class ActivationStore:
 
   # ---- I/O ----------------------------------------------------------------------------------
   def array(self, hook: str):
+    """The raw stored array of `hook` (int8 codes in an int8 store)."""
     if hook not in self._arrays:
       self._arrays[hook] = ts.open(
         _spec(self.directory / "acts" / self.check_hook(hook)), open=True
       ).result()
     return self._arrays[hook]
 
+  def scales_array(self, hook: str):
+    """An int8 store's (n_chunks, d) float32 scales of `hook`."""
+    if not self.quantized:
+      raise JaxsaeError(f"the {self.dtype} store at {self.directory} has no scales")
+    key = "scales/" + self.check_hook(hook)
+    if key not in self._arrays:
+      self._arrays[key] = ts.open(_spec(self.directory / "scales" / hook), open=True).result()
+    return self._arrays[key]
+
   def write_rows(self, hook: str, start: int, values: np.ndarray) -> None:
     self.write_rows_async(hook, start, values).result()
 
-  def write_rows_async(self, hook: str, start: int, values: np.ndarray):
-    """Start writing rows [start, start + len(values)); the returned future's `result()` waits
-    until they are on disk. `values` must not change until then."""
-    return self.array(hook)[start : start + len(values)].write(values)
+  def write_rows_async(self, hook: str, start: int, values: np.ndarray) -> Writes:
+    """Start writing rows [start, start + len(values)); the returned object's `result()` waits
+    until they are on disk. `values` must not change until then.
+
+    Rows are cast to the stored dtype. An int8 store takes whole chunks only, starting at a
+    chunk boundary (the store's last chunk may be short), and quantizes each with its own
+    scales (jaxsae.activations.int8), written beside it.
+    """
+    values = np.asarray(values)
+    if not self.quantized:
+      values = np.asarray(values, self.array(hook).dtype.numpy_dtype)
+      return Writes([self.array(hook)[start : start + len(values)].write(values)], [values])
+    stop = start + len(values)
+    if start < 0 or stop > self.n_rows:
+      raise JaxsaeError(f"rows [{start}, {stop}) are outside the store's {self.n_rows} rows")
+    if start % self.chunk_rows or not (stop % self.chunk_rows == 0 or stop == self.n_rows):
+      raise JaxsaeError(
+        f"an int8 store is written in whole chunks of {self.chunk_rows} rows (the last may be "
+        f"short), each quantized with its own scales; rows [{start}, {stop}) of {self.n_rows} "
+        "are not whole chunks"
+      )
+    futures, kept = [], []
+    for lo in range(start, stop, self.chunk_rows):
+      q, delta = int8.quantize(values[lo - start : lo - start + self.chunk_rows])
+      index = lo // self.chunk_rows
+      futures.append(self.array(hook)[lo : lo + len(q)].write(q))
+      futures.append(self.scales_array(hook)[index : index + 1].write(delta[None]))
+      kept += [q, delta]
+    return Writes(futures, kept)
+
+  def write_chunk_async(self, hook: str, index: int, values: np.ndarray) -> Writes:
+    """Start writing chunk `index` (all its rows, float; quantized in an int8 store), as
+    `write_rows_async`."""
+    start = index * self.chunk_rows
+    expected = min(self.chunk_rows, self.n_rows - start)
+    if len(values) != expected:
+      raise JaxsaeError(f"chunk {index} of {self.directory} has {expected} rows, not {len(values)}")
+    return self.write_rows_async(hook, start, values)
 
   def _read(self, what: str, future):
     """`future.result()`, with tensorstore's errors on damaged files as a CheckpointError."""
@@ -190,23 +274,38 @@ class ActivationStore:
         "and harvest it again"
       ) from e
 
+  def _decode(self, hook: str, what: str, raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """float32 of raw stored `rows` (sorted row indices): int8 codes times their chunk's scales."""
+    if not self.quantized:
+      return np.asarray(raw, np.float32)
+    chunk = rows // self.chunk_rows
+    used, which = np.unique(chunk, return_inverse=True)
+    if len(used) == 0:
+      return np.zeros(raw.shape, np.float32)
+    if used[-1] - used[0] + 1 == len(used):  # Contiguous chunks (always, from read_rows).
+      index = self.scales_array(hook)[int(used[0]) : int(used[-1]) + 1]
+    else:
+      index = self.scales_array(hook)[used]
+    delta = np.asarray(self._read(f"the scales of {what}", index.read()), np.float32)
+    return int8.dequantize(raw, delta[which])
+
   def read_rows(self, hook: str, start: int, stop: int) -> np.ndarray:
     """Rows [start, stop) as float32."""
-    rows = self._read(f"{hook} rows [{start}, {stop})", self.array(hook)[start:stop].read())
-    return np.asarray(rows, np.float32)
+    what = f"{hook} rows [{start}, {stop})"
+    raw = self._read(what, self.array(hook)[start:stop].read())
+    return self._decode(hook, what, raw, np.arange(start, start + len(raw)))
 
   def read_chunk(self, hook: str, index: int) -> np.ndarray:
     start = index * self.chunk_rows
     return self.read_rows(hook, start, min(start + self.chunk_rows, self.n_rows))
 
   def gather(self, hook: str, indices: Sequence[int]) -> np.ndarray:
-    """Arbitrary rows (slow on disk: for samples, not for training batches)."""
+    """Arbitrary rows as float32 (slow on disk: for samples, not for training batches)."""
     indices = np.asarray(indices)
     order = np.argsort(indices)
-    rows = np.asarray(
-      self._read(f"{len(indices)} {hook} rows", self.array(hook)[indices[order]].read()),
-      np.float32,
-    )
+    what = f"{len(indices)} {hook} rows"
+    raw = self._read(what, self.array(hook)[indices[order]].read())
+    rows = self._decode(hook, what, raw, indices[order])
     out = np.empty_like(rows)
     out[order] = rows
     return out
@@ -220,3 +319,15 @@ class ActivationStore:
     return np.asarray(
       ts.open(_spec(self.directory / "windows"), open=True).result().read().result()
     )
+
+
+class Writes:
+  """Writes in flight: `result()` waits for all of them. Holds the arrays being written (the
+  cast or quantized copies), which must outlive the writes."""
+
+  def __init__(self, futures: list, arrays: list):
+    self.futures, self.arrays = futures, arrays
+
+  def result(self) -> None:
+    for future in self.futures:
+      future.result()

@@ -1,0 +1,1 @@
+"""Activation outliers, SmoothQuant and W8A8 fake quantization of our transformers."""

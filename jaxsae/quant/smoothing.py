@@ -1,0 +1,99 @@
+"""SmoothQuant (Xiao et al. 2023, eq. 3-4): move activation outliers into the weights.
+
+    Y = (X diag(s)^-1) (diag(s) W),     s_j = max|X_j|^α / max|W_j|^(1-α)
+
+X's channel j is divided by s_j and the rows of W reading it are multiplied by s_j, so the
+float outputs are unchanged. The division is folded into what produces X: the norm's gain (and
+bias) for attn.in and mlp.in, as in the paper; for attn.z (optional, not in the paper) into the
+value projection's columns and bias, which is exact because the attention mix pattern·v is
+linear in v per channel (the sink slot's value is zero). mlp.post follows a GELU and cannot be
+smoothed by folding.
+
+Smoothing changes which entries AbsTopK keeps, so models with activation sparsity are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxsae.errors import JaxsaeError
+from jaxsae.models.config import TransformerConfig
+from jaxsae.quant import linear_inputs
+from jaxsae.quant.stats import ChannelStats
+
+FOLDABLE = {"attn.in": "attn_norm", "mlp.in": "mlp_norm", "attn.z": "value"}
+DEFAULT_SITES = ("attn.in", "mlp.in")
+
+
+def smoothing_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
+  """s_j = max|X_j|^α / max|W_j|^(1-α) (eq. 4); 1 for channels that are zero in X or W."""
+  if not 0.0 <= alpha <= 1.0:
+    raise JaxsaeError(f"alpha={alpha} must be in [0, 1] (SmoothQuant uses 0.5; 0.75-0.85 for GLM)")
+  a = np.asarray(act_absmax, np.float64)
+  w = np.asarray(weight_absmax, np.float64)
+  if a.shape != w.shape:
+    raise JaxsaeError(f"activation maxima {a.shape} and weight maxima {w.shape} differ in shape")
+  live = (a > 0) & (w > 0)
+  s = np.ones_like(a)
+  s[live] = a[live] ** alpha / w[live] ** (1.0 - alpha)
+  return s.astype(np.float32)
+
+
+def _check_sites(config: TransformerConfig, sites: tuple[str, ...]) -> None:
+  unknown = [s for s in sites if s not in FOLDABLE]
+  if unknown:
+    why = " (it follows a GELU, so no scale can be folded)" if "mlp.post" in unknown else ""
+    raise JaxsaeError(f"cannot smooth {unknown}{why}; smoothable sites are {tuple(FOLDABLE)}")
+  if config.activation_topk_fraction > 0:
+    raise JaxsaeError(
+      "smoothing is not exact for a model with AbsTopK activation sparsity "
+      f"(activation_topk_fraction={config.activation_topk_fraction}): rescaling channels changes "
+      "which entries are kept. Quantize it without smoothing (alpha=None)"
+    )
+
+
+def smooth(
+  params: Any,
+  config: TransformerConfig,
+  stats: ChannelStats,
+  alpha: float,
+  sites: tuple[str, ...] = DEFAULT_SITES,
+) -> tuple[Any, dict[str, np.ndarray]]:
+  """(smoothed params, {hook: s}) for every layer's `sites`; float outputs are unchanged."""
+  _check_sites(config, sites)
+  params = jax.tree_util.tree_map(lambda a: np.array(a, np.float32), params)  # A private copy.
+  scales = {}
+  for layer in range(config.n_layers):
+    block = params[f"blocks_{layer}"]
+    for site in sites:
+      hook = linear_inputs.hook_name(layer, site)
+      if hook not in stats.absmax:
+        raise JaxsaeError(f"the channel statistics have no {hook}; compute them on this model")
+      w_max = linear_inputs.weight_channel_absmax(params, layer, site)
+      s = smoothing_scales(stats.absmax[hook], w_max, alpha)
+      scales[hook] = s
+      if site == "attn.z":  # Columns (h, k) of W_V and b_V produce channel (h, k) of z.
+        s_HK = s.reshape(config.n_heads, config.d_head)
+        block["attn"]["value"]["kernel"] /= s_HK[None]
+        if "bias" in block["attn"]["value"]:
+          block["attn"]["value"]["bias"] /= s_HK
+        block["attn"]["out"]["kernel"] *= s_HK[..., None]
+        continue
+      norm = block[FOLDABLE[site]]
+      norm["scale"] /= s
+      if "bias" in norm:
+        norm["bias"] /= s
+      for kernel in linear_inputs.kernels(params, layer, site):
+        kernel *= s.reshape((-1,) + (1,) * (kernel.ndim - 1))
+  return params, scales
+
+
+def smoothed_stats(stats: ChannelStats, scales: dict[str, np.ndarray]) -> ChannelStats:
+  """The statistics of the smoothed model's inputs: channel j divided by s_j (exact, since
+  |x_j / s_j| = |x_j| / s_j with s_j > 0), without another calibration pass."""
+  absmax = {h: m / scales[h] if h in scales else m for h, m in stats.absmax.items()}
+  pct = {h: p / scales[h][None] if h in scales else p for h, p in stats.percentiles.items()}
+  return ChannelStats(absmax, pct, stats.levels, stats.tokens)

@@ -1,0 +1,144 @@
+"""The SmoothQuant study: channel statistics and W8A8 loss for one or more models.
+
+For each model: calibrate on training-split windows (channel_stats), write the outlier table
+and figure, then score the test split in float, naive W8A8 and smoothed W8A8 over α for each
+activation mode. Models with AbsTopK activation sparsity get naive W8A8 only (smoothing would
+change which entries are kept). Writes <workdir>/<model>/{channel_stats.safetensors,
+outliers.md, outliers.csv, outliers.png} and <workdir>/{w8a8.md, w8a8.csv, w8a8.jsonl,
+w8a8_summary.md, w8a8.png}.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import jax
+import ml_collections
+
+from jaxsae import config_check, run_log, tables
+from jaxsae.lm import config as lm_config
+from jaxsae.models import pretrained
+from jaxsae.quant import fake_quant, report, smoothing
+from jaxsae.quant import stats as stats_lib
+from jaxsae.quant.w8a8 import Evaluator
+from jaxsae.text import corpus as corpus_lib
+from jaxsae.text import pipeline
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.models = "default,dense,sparse"  # Comma-separated: shipped names, model folders, "gpt2".
+  c.corpus = "stdlib"
+  c.pattern = "**/*.py"
+  c.seq_len = 256  # Tokens per window (capped at each model's max_len).
+  c.calibration_windows = 64  # Training-split windows for the statistics (SmoothQuant: 512).
+  c.eval_windows = 256  # Test-split windows scored per scheme (0: the whole split).
+  c.batch_size = 16
+  c.percentile_rows = 16384  # Tokens per input kept for the percentiles (max uses all).
+  c.alphas = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+  c.activation_modes = ("per_token", "per_tensor", "per_tensor_static")
+  c.weights = "per_channel"  # "per_channel" | "per_tensor".
+  c.smooth_sites = ("attn.in", "mlp.in")  # Add "attn.z" to fold into W_V as well.
+  c.seed = 0
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  def values(c, p):
+    models = [m.strip() for m in str(c.models).split(",") if m.strip()]
+    config_check.require(bool(models), p, "models is empty; name at least one, e.g. default")
+    for name in ("seq_len", "calibration_windows", "batch_size", "percentile_rows"):
+      config_check.require(c[name] >= 1, p, f"{name}={c[name]} must be at least 1")
+    config_check.require(c.seq_len >= 2, p, f"seq_len={c.seq_len} must be at least 2")
+    config_check.require(c.eval_windows >= 0, p, f"eval_windows={c.eval_windows} must be ≥ 0")
+    for alpha in c.alphas:
+      config_check.require(0 <= alpha <= 1, p, f"alphas: {alpha} is outside [0, 1]")
+    for mode in c.activation_modes:
+      config_check.require_choice(mode, fake_quant.ACTIVATION_MODES, "activation_modes", p)
+    config_check.require_choice(c.weights, fake_quant.WEIGHT_MODES, "weights", p)
+    for site in c.smooth_sites:
+      config_check.require_choice(site, tuple(smoothing.FOLDABLE), "smooth_sites", p)
+
+  config_check.validate(config, base_config(), [values])
+
+
+def model_names(config) -> list[str]:
+  return [m.strip() for m in str(config.models).split(",") if m.strip()]
+
+
+def slug(name: str) -> str:
+  """A directory name for a model name or path."""
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", pathlib.Path(name).name or name) or "model"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
+  """Statistics, figures and the W8A8 sweep for every model; returns the sweep's rows."""
+  validate(config)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  data = lm_config.base_config().data
+  corpus = corpus_lib.discover(
+    config.corpus, config.pattern, data.validation_fraction, data.test_fraction
+  )
+  rows: list[dict] = []
+  with open(workdir / "w8a8.jsonl", "w", encoding="utf-8") as log:
+    for name in model_names(config):
+      rows += _study_model(config, name, corpus, workdir, log)
+  if jax.process_index() == 0:
+    tables.write_csv(workdir / "w8a8.csv", rows, report.COLUMNS + ("tokens",))
+    (workdir / "w8a8.md").write_text(tables.markdown(rows, report.COLUMNS, digits=5) + "\n")
+    summary = report.best_rows(rows)
+    (workdir / "w8a8_summary.md").write_text(
+      tables.markdown(summary, report.COLUMNS, digits=5) + "\n"
+    )
+    report.sweep_figure(rows).savefig(workdir / "w8a8.png", dpi=120)
+  return rows
+
+
+def _study_model(config, name: str, corpus, workdir: pathlib.Path, log) -> list[dict]:
+  lm = pretrained.load(name)
+  seq_len = min(config.seq_len, lm.config.max_len)
+  out = workdir / slug(name)
+  out.mkdir(parents=True, exist_ok=True)
+  train = pipeline.load_split(corpus, "train", lm.tokenizer, seq_len).windows
+  calibration = pipeline.sample_windows(train, config.calibration_windows, config.seed, "train")
+  stats = stats_lib.channel_stats(
+    lm, calibration[:, :-1], batch_size=config.batch_size, max_rows=config.percentile_rows
+  )
+  outliers = stats_lib.outlier_rows(stats)
+  if jax.process_index() == 0:
+    stats.save(out / "channel_stats.safetensors")
+    tables.write_csv(out / "outliers.csv", outliers)
+    (out / "outliers.md").write_text(tables.markdown(outliers, digits=3) + "\n")
+    report.outlier_figure(stats, lm.config.n_layers).savefig(out / "outliers.png", dpi=110)
+
+  test = pipeline.load_split(corpus, "test", lm.tokenizer, seq_len).windows
+  n_eval = len(test) if config.eval_windows == 0 else min(config.eval_windows, len(test))
+  evaluator = Evaluator(lm, test, stats, batch_size=config.batch_size, max_sequences=n_eval)
+  alphas = tuple(config.alphas)
+  if lm.config.activation_topk_fraction > 0:
+    print(f"{name}: AbsTopK activation sparsity; naive W8A8 only (smoothing is not exact)")
+    alphas = ()
+  n_schemes = 1 + len(config.activation_modes) * (1 + len(alphas))
+  bar = run_log.progress(n_schemes * n_eval * seq_len, desc=f"W8A8 {slug(name)}")
+
+  def on_row(row):
+    log.write(json.dumps(row) + "\n")
+    log.flush()
+    bar.update(row["tokens"])
+
+  try:
+    rows = report.sweep(
+      evaluator,
+      name,
+      alphas,
+      tuple(config.activation_modes),
+      config.weights,
+      tuple(config.smooth_sites),
+      on_row=on_row,
+    )
+  finally:
+    bar.close()
+  return rows
