@@ -157,14 +157,10 @@ def test_smoothing_recovers_w8a8_loss_lost_to_an_outlier_channel():
   test = pipeline.load_split(corpus, "test", lm.tokenizer, seq_len).windows
   calibration = pipeline.sample_windows(train, 16, 0, "train")[:, :-1]
 
-  params = jax.tree_util.tree_map(lambda a: np.array(a, np.float32), lm.params)
   channel, factor = 17, 40.0
-  for layer in range(lm.config.n_layers):
-    block = params[f"blocks_{layer}"]
-    block["attn_norm"]["scale"][channel] *= factor
-    block["attn_norm"]["bias"][channel] *= factor
-    for name in ("query", "key", "value"):
-      block["attn"][name]["kernel"][channel] /= factor
+  params = smoothing.with_outlier_channel(lm.params, lm.config, channel, factor)
+  np.testing.assert_allclose(params["blocks_2"]["attn_norm"]["scale"][channel],
+                             factor * lm.params["blocks_2"]["attn_norm"]["scale"][channel], rtol=1e-6)  # fmt: skip
   spiked = dataclasses.replace(lm, params=params)
 
   def losses(model):
@@ -214,6 +210,7 @@ def test_study_writes_tables_and_figures_for_ours_and_a_gpt2(tiny, corpus_dir, t
   config.update(models=f"default,{folder}", corpus=str(corpus_dir), seq_len=32,
                 calibration_windows=4, eval_windows=4, alphas=(0.5,),
                 activation_modes=("per_token", "per_tensor_static"))  # fmt: skip
+  config.outlier.models = ""  # The outlier copy is tested above, on the test split.
   rows = study.run(config, tmp_path)
   for model in ("default", str(folder)):
     group = [r for r in rows if r["model"] == model]
@@ -229,6 +226,7 @@ def test_study_writes_tables_and_figures_for_ours_and_a_gpt2(tiny, corpus_dir, t
                "default/outliers.png", "default/outliers.md", "tiny_gpt2/channel_stats.safetensors"):  # fmt: skip
     assert (tmp_path / name).is_file(), name
   config.update(weights="per_row", alphas=(0.5, 2.0), smooth_sites=("mlp.post",))
+  config.outlier.factor = 0.0
   with pytest.raises(ConfigError) as error:
     study.validate(config)
-  assert len(error.value.problems) == 3
+  assert len(error.value.problems) == 4

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxsae.errors import JaxsaeError
+from jaxsae.models import hooks as hooks_lib
 from jaxsae.models.config import TransformerConfig
 from jaxsae.quant import linear_inputs
 from jaxsae.quant.stats import ChannelStats
@@ -64,31 +65,56 @@ def smooth(
 ) -> tuple[Any, dict[str, np.ndarray]]:
   """(smoothed params, {hook: s}) for every layer's `sites`; float outputs are unchanged."""
   _check_sites(config, sites)
-  params = jax.tree_util.tree_map(lambda a: np.array(a, np.float32), params)  # A private copy.
   scales = {}
   for layer in range(config.n_layers):
-    block = params[f"blocks_{layer}"]
     for site in sites:
       hook = linear_inputs.hook_name(layer, site)
       if hook not in stats.absmax:
         raise JaxsaeError(f"the channel statistics have no {hook}; compute them on this model")
       w_max = linear_inputs.weight_channel_absmax(params, layer, site)
-      s = smoothing_scales(stats.absmax[hook], w_max, alpha)
-      scales[hook] = s
-      if site == "attn.z":  # Columns (h, k) of W_V and b_V produce channel (h, k) of z.
-        s_HK = s.reshape(config.n_heads, config.d_head)
-        block["attn"]["value"]["kernel"] /= s_HK[None]
-        if "bias" in block["attn"]["value"]:
-          block["attn"]["value"]["bias"] /= s_HK
-        block["attn"]["out"]["kernel"] *= s_HK[..., None]
-        continue
-      norm = block[FOLDABLE[site]]
-      norm["scale"] /= s
-      if "bias" in norm:
-        norm["bias"] /= s
-      for kernel in linear_inputs.kernels(params, layer, site):
-        kernel *= s.reshape((-1,) + (1,) * (kernel.ndim - 1))
-  return params, scales
+      scales[hook] = smoothing_scales(stats.absmax[hook], w_max, alpha)
+  return fold_scales(params, config, scales), scales
+
+
+def fold_scales(params: Any, config: TransformerConfig, scales: dict[str, np.ndarray]) -> Any:
+  """Params whose input at each hook is divided by `scales[hook]` (per channel) and whose
+  kernels reading it are multiplied by it: the same function in float, other channel ranges."""
+  params = jax.tree_util.tree_map(lambda a: np.array(a, np.float32), params)  # A private copy.
+  for hook, s in scales.items():
+    layer, site = hooks_lib.parse(hook)
+    _check_sites(config, (site,))
+    block = params[f"blocks_{layer}"]
+    s = np.asarray(s, np.float32)
+    if site == "attn.z":  # Columns (h, k) of W_V and b_V produce channel (h, k) of z.
+      s_HK = s.reshape(config.n_heads, config.d_head)
+      block["attn"]["value"]["kernel"] /= s_HK[None]
+      if "bias" in block["attn"]["value"]:
+        block["attn"]["value"]["bias"] /= s_HK
+      block["attn"]["out"]["kernel"] *= s_HK[..., None]
+      continue
+    norm = block[FOLDABLE[site]]
+    norm["scale"] /= s
+    if "bias" in norm:
+      norm["bias"] /= s
+    for kernel in linear_inputs.kernels(params, layer, site):
+      kernel *= s.reshape((-1,) + (1,) * (kernel.ndim - 1))
+  return params
+
+
+def with_outlier_channel(
+  params: Any, config: TransformerConfig, channel: int, factor: float, site: str = "attn.in"
+) -> Any:
+  """The same model in float, with input channel `channel` of `site` made `factor` times larger
+  in every layer (its kernel rows `factor` times smaller): a controlled outlier, the kind
+  SmoothQuant finds in large models, for testing what quantization does with one."""
+  width = linear_inputs.weight_channel_absmax(params, 0, site).size
+  if not 0 <= channel < width:
+    raise JaxsaeError(f"channel {channel} is outside {site}'s {width} channels")
+  s = np.ones(width, np.float32)
+  s[channel] = 1.0 / factor
+  return fold_scales(
+    params, config, dict.fromkeys(linear_inputs.all_hooks(config.n_layers, (site,)), s)
+  )
 
 
 def smoothed_stats(stats: ChannelStats, scales: dict[str, np.ndarray]) -> ChannelStats:

@@ -10,6 +10,7 @@ w8a8_summary.md, w8a8.png}.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -18,6 +19,7 @@ import jax
 import ml_collections
 
 from jaxsae import config_check, run_log, tables
+from jaxsae.errors import JaxsaeError
 from jaxsae.lm import config as lm_config
 from jaxsae.models import pretrained
 from jaxsae.quant import fake_quant, report, smoothing
@@ -41,6 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.activation_modes = ("per_token", "per_tensor", "per_tensor_static")
   c.weights = "per_channel"  # "per_channel" | "per_tensor".
   c.smooth_sites = ("attn.in", "mlp.in")  # Add "attn.z" to fold into W_V as well.
+  # A float-equivalent copy of these models with one attn.in channel made `factor` times larger
+  # in every layer (smoothing.with_outlier_channel): the outlier regime of large models, at
+  # our scale. "" for none.
+  c.outlier = ml_collections.ConfigDict(dict(models="default", channel=17, factor=40.0))
   c.seed = 0
   return c
 
@@ -58,6 +64,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for mode in c.activation_modes:
       config_check.require_choice(mode, fake_quant.ACTIVATION_MODES, "activation_modes", p)
     config_check.require_choice(c.weights, fake_quant.WEIGHT_MODES, "weights", p)
+    config_check.require(c.outlier.factor > 0, p, f"outlier.factor={c.outlier.factor} must be > 0")
+    config_check.require(c.outlier.channel >= 0, p, f"outlier.channel={c.outlier.channel} < 0")
     for site in c.smooth_sites:
       config_check.require_choice(site, tuple(smoothing.FOLDABLE), "smooth_sites", p)
 
@@ -86,19 +94,45 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   with open(workdir / "w8a8.jsonl", "w", encoding="utf-8") as log:
     for name in model_names(config):
       rows += _study_model(config, name, corpus, workdir, log)
+    for name in [m.strip() for m in str(config.outlier.models).split(",") if m.strip()]:
+      rows += _study_model(config, name, corpus, workdir, log, outlier=True)
   if jax.process_index() == 0:
-    tables.write_csv(workdir / "w8a8.csv", rows, report.COLUMNS + ("tokens",))
-    (workdir / "w8a8.md").write_text(tables.markdown(rows, report.COLUMNS, digits=5) + "\n")
-    summary = report.best_rows(rows)
-    (workdir / "w8a8_summary.md").write_text(
-      tables.markdown(summary, report.COLUMNS, digits=5) + "\n"
-    )
-    report.sweep_figure(rows).savefig(workdir / "w8a8.png", dpi=120)
+    write_report(workdir)
   return rows
 
 
-def _study_model(config, name: str, corpus, workdir: pathlib.Path, log) -> list[dict]:
+def write_report(workdir: str | pathlib.Path) -> list[pathlib.Path]:
+  """Tables and figures from what `run` left in the workdir (w8a8.jsonl and each model's
+  channel_stats.safetensors), so they can be rebuilt without recomputing; returns the files."""
+  workdir = pathlib.Path(workdir)
+  jsonl = workdir / "w8a8.jsonl"
+  if not jsonl.is_file():
+    raise JaxsaeError(f"no W8A8 results at {jsonl}; run the study first")
+  rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
+  written = [workdir / n for n in ("w8a8.csv", "w8a8.md", "w8a8_summary.md", "w8a8.png")]
+  tables.write_csv(written[0], rows, report.COLUMNS + ("tokens",))
+  written[1].write_text(tables.markdown(rows, report.COLUMNS, digits=5) + "\n")
+  written[2].write_text(tables.markdown(report.best_rows(rows), report.COLUMNS, digits=5) + "\n")
+  report.sweep_figure(rows).savefig(written[3], dpi=120)
+  for stats_file in sorted(workdir.glob("*/channel_stats.safetensors")):
+    out = stats_file.parent
+    stats = stats_lib.ChannelStats.load(stats_file)
+    n_layers = 1 + max(int(h.split(".")[1]) for h in stats.hooks())
+    outliers = stats_lib.outlier_rows(stats)
+    tables.write_csv(out / "outliers.csv", outliers)
+    (out / "outliers.md").write_text(tables.markdown(outliers, digits=3) + "\n")
+    report.outlier_figure(stats, n_layers).savefig(out / "outliers.png", dpi=110)
+    written += [out / "outliers.csv", out / "outliers.md", out / "outliers.png"]
+  return written
+
+
+def _study_model(config, name, corpus, workdir: pathlib.Path, log, outlier=False) -> list[dict]:
   lm = pretrained.load(name)
+  if outlier:
+    o = config.outlier
+    params = smoothing.with_outlier_channel(lm.params, lm.config, o.channel, o.factor)
+    lm = dataclasses.replace(lm, params=params)
+    name = f"{name}+outlier{o.channel}×{o.factor:g}"
   seq_len = min(config.seq_len, lm.config.max_len)
   out = workdir / slug(name)
   out.mkdir(parents=True, exist_ok=True)
@@ -107,12 +141,8 @@ def _study_model(config, name: str, corpus, workdir: pathlib.Path, log) -> list[
   stats = stats_lib.channel_stats(
     lm, calibration[:, :-1], batch_size=config.batch_size, max_rows=config.percentile_rows
   )
-  outliers = stats_lib.outlier_rows(stats)
   if jax.process_index() == 0:
     stats.save(out / "channel_stats.safetensors")
-    tables.write_csv(out / "outliers.csv", outliers)
-    (out / "outliers.md").write_text(tables.markdown(outliers, digits=3) + "\n")
-    report.outlier_figure(stats, lm.config.n_layers).savefig(out / "outliers.png", dpi=110)
 
   test = pipeline.load_split(corpus, "test", lm.tokenizer, seq_len).windows
   n_eval = len(test) if config.eval_windows == 0 else min(config.eval_windows, len(test))
