@@ -11,6 +11,7 @@ w8a8_summary.md, w8a8.png}.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import pathlib
 import re
@@ -91,12 +92,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
     config.corpus, config.pattern, data.validation_fraction, data.test_fraction
   )
   rows: list[dict] = []
-  with open(workdir / "w8a8.jsonl", "w", encoding="utf-8") as log:
+  lead = jax.process_index() == 0  # Every process computes; one writes.
+  with open(workdir / "w8a8.jsonl", "w", encoding="utf-8") if lead else io.StringIO() as log:
     for name in model_names(config):
       rows += _study_model(config, name, corpus, workdir, log)
     for name in [m.strip() for m in str(config.outlier.models).split(",") if m.strip()]:
       rows += _study_model(config, name, corpus, workdir, log, outlier=True)
-  if jax.process_index() == 0:
+  if lead:
     write_report(workdir)
   return rows
 
@@ -109,10 +111,11 @@ def write_report(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   if not jsonl.is_file():
     raise JaxsaeError(f"no W8A8 results at {jsonl}; run the study first")
   rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
+  shown = [{**r, "alpha": "" if r["alpha"] == "" else f"{r['alpha']:g}"} for r in rows]
   written = [workdir / n for n in ("w8a8.csv", "w8a8.md", "w8a8_summary.md", "w8a8.png")]
   tables.write_csv(written[0], rows, report.COLUMNS + ("tokens",))
-  written[1].write_text(tables.markdown(rows, report.COLUMNS, digits=5) + "\n")
-  written[2].write_text(tables.markdown(report.best_rows(rows), report.COLUMNS, digits=5) + "\n")
+  written[1].write_text(tables.markdown(shown, report.COLUMNS, digits=5) + "\n")
+  written[2].write_text(tables.markdown(report.best_rows(shown), report.COLUMNS, digits=5) + "\n")
   report.sweep_figure(rows).savefig(written[3], dpi=120)
   for stats_file in sorted(workdir.glob("*/channel_stats.safetensors")):
     out = stats_file.parent
