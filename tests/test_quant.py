@@ -190,6 +190,8 @@ def test_channel_statistics_save_load_and_percentiles(tmp_path):
   lm = random_lm(config)
   tokens = tokens_for(config)
   stats = stats_lib.channel_stats(lm, tokens, levels=(50.0, 100.0), progress=False)
+  assert stats.hooks()[-1] == "final.normed"  # The unembedding's input: a linear layer's too.
+  assert len(stats.hooks()) == 4 * config.n_layers + 1
   _, captured = lm.run(tokens, capture=stats.hooks())
   for hook in stats.hooks():
     values = np.abs(np.asarray(captured[hook])).reshape(tokens.size, -1)

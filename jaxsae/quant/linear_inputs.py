@@ -7,7 +7,8 @@
 
 These are every GEMM of the blocks whose operands are an activation and a weight (SmoothQuant's
 W8A8 quantizes exactly these; the attention BMMs q·k and pattern·v, the embedding and the
-unembedding stay in float here). A channel of an input is one entry of its last axis, or one
+unembedding stay in float here). The unembedding's input, `final.normed`, is the one other
+linear input: its statistics are measured (`UNEMBED_INPUT`), it is not quantized. A channel of an input is one entry of its last axis, or one
 (head, dim) pair for attn.z.
 """
 
@@ -36,6 +37,7 @@ LINEAR_INPUTS = {
   "mlp.post": LinearInput("mlp.post", "mlp", ("fc_out",), 1),
 }
 SITES = tuple(LINEAR_INPUTS)
+UNEMBED_INPUT = "final.normed"
 
 
 def hook_name(layer: int, site: str) -> str:

@@ -1,6 +1,7 @@
 """Per-channel statistics of every linear layer's input: where the activation outliers are.
 
-For each hook of `linear_inputs.all_hooks` and each channel j: max_t |x_tj| over every
+For the input of every linear layer (each hook of `linear_inputs.all_hooks`, and the
+unembedding's input `final.normed`) and each channel j: max_t |x_tj| over every
 calibration token (SmoothQuant's max(|X_j|), eq. 4), and percentiles of |x_tj| over up to
 `max_rows` tokens (evenly spaced over the calibration set, so memory stays bounded on large
 models). Outlier channels are those whose max exceeds `OUTLIER_RATIO` times the median channel's
@@ -21,6 +22,7 @@ import safetensors.numpy
 
 from jaxsae import run_log
 from jaxsae.errors import JaxsaeError
+from jaxsae.models import hooks as hooks_lib
 from jaxsae.models.pretrained import LanguageModel
 from jaxsae.models.transformer import Transformer
 from jaxsae.models.transformer import run as run_model
@@ -90,7 +92,7 @@ def channel_stats(
     raise JaxsaeError(
       f"calibration windows must be a non-empty (N, T) array, got {windows_NxT.shape}"
     )
-  hooks = tuple(linear_inputs.all_hooks(lm.config.n_layers))
+  hooks = (*linear_inputs.all_hooks(lm.config.n_layers), linear_inputs.UNEMBED_INPUT)
   capture = _capture_fn(lm.config, hooks)
   params = lm.params if params is None else params
   n_tokens = windows_NxT.size
@@ -124,11 +126,11 @@ def outlier_rows(stats: ChannelStats, top: int = 3) -> list[dict]:
   channels are outliers (max > OUTLIER_RATIO × median channel max), and the largest channels."""
   rows = []
   for hook in stats.hooks():
-    layer, site = hook.split(".", 2)[1:]
+    layer, site = hooks_lib.parse(hook)
     m = stats.absmax[hook]
     median = float(np.median(m))
     order = np.argsort(-m)[:top]
-    row = {"layer": int(layer), "site": site, "channels": int(m.size)}
+    row = {"layer": "final" if layer is None else layer, "site": site, "channels": int(m.size)}
     for level, values in zip(stats.levels, stats.percentiles[hook], strict=True):
       row[f"p{level:g} |x| (median channel)"] = float(np.median(values))
     row |= {

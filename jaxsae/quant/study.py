@@ -22,6 +22,7 @@ import ml_collections
 from jaxsae import config_check, run_log, tables
 from jaxsae.errors import JaxsaeError
 from jaxsae.lm import config as lm_config
+from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
 from jaxsae.quant import fake_quant, report, smoothing
 from jaxsae.quant import stats as stats_lib
@@ -120,7 +121,9 @@ def write_report(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   for stats_file in sorted(workdir.glob("*/channel_stats.safetensors")):
     out = stats_file.parent
     stats = stats_lib.ChannelStats.load(stats_file)
-    n_layers = 1 + max(int(h.split(".")[1]) for h in stats.hooks())
+    n_layers = 1 + max(
+      layer for layer, _ in map(hooks_lib.parse, stats.hooks()) if layer is not None
+    )
     outliers = stats_lib.outlier_rows(stats)
     tables.write_csv(out / "outliers.csv", outliers)
     (out / "outliers.md").write_text(tables.markdown(outliers, digits=3) + "\n")

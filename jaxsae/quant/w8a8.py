@@ -74,7 +74,8 @@ def make_eval_step(model: Transformer, byte_lengths: np.ndarray, activations: st
 
 def static_maxima(stats: ChannelStats) -> dict[str, np.ndarray]:
   """Per-tensor calibrated max |x| of every linear input (SmoothQuant-O3's static scales)."""
-  return {h: np.float32(m.max()) for h, m in stats.absmax.items()}
+  hooks = [h for h in stats.absmax if h != linear_inputs.UNEMBED_INPUT]  # Not quantized.
+  return {h: np.float32(stats.absmax[h].max()) for h in hooks}
 
 
 def quantized_params(lm: LanguageModel, stats: ChannelStats, scheme: Scheme, params=None):
