@@ -1,14 +1,25 @@
 """Shared test setup: 8 forced CPU devices (set before jax is imported) and tiny real configs."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache per test run, shared by both xdist workers (they inherit the
+# controller's environment) and every child process (notebook kernels, multi-process and kill
+# tests): a program one process compiled is loaded, not recompiled, by the others. Removed when
+# the run ends; a cache directory the caller set is used and kept.
+_OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+    tempfile.gettempdir(), f"jaxsae-test-jax-cache-{os.getpid()}"
+  )
 
 import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -42,3 +53,10 @@ def tiny_circuit_config(**overrides) -> TransformerConfig:
   """The circuits paper's architecture at toy size: RMSNorm, untied, no biases."""
   values = dict(d_model=16, d_head=8, d_mlp=32, norm="rmsnorm", use_bias=False)
   return tiny_model_config(**{**values, "tied_embeddings": False, **overrides})
+
+
+def pytest_sessionfinish(session):
+  """The run's compilation cache goes when the run does (in the xdist controller, after its
+  workers; in a plain run, in the one process)."""
+  if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
