@@ -13,6 +13,7 @@ from jax.sharding import Mesh
 from jaxsae import sharding
 from jaxsae.lm import loss as loss_lib
 from jaxsae.models.transformer import Transformer
+from jaxsae.models.transformer import run as run_model
 from jaxsae.text.pipeline import PackedWindows, eval_batches
 
 
@@ -27,14 +28,21 @@ class LMEval:
     return {"loss": self.loss, "bits_per_byte": self.bits_per_byte, "tokens": self.tokens}
 
 
-def make_eval_step(model: Transformer, byte_lengths: np.ndarray):
-  """A jittable (params, batch) -> (sum nats, sum tokens, sum bytes) over the batch."""
+def make_eval_step(model: Transformer, byte_lengths: np.ndarray, edits_of=None):
+  """A jittable (params, batch, *extra) -> (sum nats, sum tokens, sum bytes) over the batch.
+
+  With `edits_of`, the forward runs with the hook edits `edits_of(*extra)` (e.g. fake
+  quantization whose scales are traced `extra` arguments, so new scales do not recompile).
+  """
   byte_lengths_V = jnp.asarray(byte_lengths, jnp.float32)
 
-  def eval_step(params: Any, batch: dict[str, jax.Array]):
+  def eval_step(params: Any, batch: dict[str, jax.Array], *extra):
     tokens_BxT1 = batch["tokens"]
     targets_BxT = tokens_BxT1[:, 1:]
-    logits = model.apply({"params": params}, tokens_BxT1[:, :-1])
+    if edits_of is None:
+      logits = model.apply({"params": params}, tokens_BxT1[:, :-1])
+    else:
+      logits, _ = run_model(model, params, tokens_BxT1[:, :-1], edits=edits_of(*extra))
     w_BxT = jnp.broadcast_to(batch["weights"][:, None], targets_BxT.shape)
     nats = jnp.sum(loss_lib.token_losses(logits, targets_BxT) * w_BxT)
     return nats, jnp.sum(w_BxT), jnp.sum(byte_lengths_V[targets_BxT] * w_BxT)

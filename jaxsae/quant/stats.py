@@ -12,7 +12,6 @@ max; in large models they sit in the same few channels at every token and layer 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import pathlib
 
 import jax
@@ -21,11 +20,10 @@ import numpy as np
 import safetensors.numpy
 
 from jaxsae import run_log
+from jaxsae.activations import harvest
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models.pretrained import LanguageModel
-from jaxsae.models.transformer import Transformer
-from jaxsae.models.transformer import run as run_model
 from jaxsae.quant import linear_inputs
 
 OUTLIER_RATIO = 6.0
@@ -65,17 +63,6 @@ class ChannelStats:
     return cls(absmax, pct, levels, int(meta["tokens"]))
 
 
-@functools.lru_cache(maxsize=4)
-def _capture_fn(config, hooks: tuple[str, ...]):
-  model = Transformer(config)
-
-  def capture(params, tokens):
-    _, cache = run_model(model, params, tokens, capture=hooks)
-    return {h: jnp.abs(v.reshape(*v.shape[:2], -1).astype(jnp.float32)) for h, v in cache.items()}
-
-  return jax.jit(capture)
-
-
 def channel_stats(
   lm: LanguageModel,
   windows_NxT: np.ndarray,
@@ -93,7 +80,7 @@ def channel_stats(
       f"calibration windows must be a non-empty (N, T) array, got {windows_NxT.shape}"
     )
   hooks = (*linear_inputs.all_hooks(lm.config.n_layers), linear_inputs.UNEMBED_INPUT)
-  capture = _capture_fn(lm.config, hooks)
+  capture = harvest.capture_fn(lm.config, hooks)
   params = lm.params if params is None else params
   n_tokens = windows_NxT.size
   keep_every = max(1, -(-n_tokens // max_rows))  # Every keep_every-th token feeds percentiles.
@@ -106,7 +93,7 @@ def channel_stats(
     first = start * windows_NxT.shape[1]  # Token index of this batch's first token.
     offset = (-first) % keep_every
     for h, a in acts.items():
-      flat = a.reshape(-1, a.shape[-1])
+      flat = np.abs(a.reshape(-1, int(np.prod(a.shape[2:]))))  # attn.z: heads × dims.
       batch_max = flat.max(axis=0)
       absmax[h] = batch_max if absmax[h] is None else np.maximum(absmax[h], batch_max)
       samples[h].append(flat[offset::keep_every])

@@ -10,18 +10,15 @@ fake-quantized through a hook edit, and every block kernel is fake-quantized in 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxsae import sharding
 from jaxsae.lm import evaluate as eval_lib
-from jaxsae.lm import loss as loss_lib
 from jaxsae.models.pretrained import LanguageModel
-from jaxsae.models.transformer import Transformer
-from jaxsae.models.transformer import run as run_model
 from jaxsae.quant import fake_quant, linear_inputs, smoothing
 from jaxsae.quant.stats import ChannelStats
 from jaxsae.text.pipeline import PackedWindows
@@ -52,24 +49,6 @@ def quantized_edits(n_layers: int, mode: str, static_absmax: dict[str, jax.Array
 
     edits[hook] = edit
   return edits
-
-
-def make_eval_step(model: Transformer, byte_lengths: np.ndarray, activations: str | None):
-  """(params, batch, static_absmax) -> (sum nats, sum tokens, sum bytes); activations None
-  leaves the forward in float (eval_lib.make_eval_step's numbers)."""
-  byte_lengths_V = jnp.asarray(byte_lengths, jnp.float32)
-  n_layers = model.config.n_layers
-
-  def eval_step(params, batch, static_absmax):
-    tokens_BxT1 = batch["tokens"]
-    targets_BxT = tokens_BxT1[:, 1:]
-    edits = None if activations is None else quantized_edits(n_layers, activations, static_absmax)
-    logits, _ = run_model(model, params, tokens_BxT1[:, :-1], edits=edits)
-    w_BxT = jnp.broadcast_to(batch["weights"][:, None], targets_BxT.shape)
-    nats = jnp.sum(loss_lib.token_losses(logits, targets_BxT) * w_BxT)
-    return nats, jnp.sum(w_BxT), jnp.sum(byte_lengths_V[targets_BxT] * w_BxT)
-
-  return eval_step
 
 
 def static_maxima(stats: ChannelStats) -> dict[str, np.ndarray]:
@@ -108,7 +87,12 @@ class Evaluator:
 
   def _step(self, activations: str | None):
     if activations not in self._steps:
-      step = make_eval_step(self.lm.module, self.lm.tokenizer.token_byte_lengths(), activations)
+      n_layers = self.lm.config.n_layers
+      edits_of = None
+      if activations is not None:  # Static maxima are traced: new scales do not recompile.
+        edits_of = functools.partial(quantized_edits, n_layers, activations)
+      lengths = self.lm.tokenizer.token_byte_lengths()
+      step = eval_lib.make_eval_step(self.lm.module, lengths, edits_of)
       self._steps[activations] = jax.jit(step)
     return self._steps[activations]
 
