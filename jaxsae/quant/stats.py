@@ -43,7 +43,7 @@ class ChannelStats:
     return list(self.absmax)
 
   def save(self, path: str | pathlib.Path) -> None:
-    """A safetensors file (never a pickle): absmax/<hook>, percentiles/<hook>, and metadata."""
+    """A safetensors file: absmax/<hook>, percentiles/<hook>, and levels/tokens metadata."""
     tensors = {f"absmax/{h}": v for h, v in self.absmax.items()}
     tensors |= {f"percentiles/{h}": v for h, v in self.percentiles.items()}
     meta = {"levels": ",".join(map(str, self.levels)), "tokens": str(self.tokens)}
