@@ -55,8 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   def values(c, p):
-    models = [m.strip() for m in str(c.models).split(",") if m.strip()]
-    config_check.require(bool(models), p, "models is empty; name at least one, e.g. default")
+    config_check.require(
+      bool(model_names(c)), p, "models is empty; name at least one, e.g. default"
+    )
     for name in ("seq_len", "calibration_windows", "batch_size", "percentile_rows"):
       config_check.require(c[name] >= 1, p, f"{name}={c[name]} must be at least 1")
     config_check.require(c.seq_len >= 2, p, f"seq_len={c.seq_len} must be at least 2")
@@ -74,8 +75,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config_check.validate(config, base_config(), [values])
 
 
+def _names(listed: str) -> list[str]:
+  return [m.strip() for m in str(listed).split(",") if m.strip()]
+
+
 def model_names(config) -> list[str]:
-  return [m.strip() for m in str(config.models).split(",") if m.strip()]
+  return _names(config.models)
 
 
 def slug(name: str) -> str:
@@ -97,7 +102,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   with open(workdir / "w8a8.jsonl", "w", encoding="utf-8") if lead else io.StringIO() as log:
     for name in model_names(config):
       rows += _study_model(config, name, corpus, workdir, log)
-    for name in [m.strip() for m in str(config.outlier.models).split(",") if m.strip()]:
+    for name in _names(config.outlier.models):
       rows += _study_model(config, name, corpus, workdir, log, outlier=True)
   if lead:
     write_report(workdir)

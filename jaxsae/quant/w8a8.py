@@ -57,9 +57,9 @@ def static_maxima(stats: ChannelStats) -> dict[str, np.ndarray]:
   return {h: np.float32(stats.absmax[h].max()) for h in hooks}
 
 
-def quantized_params(lm: LanguageModel, stats: ChannelStats, scheme: Scheme, params=None):
+def quantized_params(lm: LanguageModel, stats: ChannelStats, scheme: Scheme):
   """(params with smoothing folded in and kernels fake-quantized, the matching statistics)."""
-  params = lm.params if params is None else params
+  params = lm.params
   if scheme.alpha is not None:
     params, scales = smoothing.smooth(params, lm.config, stats, scheme.alpha, scheme.smooth_sites)
     stats = smoothing.smoothed_stats(stats, scales)
