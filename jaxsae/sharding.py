@@ -30,6 +30,7 @@ LOGICAL_RULES: tuple[tuple[str, str | None], ...] = (
   ("vocab", MODEL),
   ("mlp", MODEL),
   ("heads", MODEL),
+  ("kv_heads", MODEL),  # Replicated where the model axis does not divide them (fit_spec).
   ("latents", MODEL),
   ("embed", None),
   ("head_dim", None),

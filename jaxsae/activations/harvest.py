@@ -25,6 +25,7 @@ import numpy as np
 from jaxsae import run_log
 from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import JaxsaeError
+from jaxsae.models import hooks as hooks_lib
 from jaxsae.models.pretrained import LanguageModel
 from jaxsae.models.transformer import run as run_model
 
@@ -56,7 +57,8 @@ def capture_fn(lm_config, hooks: tuple[str, ...]):
   model = Transformer(lm_config)
 
   def capture(params, tokens):
-    _, cache = run_model(model, params, tokens, capture=hooks)
+    # Only the blocks up to the deepest hook run: no later block, no unembedding.
+    _, cache = run_model(model, params, tokens, capture=hooks, stop_early=True)
     return {h: cache[h].astype(jnp.float32) for h in hooks}
 
   return jax.jit(capture)
@@ -85,7 +87,7 @@ def harvest(
   its own); refuses one made with other settings. `stop_after_chunks` ends early (as a
   preemption would), for tests.
   """
-  hooks = tuple(hooks)
+  hooks = tuple(hooks_lib.canonical(h) for h in hooks)  # TransformerLens aliases too.
   known = set(lm.hook_names())
   unknown = [h for h in hooks if h not in known]
   if unknown:

@@ -28,6 +28,7 @@ from flax import traverse_util
 
 from jaxsae.errors import CheckpointError, JaxsaeError
 from jaxsae.models.config import TransformerConfig
+from jaxsae.models.formats.hf_folder import read_weights
 from jaxsae.models.transformer import Transformer, param_shapes
 
 CONFIG_FILE = "config.json"
@@ -313,45 +314,6 @@ def _check_tree(params: Any, config: TransformerConfig) -> None:
     raise AssertionError(f"GPT-2 mapping mismatch: {sorted(set(want) ^ set(got))} {want} {got}")
 
 
-def read_safetensors(path: pathlib.Path) -> dict[str, Any]:
-  """Every tensor of a safetensors file (the `safetensors` library checks its header: JSON,
-  dtypes, byte ranges). The flax framework, not numpy, so bfloat16 checkpoints load too."""
-  from safetensors import SafetensorError, safe_open
-
-  try:
-    with safe_open(str(path), framework="flax") as f:
-      return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-  except (SafetensorError, OSError, ValueError) as e:
-    raise CheckpointError(
-      f"{path} is not a valid safetensors file ({e}); download it again (a partial download or "
-      "a git-lfs pointer file looks like this)"
-    ) from e
-
-
-def _read_weights(folder: pathlib.Path) -> tuple[dict[str, Any], str]:
-  """The tensors of model.safetensors, or of every shard model.safetensors.index.json names."""
-  if (folder / WEIGHTS_FILE).is_file():
-    return read_safetensors(folder / WEIGHTS_FILE), str(folder / WEIGHTS_FILE)
-  index = folder / WEIGHTS_INDEX
-  try:
-    weight_map = json.loads(index.read_text())["weight_map"]
-    shards = sorted(set(weight_map.values()))
-  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise CheckpointError(
-      f"{index} is not a valid safetensors index ({e}); download it again"
-    ) from e
-  absent = [s for s in shards if not (folder / s).is_file()]
-  if absent:
-    raise CheckpointError(
-      f"{folder} lacks the weight shards {absent} that {WEIGHTS_INDEX} names; download them "
-      "into the same folder"
-    )
-  tensors: dict[str, Any] = {}
-  for shard in shards:
-    tensors |= read_safetensors(folder / shard)
-  return tensors, f"the shards of {index}"
-
-
 def load_gpt2(folder: str | pathlib.Path, repo: str | None = None, how_else: str = ""):
   """A `LanguageModel` from a local Hugging Face GPT-2 folder (see the module docstring).
 
@@ -383,7 +345,7 @@ def load_gpt2(folder: str | pathlib.Path, repo: str | None = None, how_else: str
       f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens but {config_file} "
       f"vocab_size={config.vocab_size}; use the tokenizer files saved with this model"
     )
-  tensors, source = _read_weights(folder)
+  tensors, source = read_weights(folder)
   params = params_from_hf(tensors, config, source)
   metadata = {
     "source": "huggingface",

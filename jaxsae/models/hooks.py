@@ -7,26 +7,42 @@ Per layer l (B batch, T positions, D d_model, H heads, K d_head, F d_mlp):
 
   blocks.{l}.resid_pre      (B,T,D)    residual stream entering the block
   blocks.{l}.attn.in        (B,T,D)    attention input, after the norm
-  blocks.{l}.attn.q         (B,T,H,K)  queries
-  blocks.{l}.attn.k         (B,T,H,K)  keys
-  blocks.{l}.attn.v         (B,T,H,K)  values
-  blocks.{l}.attn.scores    (B,H,T,T)  q.k / sqrt(K), causally masked, before the softmax (f32)
+  blocks.{l}.attn.q         (B,T,H,K)  queries (after QK-norm, before RoPE)
+  blocks.{l}.attn.k         (B,T,G,K)  keys, per KV head (G = n_kv_heads, = H unless grouped)
+  blocks.{l}.attn.v         (B,T,G,K)  values, per KV head
+  blocks.{l}.attn.rot_q     (B,T,H,K)  queries after RoPE          (rotary models only)
+  blocks.{l}.attn.rot_k     (B,T,G,K)  keys after RoPE             (rotary models only)
+  blocks.{l}.attn.scores    (B,H,T,T)  q.k / sqrt(K) [soft-capped], masked, before the softmax (f32)
   blocks.{l}.attn.pattern   (B,H,T,T)  attention probabilities (the sink's share excluded) (f32)
-  blocks.{l}.attn.z         (B,T,H,K)  pattern-weighted values, per head
-  blocks.{l}.attn.out       (B,T,D)    attention output, after W_O (and its bias)
-  blocks.{l}.resid_mid      (B,T,D)    resid_pre + attn.out
+  blocks.{l}.attn.z         (B,T,H,K)  pattern-weighted values, per query head
+  blocks.{l}.attn.proj      (B,T,D)    W_O's output before the post-norm  (post-norm models only)
+  blocks.{l}.attn.out       (B,T,D)    what attention adds to the residual stream: W_O's output
+                                       (and bias), after the post-norm where there is one
+  blocks.{l}.resid_mid      (B,T,D)    resid_pre + attn.out (parallel blocks: the MLP reads
+                                       resid_pre, not this)
   blocks.{l}.mlp.in         (B,T,D)    MLP input, after the norm
-  blocks.{l}.mlp.pre        (B,T,F)    MLP pre-activation
-  blocks.{l}.mlp.post       (B,T,F)    MLP post-activation (neurons)
-  blocks.{l}.mlp.out        (B,T,D)    MLP output
+  blocks.{l}.mlp.pre        (B,T,F)    MLP pre-activation: the argument of the nonlinearity
+                                       (the gate projection in gated MLPs)
+  blocks.{l}.mlp.linear     (B,T,F)    the linear ("up") branch of a gated MLP (gated only)
+  blocks.{l}.mlp.post       (B,T,F)    MLP neurons: act(pre) [* linear], fc_out's input
+  blocks.{l}.mlp.proj       (B,T,D)    fc_out's output before the post-norm (post-norm models only)
+  blocks.{l}.mlp.out        (B,T,D)    what the MLP adds to the residual stream
   blocks.{l}.resid_post     (B,T,D)    resid_mid + mlp.out
 
 Outside the blocks:
 
-  embed.tok                 (B,T,D)    token embedding
+  embed.tok                 (B,T,D)    token embedding (times sqrt(D) where the model scales it)
   embed.pos                 (B,T,D)    position embedding (positions="learned" only)
   final.normed              (B,T,D)    final residual after the final norm: the unembedding input
   logits                    (B,T,V)    output logits, bigram table included (f32)
+
+`all_names(config)` lists a model's hooks: the optional sites above appear only where its
+config has them. TransformerLens-style names (`blocks.3.hook_resid_post`, `blocks.3.hook_mlp_out`,
+`blocks.3.ln2.hook_normalized`, `blocks.3.attn.hook_z`, `blocks.3.mlp.hook_in`, ...), as SAELens,
+Gemma Scope and circuit-tracer metadata use them, are aliases accepted wherever a hook name is
+taken (`canonical` maps them; see `TL_BLOCK_ALIASES`). TransformerLens's `ln*.hook_normalized`
+is taken after the norm's gain, which equals TransformerLens's value when it folds the gains
+into the next weights (its default).
 
 An edit is a function `x -> x'` of the same shape (the result is cast to x's dtype); a capture
 records the value the forward pass goes on to use, i.e. after any edit at that point.
@@ -51,18 +67,81 @@ BLOCK_SITES = (
   "attn.q",
   "attn.k",
   "attn.v",
+  "attn.rot_q",
+  "attn.rot_k",
   "attn.scores",
   "attn.pattern",
   "attn.z",
+  "attn.proj",
   "attn.out",
   "resid_mid",
   "mlp.in",
   "mlp.pre",
+  "mlp.linear",
   "mlp.post",
+  "mlp.proj",
   "mlp.out",
   "resid_post",
 )
+"""Every block site any model has, in forward order; `block_sites(config)` gives one model's."""
 RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post")
+PER_HEAD_SITES = ("attn.q", "attn.k", "attn.v", "attn.rot_q", "attn.rot_k", "attn.z")
+"""Sites shaped (B, T, heads, d_head)."""
+
+# TransformerLens name (after "blocks.{l}.") -> our site.
+TL_BLOCK_ALIASES = {
+  "hook_resid_pre": "resid_pre",
+  "ln1.hook_normalized": "attn.in",
+  "attn.hook_q": "attn.q",
+  "attn.hook_k": "attn.k",
+  "attn.hook_v": "attn.v",
+  "attn.hook_rot_q": "attn.rot_q",
+  "attn.hook_rot_k": "attn.rot_k",
+  "attn.hook_attn_scores": "attn.scores",
+  "attn.hook_pattern": "attn.pattern",
+  "attn.hook_z": "attn.z",
+  "hook_attn_out": "attn.out",
+  "hook_resid_mid": "resid_mid",
+  "hook_mlp_in": "resid_mid",  # TransformerLens: the residual entering ln2 (sequential blocks).
+  "ln2.hook_normalized": "mlp.in",
+  "mlp.hook_in": "mlp.in",  # circuit-tracer's transcoder input: the MLP module's input.
+  "mlp.hook_pre": "mlp.pre",
+  "mlp.hook_pre_linear": "mlp.linear",
+  "mlp.hook_post": "mlp.post",
+  "mlp.hook_out": "mlp.out",
+  "hook_mlp_out": "mlp.out",
+  "hook_resid_post": "resid_post",
+}
+TL_OUTER_ALIASES = {
+  "hook_embed": "embed.tok",
+  "hook_pos_embed": "embed.pos",
+  "ln_final.hook_normalized": "final.normed",
+}
+
+
+def canonical(name: str) -> str:
+  """jaxsae's name for a hook given as jaxsae or TransformerLens names it (unknown names pass
+  through unchanged, for the checks to report)."""
+  if not isinstance(name, str):
+    return name
+  if name in TL_OUTER_ALIASES:
+    return TL_OUTER_ALIASES[name]
+  parts = name.split(".", 2)
+  if len(parts) == 3 and parts[0] == "blocks" and parts[2] in TL_BLOCK_ALIASES:
+    return f"blocks.{parts[1]}.{TL_BLOCK_ALIASES[parts[2]]}"
+  return name
+
+
+def block_sites(config) -> tuple[str, ...]:
+  """The block sites of a model with this `TransformerConfig`, in forward order."""
+  absent = set()
+  if config.positions != "rotary":
+    absent |= {"attn.rot_q", "attn.rot_k"}
+  if not config.post_norms:
+    absent |= {"attn.proj", "mlp.proj"}
+  if not config.gated_mlp:
+    absent.add("mlp.linear")
+  return tuple(site for site in BLOCK_SITES if site not in absent)
 
 
 def block(layer: int, site: str) -> str:
@@ -72,12 +151,26 @@ def block(layer: int, site: str) -> str:
   return f"blocks.{layer}.{site}"
 
 
-def all_names(n_layers: int, learned_positions: bool = True) -> list[str]:
-  """Every hook name of a model, in the order the forward pass reaches them."""
-  names = ["embed.tok"] + (["embed.pos"] if learned_positions else [])
-  for layer in range(n_layers):
-    names += [f"blocks.{layer}.{site}" for site in BLOCK_SITES]
+def all_names(config) -> list[str]:
+  """Every hook name of a model with this `TransformerConfig`, in forward order."""
+  names = ["embed.tok"] + (["embed.pos"] if config.positions == "learned" else [])
+  sites = block_sites(config)
+  for layer in range(config.n_layers):
+    names += [f"blocks.{layer}.{site}" for site in sites]
   return names + ["final.normed", "logits"]
+
+
+def blocks_needed(names: Iterable[str]) -> int | None:
+  """How many blocks a forward pass must run to reach every hook in `names`; None if one of
+  them lies after the blocks (the whole forward is needed)."""
+  needed = 0
+  for name in names:
+    layer, site = parse(canonical(name))
+    if layer is not None:
+      needed = max(needed, layer + 1)
+    elif site in ("final.normed", "logits"):
+      return None
+  return needed
 
 
 def parse(name: str) -> tuple[int | None, str]:
@@ -96,6 +189,7 @@ def name_problem(name: str) -> str | None:
   valid form; checks what needs no model: the site, and a non-negative integer layer."""
   if not isinstance(name, str):
     return f"hook {name!r} must be a string such as blocks.1.resid_post"
+  name = canonical(name)
   if not name.startswith("blocks."):
     if name in OUTER_NAMES:
       return None
@@ -126,7 +220,8 @@ class Hooks:
   def make(cls, capture: Iterable[str] = (), edits: Mapping[str, EditFn] | None = None) -> Hooks:
     if isinstance(capture, str):
       capture = (capture,)
-    return cls(frozenset(capture), dict(edits or {}))
+    edits = {canonical(name): fn for name, fn in (edits or {}).items()}
+    return cls(frozenset(canonical(name) for name in capture), edits)
 
   def check(self, known: list[str]) -> None:
     """Raise HookError naming every unknown hook, with the closest known name."""
@@ -138,7 +233,7 @@ class Hooks:
     if problems:
       raise HookError(
         f"unknown hook name(s) {', '.join(problems)}; the names are listed in "
-        "jaxsae.models.hooks (all_names(n_layers) gives a model's full list)"
+        "jaxsae.models.hooks (all_names(config) gives a model's full list)"
       )
 
 

@@ -6,9 +6,10 @@ The shipped default lives in `jaxsae/pretrained/stdlib_bytes` and loads with
 with "/", e.g. "blocks_0/attn/query/kernel". Every tensor is checked against the shapes the
 config implies before use.
 
-Hugging Face GPT-2 folders load too (`jaxsae.models.hf_gpt2`): any folder whose config.json has
-a "model_type", and the names of `HF_NAMED` ("gpt2"), which resolve to `$JAXSAE_MODELS/<name>`
-(default ~/jaxsae_models/<name>). Nothing is ever downloaded.
+Other formats load through `jaxsae.models.external` (see `load`): Hugging Face folders of every
+supported family, GGUF files, Hub ids (the only path that downloads) and installed model
+packages. The names of `HF_NAMED` ("gpt2") resolve to `$JAXSAE_MODELS/<name>` (default
+~/jaxsae_models/<name>).
 """
 
 from __future__ import annotations
@@ -71,8 +72,18 @@ class LanguageModel:
   def module(self) -> Transformer:
     return Transformer(self.config)
 
+  def on_mesh(self, mesh) -> LanguageModel:
+    """A copy whose parameters are model-parallel over `mesh`'s "model" axis (query and KV
+    heads, MLP neurons and the vocabulary, each where the axis divides it; see
+    `jaxsae.sharding.LOGICAL_RULES`) and replicated over "data". Its forward equals this one's."""
+    from jaxsae import sharding
+    from jaxsae.models.transformer import abstract_params
+
+    shardings = sharding.logical_shardings(abstract_params(self.module), mesh)
+    return dataclasses.replace(self, params=jax.device_put(self.params, shardings))
+
   def hook_names(self) -> list[str]:
-    return hooks_lib.all_names(self.config.n_layers, self.config.positions == "learned")
+    return hooks_lib.all_names(self.config)
 
   def encode(self, text: str, *, separator: bool = True) -> np.ndarray:
     """Token ids of `text`, preceded by the separator (the start-of-document token)."""
@@ -164,13 +175,35 @@ def resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
   return pathlib.Path(name_or_path).expanduser()
 
 
-def load(name_or_path: str | pathlib.Path = "default") -> LanguageModel:
-  """Load a saved model, checking format, version and every tensor's name and shape; a Hugging
-  Face GPT-2 folder (or an `HF_NAMED` name) loads through `jaxsae.models.hf_gpt2`."""
-  from jaxsae.models import hf_gpt2
+def load(
+  name_or_path: str | pathlib.Path = "default", *, dtype: str | None = None
+) -> LanguageModel:
+  """Load a language model from any of:
+
+  - a jaxsae folder or a shipped model's name (`NAMED`, e.g. "default"), checking format,
+    version and every tensor's name and shape;
+  - a Hugging Face folder of a supported family (`jaxsae.models.families`: GPT-2, Llama,
+    Mistral, Qwen 2/3, Gemma 1-3, GPT-NeoX), or an `HF_NAMED` name kept in $JAXSAE_MODELS;
+  - a .gguf file (`jaxsae.models.formats.gguf`);
+  - a Hugging Face Hub id such as "google/gemma-3-270m" (downloaded when online, read from the
+    cache offline; `jaxsae.models.formats.hub`);
+  - the name of an installed model package (`external.PACKAGED_GGUF`: "gemma-3-270m").
+
+  `dtype` applies to external models: None loads float32, or bfloat16 above 2B parameters.
+  """
+  from jaxsae.models import external, hf_gpt2
+  from jaxsae.models.formats import hub
 
   path = resolve(name_or_path)
   name = str(name_or_path)
+  if name in external.PACKAGED_GGUF:
+    return external.load_gguf(external.packaged_gguf_path(name), dtype)
+  if path.is_file() and (path.suffix == ".gguf" or external.is_gguf(path)):
+    return external.load_gguf(path, dtype)
+  if hf_gpt2.is_hf_checkpoint(path) and name not in HF_NAMED:
+    return external.load_hf_folder(path, dtype)
+  if hub.looks_like_repo_id(name) and name not in NAMED and name not in HF_NAMED:
+    return external.load_hub(name, dtype)
   if name in HF_NAMED:
     env = os.environ.get(MODELS_ENV)
     now = f"it is {env}" if env else f"unset, so {DEFAULT_MODELS_DIR}"
@@ -186,7 +219,8 @@ def load(name_or_path: str | pathlib.Path = "default") -> LanguageModel:
     raise CheckpointError(
       f"no saved model at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}; pass a folder "
       f"written by jaxsae.models.pretrained.save or experiments.export_lm, one of {sorted(NAMED)}, "
-      f"or a Hugging Face GPT-2 folder ({CONFIG_FILE}, {WEIGHTS_FILE}, vocab.json, merges.txt) "
+      f"a Hugging Face folder ({CONFIG_FILE}, {WEIGHTS_FILE}, tokenizer.json), a .gguf file, "
+      f'a Hub id such as "google/gemma-3-270m", "gemma-3-270m" (an installed package), '
       f"or one of {sorted(HF_NAMED)} (kept in ${MODELS_ENV}, default {DEFAULT_MODELS_DIR})"
     )
   doc = saved.read_document(config_file, FORMAT, FORMAT_VERSION, "re-export the model")

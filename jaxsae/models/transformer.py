@@ -1,12 +1,18 @@
-"""A GPT-style pre-norm decoder in Flax linen, with a hook point at every named activation.
+"""One decoder transformer in Flax linen for every supported family, with a hook point at every
+named activation.
 
-    x = embed(tokens) [+ pos]
-    for each block:  x += Attn(Norm(x));  x += MLP(Norm(x))
-    logits = Unembed(Norm(x)) [+ B[tokens]]
+    x = embed(tokens) [* sqrt(D)] [+ pos]
+    for each block:  x += [PostNorm](Attn(Norm(x)));  x += [PostNorm](MLP(Norm(x)))
+                     (parallel blocks: x += Attn(Norm1(x)) + MLP(Norm2(x)))
+    logits = [softcap](Unembed(Norm(x))) [+ B[tokens]]
 
-Parameters carry logical axis names ("vocab", "embed", "heads", "head_dim", "mlp") so that
-`jaxsae.sharding` places them on a mesh. Every activation named in `jaxsae.models.hooks` passes
-through `hooks.apply`, which captures or edits it; `run` is the call that uses them.
+GPT-2 and the byte models use the defaults; `TransformerConfig`'s switches give Llama, Mistral,
+Qwen, Gemma 1-3 and GPT-NeoX (rotary positions, grouped-query attention, gated MLPs, RMSNorm
+with a (1 + w) scale, post-norms, QK-norm, soft-capping, sliding windows, parallel blocks).
+
+Parameters carry logical axis names ("vocab", "embed", "heads", "kv_heads", "head_dim", "mlp") so
+that `jaxsae.sharding` places them on a mesh. Every activation named in `jaxsae.models.hooks`
+passes through `hooks.apply`, which captures or edits it; `run` is the call that uses them.
 
 With `activation_topk_fraction` > 0, AbsTopK activation sparsity (Gao et al. 2025, "Weight-sparse
 transformers have interpretable circuits") is applied at the eight `SPARSE_SITES` of each block,
@@ -36,12 +42,12 @@ _ACTIVATIONS = {
   "gelu": functools.partial(nn.gelu, approximate=True),
   "gelu_exact": functools.partial(nn.gelu, approximate=False),
   "relu": nn.relu,
+  "silu": nn.silu,
 }
 
 
 SPARSE_SITES = ("attn.in", "attn.q", "attn.k", "attn.v", "attn.z", "mlp.in", "mlp.post", "mlp.out")
 """The block sites that AbsTopK sparsifies when `activation_topk_fraction` > 0 (circuits paper)."""
-_PER_HEAD_SITES = ("attn.q", "attn.k", "attn.v", "attn.z")
 
 
 def abs_topk(x: jnp.ndarray, k: int) -> jnp.ndarray:
@@ -73,7 +79,7 @@ def _block_hook(
   """
   cfg: TransformerConfig = module.config
   if cfg.activation_topk_fraction > 0 and site in SPARSE_SITES:
-    flat = x.reshape(*x.shape[:-2], -1) if site in _PER_HEAD_SITES else x
+    flat = x.reshape(*x.shape[:-2], -1) if site in hooks_lib.PER_HEAD_SITES else x
     x = abs_topk(flat, cfg.topk_count(flat.shape[-1])).reshape(x.shape)
   return hooks_lib.apply(module, hooks, hooks_lib.block(module.layer, site), x)
 
@@ -91,8 +97,32 @@ def _out_std(cfg: TransformerConfig) -> float:
   return cfg.init_std / math.sqrt(2 * cfg.n_layers)
 
 
-def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
-  scale = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+class OffsetRMSNorm(nn.Module):
+  """RMSNorm with a (offset + w) gain (Gemma: offset 1, w initialised to 0):
+  y = x / sqrt(mean(x^2) + eps) * (offset + w), computed in float32."""
+
+  epsilon: float
+  offset: float
+  dtype: Any
+  axis_name: str
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    init = nn.initializers.zeros_init() if self.offset == 1 else nn.initializers.ones_init()
+    w = self.param(
+      "scale", nn.with_logical_partitioning(init, (self.axis_name,)), (x.shape[-1],), jnp.float32
+    )
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+    return (y * (self.offset + w)).astype(self.dtype)
+
+
+def _norm(cfg: TransformerConfig, name: str, axis_name: str = "embed") -> nn.Module:
+  scale = nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,))
+  if cfg.norm == "rmsnorm" and cfg.norm_scale_offset:
+    return OffsetRMSNorm(
+      cfg.norm_eps, cfg.norm_scale_offset, cfg.compute_dtype, axis_name, name=name
+    )
   if cfg.norm == "rmsnorm":
     return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, scale_init=scale, name=name)
   return nn.LayerNorm(
@@ -105,8 +135,56 @@ def _norm(cfg: TransformerConfig, name: str) -> nn.Module:
   )
 
 
+def rotary_inverse_frequencies(cfg: TransformerConfig, layer: int) -> jnp.ndarray:
+  """(d_rot / 2,) float32 angular speeds of RoPE's dimension pairs at block `layer`:
+  theta^(-2i / d_rot) (Su et al. 2021), with the layer type's theta and the config's scaling
+  (Llama 3.1's smooth wavelength-dependent division, or a linear division of every speed)."""
+  sliding = cfg.layer_type(layer) == "sliding"
+  theta = cfg.rope_local_theta if sliding and cfg.rope_local_theta else cfg.rope_theta
+  d_rot = cfg.rotary_dim
+  inv = 1.0 / theta ** (jnp.arange(0, d_rot, 2, dtype=jnp.float32) / d_rot)
+  factor = cfg.rope_scaling_factor
+  if cfg.rope_scaling == "linear" and not (sliding and cfg.rope_local_theta):
+    # Gemma 3 4B+ scale only the full-attention layers, which carry the global theta.
+    inv = inv / factor
+  elif cfg.rope_scaling == "llama3":
+    low, high = cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    wavelength = 2 * math.pi / inv
+    long = wavelength > cfg.rope_original_max_len / low
+    short = wavelength < cfg.rope_original_max_len / high
+    smooth = (cfg.rope_original_max_len / wavelength - low) / (high - low)
+    scaled = jnp.where(long, inv / factor, inv)
+    inv = jnp.where(long | short, scaled, (1 - smooth) * scaled / factor + smooth * scaled)
+  return inv
+
+
+def apply_rotary(x_BxTxHxK: jnp.ndarray, inv_freq: jnp.ndarray) -> jnp.ndarray:
+  """Rotate the first d_rot = 2 len(inv_freq) dimensions of every head by position * speed, in
+  Hugging Face's rotate-half layout (pair i is dimensions i and i + d_rot / 2); the rest pass."""
+  d_rot = 2 * inv_freq.shape[0]
+  T = x_BxTxHxK.shape[1]
+  angles_TxR = jnp.arange(T, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  angles_TxR = jnp.concatenate([angles_TxR, angles_TxR], axis=-1)
+  cos, sin = jnp.cos(angles_TxR)[:, None], jnp.sin(angles_TxR)[:, None]
+  x_rot, x_pass = x_BxTxHxK[..., :d_rot], x_BxTxHxK[..., d_rot:]
+  x1, x2 = x_rot[..., : d_rot // 2], x_rot[..., d_rot // 2 :]
+  rotated = x_rot * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+  return jnp.concatenate([rotated.astype(x_BxTxHxK.dtype), x_pass], axis=-1)
+
+
+def attention_mask(cfg: TransformerConfig, layer: int, T: int) -> jnp.ndarray:
+  """(T, T) bool: query t sees key s <= t, and on sliding layers only s > t - sliding_window."""
+  q_T1, s_1T = jnp.arange(T)[:, None], jnp.arange(T)[None, :]
+  mask = s_1T <= q_T1
+  if cfg.layer_type(layer) == "sliding":
+    mask &= s_1T > q_T1 - cfg.sliding_window
+  return mask
+
+
 class Attention(nn.Module):
-  """Causal multi-head attention with an optional attention sink."""
+  """Causal attention: multi-head, grouped-query or multi-query (query head h reads KV head
+  h // (n_heads / kv_heads)), with optional QK-norm, RoPE, soft-capping, a sliding window and an
+  attention sink. Returns the output projection's value."""
 
   config: TransformerConfig
   layer: int
@@ -114,29 +192,43 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD: jnp.ndarray, hooks: hooks_lib.Hooks | None) -> jnp.ndarray:
     cfg = self.config
+    H, G, K = cfg.n_heads, cfg.kv_heads, cfg.d_head
 
     def hook(site, value):
       return _block_hook(self, hooks, site, value)
 
-    def projection(name):
+    def projection(name, heads, axis):
       return nn.DenseGeneral(
-        (cfg.n_heads, cfg.d_head),
-        use_bias=cfg.use_bias,
+        (heads, K),
+        use_bias=cfg.use_bias or cfg.qkv_bias,
         dtype=cfg.compute_dtype,
-        kernel_init=_init(cfg.init_std, ("embed", "heads", "head_dim")),
-        bias_init=_zeros(("heads", "head_dim")),
+        kernel_init=_init(cfg.init_std, ("embed", axis, "head_dim")),
+        bias_init=_zeros((axis, "head_dim")),
         name=name,
       )
 
-    q_BxTxHxK = hook("attn.q", projection("query")(x_BxTxD))
-    k_BxTxHxK = hook("attn.k", projection("key")(x_BxTxD))
-    v_BxTxHxK = hook("attn.v", projection("value")(x_BxTxD))
+    q_BxTxHxK = projection("query", H, "heads")(x_BxTxD)
+    k_BxTxGxK = projection("key", G, "kv_heads")(x_BxTxD)
+    if cfg.qk_norm:
+      q_BxTxHxK = _norm(cfg, "q_norm", "head_dim")(q_BxTxHxK)
+      k_BxTxGxK = _norm(cfg, "k_norm", "head_dim")(k_BxTxGxK)
+    q_BxTxHxK = hook("attn.q", q_BxTxHxK)
+    k_BxTxGxK = hook("attn.k", k_BxTxGxK)
+    v_BxTxGxK = hook("attn.v", projection("value", G, "kv_heads")(x_BxTxD))
+    if cfg.positions == "rotary":
+      inv_freq = rotary_inverse_frequencies(cfg, self.layer)
+      q_BxTxHxK = hook("attn.rot_q", apply_rotary(q_BxTxHxK, inv_freq))
+      k_BxTxGxK = hook("attn.rot_k", apply_rotary(k_BxTxGxK, inv_freq))
 
-    T = x_BxTxD.shape[1]
-    scores_BxHxTxT = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK).astype(jnp.float32)
-    scores_BxHxTxT = scores_BxHxTxT / math.sqrt(cfg.d_head)
-    causal_TxT = jnp.tril(jnp.ones((T, T), bool))
-    scores_BxHxTxT = jnp.where(causal_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min)
+    B, T = x_BxTxD.shape[:2]
+    q_BxTxGxRxK = q_BxTxHxK.reshape(B, T, G, H // G, K)
+    scores = jnp.einsum("bqgrk,bsgk->bgrqs", q_BxTxGxRxK, k_BxTxGxK).astype(jnp.float32)
+    scores_BxHxTxT = scores.reshape(B, H, T, T) / math.sqrt(cfg.query_pre_attn_scalar or K)
+    if cfg.attn_logit_softcap:
+      cap = cfg.attn_logit_softcap
+      scores_BxHxTxT = jnp.tanh(scores_BxHxTxT / cap) * cap
+    mask_TxT = attention_mask(cfg, self.layer, T)
+    scores_BxHxTxT = jnp.where(mask_TxT, scores_BxHxTxT, jnp.finfo(jnp.float32).min)
     scores_BxHxTxT = hook("attn.scores", scores_BxHxTxT)
 
     if cfg.attention_sink:
@@ -148,7 +240,8 @@ class Attention(nn.Module):
       pattern_BxHxTxT = jax.nn.softmax(scores_BxHxTxT, axis=-1)
     pattern_BxHxTxT = hook("attn.pattern", pattern_BxHxTxT)
 
-    z_BxTxHxK = jnp.einsum("bhqs,bshk->bqhk", pattern_BxHxTxT.astype(v_BxTxHxK.dtype), v_BxTxHxK)
+    pattern = pattern_BxHxTxT.astype(v_BxTxGxK.dtype).reshape(B, G, H // G, T, T)
+    z_BxTxHxK = jnp.einsum("bgrqs,bsgk->bqgrk", pattern, v_BxTxGxK).reshape(B, T, H, K)
     z_BxTxHxK = hook("attn.z", z_BxTxHxK)
     out_BxTxD = nn.DenseGeneral(
       cfg.d_model,
@@ -159,11 +252,11 @@ class Attention(nn.Module):
       bias_init=_zeros(("embed",)),
       name="out",
     )(z_BxTxHxK)
-    return hook("attn.out", out_BxTxD)
+    return hook("attn.proj" if cfg.post_norms else "attn.out", out_BxTxD)
 
 
 class MLP(nn.Module):
-  """Two-layer MLP: fc_out(act(fc_in(x)))."""
+  """fc_out(act(fc_in(x))), or gated: fc_out(act(fc_gate(x)) * fc_in(x)). Returns fc_out's value."""
 
   config: TransformerConfig
   layer: int
@@ -175,29 +268,33 @@ class MLP(nn.Module):
     def hook(site, value):
       return _block_hook(self, hooks, site, value)
 
-    pre_BxTxF = nn.Dense(
-      cfg.d_mlp,
-      use_bias=cfg.use_bias,
-      dtype=cfg.compute_dtype,
-      kernel_init=_init(cfg.init_std, ("embed", "mlp")),
-      bias_init=_zeros(("mlp",)),
-      name="fc_in",
-    )(x_BxTxD)
-    pre_BxTxF = hook("mlp.pre", pre_BxTxF)
-    post_BxTxF = hook("mlp.post", _ACTIVATIONS[cfg.activation](pre_BxTxF))
-    out_BxTxD = nn.Dense(
-      cfg.d_model,
-      use_bias=cfg.use_bias,
-      dtype=cfg.compute_dtype,
-      kernel_init=_init(_out_std(cfg), ("mlp", "embed")),
-      bias_init=_zeros(("embed",)),
-      name="fc_out",
-    )(post_BxTxF)
-    return hook("mlp.out", out_BxTxD)
+    def fc(name, width, std, axes):
+      return nn.Dense(
+        width,
+        use_bias=cfg.use_bias,
+        dtype=cfg.compute_dtype,
+        kernel_init=_init(std, axes),
+        bias_init=_zeros(axes[1:]),
+        name=name,
+      )
+
+    activation = _ACTIVATIONS[cfg.activation]
+    if cfg.gated_mlp:
+      pre_BxTxF = hook("mlp.pre", fc("fc_gate", cfg.d_mlp, cfg.init_std, ("embed", "mlp"))(x_BxTxD))
+      linear_BxTxF = hook(
+        "mlp.linear", fc("fc_in", cfg.d_mlp, cfg.init_std, ("embed", "mlp"))(x_BxTxD)
+      )
+      post_BxTxF = hook("mlp.post", activation(pre_BxTxF) * linear_BxTxF)
+    else:
+      pre_BxTxF = hook("mlp.pre", fc("fc_in", cfg.d_mlp, cfg.init_std, ("embed", "mlp"))(x_BxTxD))
+      post_BxTxF = hook("mlp.post", activation(pre_BxTxF))
+    out_BxTxD = fc("fc_out", cfg.d_model, _out_std(cfg), ("mlp", "embed"))(post_BxTxF)
+    return hook("mlp.proj" if cfg.post_norms else "mlp.out", out_BxTxD)
 
 
 class Block(nn.Module):
-  """x += Attn(Norm(x)); x += MLP(Norm(x)). The residual stream is float32."""
+  """x += Attn(Norm(x)); x += MLP(Norm(x)), with the config's post-norms or parallel form.
+  The residual stream is float32."""
 
   config: TransformerConfig
   layer: int
@@ -211,9 +308,15 @@ class Block(nn.Module):
 
     x_BxTxD = hook("resid_pre", x_BxTxD)
     attn_in = hook("attn.in", _norm(cfg, "attn_norm")(x_BxTxD))
-    x_BxTxD = hook("resid_mid", x_BxTxD + Attention(cfg, self.layer, name="attn")(attn_in, hooks))
-    mlp_in = hook("mlp.in", _norm(cfg, "mlp_norm")(x_BxTxD))
-    return hook("resid_post", x_BxTxD + MLP(cfg, self.layer, name="mlp")(mlp_in, hooks))
+    attn_out = Attention(cfg, self.layer, name="attn")(attn_in, hooks)
+    if cfg.post_norms:
+      attn_out = hook("attn.out", _norm(cfg, "attn_post_norm")(attn_out))
+    resid_mid = hook("resid_mid", x_BxTxD + attn_out)
+    mlp_in = hook("mlp.in", _norm(cfg, "mlp_norm")(x_BxTxD if cfg.parallel_block else resid_mid))
+    mlp_out = MLP(cfg, self.layer, name="mlp")(mlp_in, hooks)
+    if cfg.post_norms:
+      mlp_out = hook("mlp.out", _norm(cfg, "mlp_post_norm")(mlp_out))
+    return hook("resid_post", resid_mid + mlp_out)
 
 
 class Transformer(nn.Module):
@@ -222,7 +325,14 @@ class Transformer(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, tokens_BxT: jnp.ndarray, hooks: hooks_lib.Hooks | None = None) -> jnp.ndarray:
+  def __call__(
+    self,
+    tokens_BxT: jnp.ndarray,
+    hooks: hooks_lib.Hooks | None = None,
+    n_blocks: int | None = None,
+  ) -> jnp.ndarray | None:
+    """Logits; or, with `n_blocks`, only the embeddings and the first `n_blocks` blocks (for
+    captures that need no later layer), returning None."""
     cfg = self.config
 
     def hook(name, value):
@@ -241,15 +351,20 @@ class Transformer(nn.Module):
       embedding_init=_init(cfg.init_std, ("vocab", "embed")),
       name="embed",
     )
-    x_BxTxD = hook("embed.tok", embed(tokens_BxT)).astype(jnp.float32)
+    x_BxTxD = embed(tokens_BxT)
+    if cfg.embed_scale:  # Gemma: sqrt(D) rounded to the compute dtype, as its checkpoints expect.
+      x_BxTxD = x_BxTxD * jnp.asarray(math.sqrt(cfg.d_model), x_BxTxD.dtype)
+    x_BxTxD = hook("embed.tok", x_BxTxD).astype(jnp.float32)
     if cfg.positions == "learned":
       pos_TxD = self.param(
         "pos_embed", _init(cfg.init_std, (None, "embed")), (cfg.max_len, cfg.d_model)
       )[:T]
       x_BxTxD = x_BxTxD + hook("embed.pos", jnp.broadcast_to(pos_TxD, x_BxTxD.shape))
 
-    for layer in range(cfg.n_layers):
+    for layer in range(cfg.n_layers if n_blocks is None else n_blocks):
       x_BxTxD = Block(cfg, layer, name=f"blocks_{layer}")(x_BxTxD, hooks)
+    if n_blocks is not None:
+      return None
 
     x_BxTxD = hook("final.normed", _norm(cfg, "final_norm")(x_BxTxD))
     if cfg.tied_embeddings:
@@ -263,6 +378,9 @@ class Transformer(nn.Module):
         name="unembed",
       )(x_BxTxD)
     logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    if cfg.final_logit_softcap:
+      cap = cfg.final_logit_softcap
+      logits_BxTxV = jnp.tanh(logits_BxTxV / cap) * cap
     if cfg.bigram_table:
       bigram_VxV = self.param(
         "bigram",
@@ -273,9 +391,7 @@ class Transformer(nn.Module):
     return hook("logits", logits_BxTxV)
 
 
-def hook_names(cfg: TransformerConfig) -> list[str]:
-  """Every hook name of a model with this config, in forward order."""
-  return hooks_lib.all_names(cfg.n_layers, cfg.positions == "learned")
+hook_names = hooks_lib.all_names
 
 
 def run(
@@ -285,28 +401,40 @@ def run(
   *,
   capture: Iterable[str] = (),
   edits: Mapping[str, hooks_lib.EditFn] | None = None,
-) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  stop_early: bool = False,
+) -> tuple[jnp.ndarray | None, dict[str, jnp.ndarray]]:
   """One forward pass that captures and/or edits hook points; pure, so it jits and grads.
 
   Args:
     model: the Transformer module.
     params: its parameters (the "params" collection).
     tokens_BxT: int32 token ids.
-    capture: hook names whose values to return (after any edit at that point).
+    capture: hook names (or TransformerLens aliases) whose values to return (after any edit
+      at that point).
     edits: hook name -> function of the activation returning a same-shaped replacement.
+    stop_early: run only the blocks the captures and edits need (no later block, no
+      unembedding) and return None for the logits: a harvest of layer 3 of 18 costs 4 blocks.
+      Without effect when a capture lies after the blocks.
 
   Returns:
-    (logits_BxTxV, {hook name: captured value}).
+    (logits_BxTxV or None, {hook name as given: captured value}).
   """
+  if isinstance(capture, str):
+    capture = (capture,)
+  capture = tuple(capture)
   hooks = hooks_lib.Hooks.make(capture, edits)
   hooks.check(hook_names(model.config))
+  n_blocks = None
+  if stop_early:
+    n_blocks = hooks_lib.blocks_needed([*capture, *(edits or {})])
   if not hooks.capture:
-    return model.apply({"params": params}, tokens_BxT, hooks), {}
+    return model.apply({"params": params}, tokens_BxT, hooks, n_blocks), {}
   logits, state = model.apply(
-    {"params": params}, tokens_BxT, hooks, mutable=[hooks_lib.CAPTURE_COLLECTION]
+    {"params": params}, tokens_BxT, hooks, n_blocks, mutable=[hooks_lib.CAPTURE_COLLECTION]
   )
   flat = traverse_util.flatten_dict(state[hooks_lib.CAPTURE_COLLECTION])
-  return logits, {path[-1]: value for path, value in flat.items()}
+  by_name = {path[-1]: value for path, value in flat.items()}
+  return logits, {name: by_name[hooks_lib.canonical(name)] for name in capture}
 
 
 def init_params(model: Transformer, rng: jax.Array) -> Any:
