@@ -195,7 +195,7 @@ def test_matrix_kind_covers_every_parameter_of_a_real_transformer(variant):
   assert ("bigram" in never) == cfg.bigram_table
   assert ("pos_embed" in never) == (cfg.positions == "learned")
   assert any(n.endswith("attn/sink") for n in never) == cfg.attention_sink
-  # Slice axes carry the neuron axis names: mlp, (heads, head_dim), and embed (residual).
+  # Slice axes carry the neuron axis names: mlp, (heads or kv_heads, head_dim), embed (residual).
   boxed = jax.tree_util.tree_flatten_with_path(
     T.abstract_params(model), is_leaf=lambda x: isinstance(x, nn.Partitioned)
   )[0]
@@ -204,7 +204,8 @@ def test_matrix_kind_covers_every_parameter_of_a_real_transformer(variant):
     if kind is None:
       continue
     names = tuple(box.names[a] for a in P.neuron_axes(path))
-    allowed = {("mlp",), ("heads", "head_dim")} if kind == "hidden" else {("embed",)}
+    hidden_names = {("mlp",), ("heads", "head_dim"), ("kv_heads", "head_dim")}
+    allowed = hidden_names if kind == "hidden" else {("embed",)}
     assert names in allowed, (P.path_name(path), names)
 
 

@@ -9,7 +9,19 @@ transposes of these, with identical Frobenius norms, so composition scores agree
 
 Like the paper, this ignores the nonlinearity of the norms; with `fold_norm=True` the norm's
 gain is folded into the matrix that reads its output (its bias, and all linear biases, are
-dropped), which is exact up to the per-token normalization scalar.
+dropped), which is exact up to the per-token normalization scalar. The same holds for the other
+norms a family adds: a post-norm's gain is folded into W_O (it scales W_O's output), a QK-norm's
+gains into W_Q and W_K (they scale q and k per head dimension); each again ignores its
+normalization scalar (per token, and per head for QK-norm). Gains are as applied (offset + w;
+pass `config` for models with a norm_scale_offset, e.g. Gemma).
+
+Grouped-query attention: query head h reads KV head h // (H / G), so its W_K and W_V are that
+KV head's (`weights.expand_kv_heads`); every circuit here is per query head, (H, ...).
+
+Rotary positions are refused for QK circuits (and Q-/K-composition): RoPE rotates q and k by
+their positions, so a query at t meets a key at s through W_Q R(s - t) W_K^T, a different
+matrix for every offset; no single W_QK exists, and the R = identity one would describe only a
+token attending to itself. OV circuits do not involve positions and are computed as usual.
 """
 
 from __future__ import annotations
@@ -19,38 +31,59 @@ from typing import Any
 import jax.numpy as jnp
 
 from jaxsae.errors import JaxsaeError
+from jaxsae.models import weights
 from jaxsae.models.config import TransformerConfig
 
 _MAX_DENSE_VOCAB = 8192
 
 
-def _attn(params: Any, layer: int) -> dict:
-  return params[f"blocks_{layer}"]["attn"]
+def _check_qk(config: TransformerConfig | None) -> None:
+  if config is not None and config.positions == "rotary":
+    raise JaxsaeError(
+      "this model has rotary positions: a query at t and a key at s meet through "
+      "W_Q R(s - t) W_K^T, a different matrix for every offset, so no single QK circuit exists "
+      "(OV circuits and V-composition are still available)"
+    )
 
 
-def head_weights(params: Any, layer: int, fold_norm: bool = True) -> dict[str, jnp.ndarray]:
-  """Per-head W_Q, W_K, W_V (H, d, d_head) and W_O (H, d_head, d) of one layer."""
-  attn = _attn(params, layer)
-  gain_D = params[f"blocks_{layer}"]["attn_norm"]["scale"] if fold_norm else None
-  out = {}
-  for name, key in (("W_Q", "query"), ("W_K", "key"), ("W_V", "value")):
-    w_DxHxK = attn[key]["kernel"]
-    if gain_D is not None:
-      w_DxHxK = w_DxHxK * gain_D[:, None, None]
-    out[name] = jnp.transpose(w_DxHxK, (1, 0, 2))
-  out["W_O"] = attn["out"]["kernel"]
+def head_weights(
+  params: Any, layer: int, fold_norm: bool = True, config: TransformerConfig | None = None
+) -> dict[str, jnp.ndarray]:
+  """Per query head W_Q, W_K, W_V (H, d, d_head) and W_O (H, d_head, d) of one layer (W_K and
+  W_V are the head's KV head's under grouped-query attention), with the norm gains folded in
+  if asked (module docstring)."""
+  w = weights.layer_weights(params, layer, config)
+  W_Q, W_K, W_V, W_O = w.W_Q, w.W_K_per_head, w.W_V_per_head, w.W_O
+  if fold_norm:
+    gain_D = w.attn_norm.gain[:, None, None]
+    W_Q, W_K, W_V = W_Q * gain_D, W_K * gain_D, W_V * gain_D
+    if w.q_norm is not None:
+      W_Q = W_Q * w.q_norm.gain
+    if w.k_norm is not None:
+      W_K = W_K * w.k_norm.gain
+    if w.attn_post_norm is not None:
+      W_O = W_O * w.attn_post_norm.gain
+  out = {
+    name: jnp.transpose(m, (1, 0, 2)) for name, m in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V))
+  }
+  out["W_O"] = jnp.asarray(W_O)
   return out
 
 
-def qk_matrices(params: Any, layer: int, fold_norm: bool = True) -> jnp.ndarray:
-  """W_QK (H, d, d) of every head of `layer`."""
-  w = head_weights(params, layer, fold_norm)
+def qk_matrices(
+  params: Any, layer: int, fold_norm: bool = True, config: TransformerConfig | None = None
+) -> jnp.ndarray:
+  """W_QK (H, d, d) of every query head of `layer`; refused for rotary models (pass `config`)."""
+  _check_qk(config)
+  w = head_weights(params, layer, fold_norm, config)
   return jnp.einsum("hdk,hek->hde", w["W_Q"], w["W_K"])
 
 
-def ov_matrices(params: Any, layer: int, fold_norm: bool = True) -> jnp.ndarray:
-  """W_OV (H, d, d) of every head of `layer`."""
-  w = head_weights(params, layer, fold_norm)
+def ov_matrices(
+  params: Any, layer: int, fold_norm: bool = True, config: TransformerConfig | None = None
+) -> jnp.ndarray:
+  """W_OV (H, d, d) of every query head of `layer`."""
+  w = head_weights(params, layer, fold_norm, config)
   return jnp.einsum("hdk,hke->hde", w["W_V"], w["W_O"])
 
 
@@ -63,7 +96,7 @@ def unembedding(params: Any, config: TransformerConfig, fold_norm: bool = True) 
   """W_U (d, V), with the final norm's gain folded in if asked."""
   w_DxV = embedding(params).T if config.tied_embeddings else params["unembed"]["kernel"]
   if fold_norm:
-    w_DxV = w_DxV * params["final_norm"]["scale"][:, None]
+    w_DxV = w_DxV * weights.read_norm(params, weights.FINAL_NORM, config).gain[:, None]
   return w_DxV
 
 
@@ -81,7 +114,7 @@ def qk_circuit(params: Any, config: TransformerConfig, layer: int, tokens=None) 
   """W_E W_QK W_E^T per head, (H, n, n): entry [h, i, j] is how much a query on token i
   attends to a key on token j (direct path, positions and norms ignored)."""
   e_NxD = _rows(embedding(params), tokens)
-  return jnp.einsum("nd,hde,me->hnm", e_NxD, qk_matrices(params, layer), e_NxD)
+  return jnp.einsum("nd,hde,me->hnm", e_NxD, qk_matrices(params, layer, config=config), e_NxD)
 
 
 def ov_circuit(params: Any, config: TransformerConfig, layer: int, tokens=None) -> jnp.ndarray:
@@ -89,7 +122,7 @@ def ov_circuit(params: Any, config: TransformerConfig, layer: int, tokens=None) 
   head h when it attends to token i."""
   e_NxD = _rows(embedding(params), tokens)
   u_DxN = _rows(unembedding(params, config).T, tokens).T
-  return jnp.einsum("nd,hde,em->hnm", e_NxD, ov_matrices(params, layer), u_DxN)
+  return jnp.einsum("nd,hde,em->hnm", e_NxD, ov_matrices(params, layer, config=config), u_DxN)
 
 
 def direct_path(params: Any, config: TransformerConfig, tokens=None) -> jnp.ndarray:
@@ -112,9 +145,13 @@ def composition_scores(params: Any, config: TransformerConfig, kind: str) -> jnp
   """
   if kind not in ("q", "k", "v"):
     raise JaxsaeError(f'composition kind "{kind}" is not one of "q", "k", "v"')
+  if kind != "v":
+    _check_qk(config)
   L = config.n_layers
-  ov = jnp.stack([ov_matrices(params, layer) for layer in range(L)])  # (L, H, d, d), rows
-  reader = ov if kind == "v" else jnp.stack([qk_matrices(params, layer) for layer in range(L)])
+  ov = jnp.stack([ov_matrices(params, layer, config=config) for layer in range(L)])  # (L, H, d, d)
+  reader = ov
+  if kind != "v":
+    reader = jnp.stack([qk_matrices(params, layer, config=config) for layer in range(L)])
   # Row convention: q-comp reads ov1 @ qk2, k-comp ov1 @ qk2^T, v-comp ov1 @ ov2.
   if kind == "k":
     reader = jnp.swapaxes(reader, -1, -2)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsae.errors import JaxsaeError
-from jaxsae.quant.linear_inputs import LINEAR_INPUTS
+from jaxsae.models import weights
 
 QMAX = 127
 WEIGHT_MODES = ("per_channel", "per_tensor")
@@ -56,14 +56,14 @@ def quantize_weight(kernel: jnp.ndarray, input_axes: int, mode: str = "per_chann
 
 
 def quantize_weights(params: Any, n_layers: int, mode: str = "per_channel") -> Any:
-  """Params with every block linear kernel fake-quantized (biases, norms, embeddings unchanged:
-  int8 GEMMs keep a higher-precision bias, and the (un)embedding is not a block GEMM here)."""
+  """Params with every block linear kernel (each role of `jaxsae.models.weights` the model has,
+  a gated MLP's gate included) fake-quantized; biases, norms, embeddings unchanged: int8 GEMMs
+  keep a higher-precision bias, and the (un)embedding is not a block GEMM here."""
   params = jax.tree_util.tree_map(lambda a: a, params)  # New containers; arrays shared.
   for layer in range(n_layers):
-    for spec in LINEAR_INPUTS.values():
-      for name in spec.kernels:
-        leaf = params[f"blocks_{layer}"][spec.module][name]
-        leaf["kernel"] = quantize_weight(leaf["kernel"], spec.input_axes, mode)
+    for role, kernel in weights.layer_weights(params, layer).kernels().items():
+      quantized = quantize_weight(kernel, weights.LINEARS[role].input_axes, mode)
+      weights.set_leaf(params, weights.kernel_path(layer, role), quantized)
   return params
 
 

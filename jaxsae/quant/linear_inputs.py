@@ -1,15 +1,17 @@
-"""The inputs of a block's linear layers: which hook carries each one, and which kernels read it.
+"""The inputs of a block's linear layers: which hook carries each one, and which kernels read it
+(roles of `jaxsae.models.weights`).
 
-    attn.in   (B,T,D)    -> query, key, value kernels (D,H,K)   after attn_norm (foldable)
-    attn.z    (B,T,H,K)  -> out kernel (H,K,D)                  after value (foldable into W_V)
-    mlp.in    (B,T,D)    -> fc_in kernel (D,F)                  after mlp_norm (foldable)
-    mlp.post  (B,T,F)    -> fc_out kernel (F,D)                 after the GELU (not foldable)
+    attn.in   (B,T,D)    -> W_Q (D,H,K), W_K, W_V (D,G,K)       after attn_norm (foldable)
+    attn.z    (B,T,H,K)  -> W_O (H,K,D)                         after W_V (foldable into it)
+    mlp.in    (B,T,D)    -> W_in (D,F) [and W_gate (D,F)]       after mlp_norm (foldable)
+    mlp.post  (B,T,F)    -> W_out (F,D)                         after the nonlinearity (not)
 
 These are every GEMM of the blocks whose operands are an activation and a weight (SmoothQuant's
 W8A8 quantizes exactly these; the attention BMMs q·k and pattern·v, the embedding and the
-unembedding stay in float here). The unembedding's input, `final.normed`, is the one other
-linear input: its statistics are measured (`UNEMBED_INPUT`), it is not quantized. A channel of an input is one entry of its last axis, or one
-(head, dim) pair for attn.z.
+unembedding stay in float here). A gated MLP's mlp.in feeds two kernels, the gate and the linear
+branch. The unembedding's input, `final.normed`, is the one other linear input: its statistics
+are measured (`UNEMBED_INPUT`), it is not quantized. A channel of an input is one entry of its
+last axis, or one (head, dim) pair for attn.z.
 """
 
 from __future__ import annotations
@@ -20,21 +22,25 @@ from typing import Any
 import numpy as np
 
 from jaxsae.models import hooks as hooks_lib
+from jaxsae.models import weights
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearInput:
   site: str  # A block site of jaxsae.models.hooks.
-  module: str  # The block's submodule holding the kernels ("attn" or "mlp").
-  kernels: tuple[str, ...]  # Kernels that read this input.
-  input_axes: int  # How many leading kernel axes are input channels.
+  roles: tuple[str, ...]  # jaxsae.models.weights roles of the kernels that may read it.
+
+  @property
+  def input_axes(self) -> int:
+    """How many leading kernel axes are input channels."""
+    return weights.LINEARS[self.roles[0]].input_axes
 
 
 LINEAR_INPUTS = {
-  "attn.in": LinearInput("attn.in", "attn", ("query", "key", "value"), 1),
-  "attn.z": LinearInput("attn.z", "attn", ("out",), 2),
-  "mlp.in": LinearInput("mlp.in", "mlp", ("fc_in",), 1),
-  "mlp.post": LinearInput("mlp.post", "mlp", ("fc_out",), 1),
+  "attn.in": LinearInput("attn.in", ("W_Q", "W_K", "W_V")),
+  "attn.z": LinearInput("attn.z", ("W_O",)),
+  "mlp.in": LinearInput("mlp.in", ("W_in", "W_gate")),  # W_gate: gated MLPs only.
+  "mlp.post": LinearInput("mlp.post", ("W_out",)),
 }
 SITES = tuple(LINEAR_INPUTS)
 UNEMBED_INPUT = "final.normed"
@@ -49,11 +55,18 @@ def all_hooks(n_layers: int, sites: tuple[str, ...] = SITES) -> list[str]:
   return [hook_name(layer, site) for layer in range(n_layers) for site in sites]
 
 
+def reader_roles(params: Any, layer: int, site: str) -> tuple[str, ...]:
+  """The roles of block `layer`'s kernels that read the input at `site` (those it has)."""
+  present = weights.roles(params, layer)
+  return tuple(r for r in LINEAR_INPUTS[site].roles if r in present)
+
+
 def kernels(params: Any, layer: int, site: str) -> list[np.ndarray]:
   """The kernels of block `layer` that read the input at `site`."""
-  spec = LINEAR_INPUTS[site]
-  block = params[f"blocks_{layer}"][spec.module]
-  return [block[name]["kernel"] for name in spec.kernels]
+  return [
+    weights.get_leaf(params, weights.kernel_path(layer, r))
+    for r in reader_roles(params, layer, site)
+  ]
 
 
 def weight_channel_absmax(params: Any, layer: int, site: str) -> np.ndarray:

@@ -6,8 +6,19 @@ X's channel j is divided by s_j and the rows of W reading it are multiplied by s
 float outputs are unchanged. The division is folded into what produces X: the norm's gain (and
 bias) for attn.in and mlp.in, as in the paper; for attn.z (optional, not in the paper) into the
 value projection's columns and bias, which is exact because the attention mix pattern·v is
-linear in v per channel (the sink slot's value is zero). mlp.post follows a GELU and cannot be
-smoothed by folding.
+linear in v per channel (the sink slot's value is zero). mlp.post follows the nonlinearity and
+cannot be smoothed by folding.
+
+The families' switches (matrices and norms as `jaxsae.models.weights` reads them):
+  gated MLP     mlp.in feeds W_in and W_gate: max|W_j| is over both, and both rows are scaled.
+  gain offset   a norm applying (offset + w) gets w' = (offset + w) / s - offset, so that its
+                applied gain is divided by s exactly (Gemma: offset 1).
+  post-norms    they normalize the sublayer's output, which the fold leaves unchanged: folding
+                into the pre-norm stays exact.
+  grouped-query W_V's channel (g, k) feeds z channel (h, k) of every query head h of group g, so
+                an attn.z fold is exact only with one scale per KV-head channel, the same for
+                the group's query heads: `smooth` takes s from the group's largest activation
+                and weight maxima; `fold_scales` refuses scales that differ within a group.
 
 Smoothing changes which entries AbsTopK keeps, so models with activation sparsity are refused.
 """
@@ -21,11 +32,13 @@ import numpy as np
 
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import hooks as hooks_lib
+from jaxsae.models import weights
 from jaxsae.models.config import TransformerConfig
 from jaxsae.quant import linear_inputs
 from jaxsae.quant.stats import ChannelStats
 
-FOLDABLE = {"attn.in": "attn_norm", "mlp.in": "mlp_norm", "attn.z": "value"}
+FOLDABLE = {"attn.in": "attn_norm", "mlp.in": "mlp_norm", "attn.z": "W_V"}
+"""Smoothable site -> the `weights.LayerWeights` field its division folds into."""
 DEFAULT_SITES = ("attn.in", "mlp.in")
 
 
@@ -56,6 +69,12 @@ def _check_sites(config: TransformerConfig, sites: tuple[str, ...]) -> None:
     )
 
 
+def _per_kv_head(x: np.ndarray, config: TransformerConfig) -> np.ndarray:
+  """attn.z channel values (H K,) -> (G K,): the max over each KV head's query heads."""
+  H, G, K = config.n_heads, config.kv_heads, config.d_head
+  return np.asarray(x).reshape(G, H // G, K).max(axis=1).reshape(-1)
+
+
 def smooth(
   params: Any,
   config: TransformerConfig,
@@ -71,9 +90,28 @@ def smooth(
       hook = linear_inputs.hook_name(layer, site)
       if hook not in stats.absmax:
         raise JaxsaeError(f"the channel statistics have no {hook}; compute them on this model")
+      x_max = stats.absmax[hook]
       w_max = linear_inputs.weight_channel_absmax(params, layer, site)
-      scales[hook] = smoothing_scales(stats.absmax[hook], w_max, alpha)
+      if site == "attn.z" and config.kv_heads != config.n_heads:  # One s per KV-head channel.
+        s_GK = smoothing_scales(_per_kv_head(x_max, config), _per_kv_head(w_max, config), alpha)
+        s_GxK = s_GK.reshape(config.kv_heads, config.d_head)
+        scales[hook] = weights.expand_kv_heads(s_GxK, config.n_heads, axis=0).reshape(-1)
+      else:
+        scales[hook] = smoothing_scales(x_max, w_max, alpha)
   return fold_scales(params, config, scales), scales
+
+
+def _kv_head_scales(s: np.ndarray, config: TransformerConfig, hook: str) -> np.ndarray:
+  """attn.z scales (H K,) -> (G, K), refusing ones that differ within a KV head's group."""
+  H, G, K = config.n_heads, config.kv_heads, config.d_head
+  s_GxRxK = s.reshape(G, H // G, K)
+  if np.any(s_GxRxK != s_GxRxK[:, :1]):
+    raise JaxsaeError(
+      f"cannot fold the scales at {hook}: with {G} KV heads for {H} query heads, W_V's channel "
+      "(g, k) feeds channel (h, k) of every query head h of group g, so all of them must share "
+      "one scale; these differ within a group (smoothing.smooth takes one per KV-head channel)"
+    )
+  return s_GxRxK[:, 0]
 
 
 def fold_scales(params: Any, config: TransformerConfig, scales: dict[str, np.ndarray]) -> Any:
@@ -83,19 +121,20 @@ def fold_scales(params: Any, config: TransformerConfig, scales: dict[str, np.nda
   for hook, s in scales.items():
     layer, site = hooks_lib.parse(hook)
     _check_sites(config, (site,))
-    block = params[f"blocks_{layer}"]
+    w = weights.layer_weights(params, layer, config)
     s = np.asarray(s, np.float32)
-    if site == "attn.z":  # Columns (h, k) of W_V and b_V produce channel (h, k) of z.
+    if site == "attn.z":  # Columns (g, k) of W_V and b_V produce channel (h, k) of z.
       s_HK = s.reshape(config.n_heads, config.d_head)
-      block["attn"]["value"]["kernel"] /= s_HK[None]
-      if "bias" in block["attn"]["value"]:
-        block["attn"]["value"]["bias"] /= s_HK
-      block["attn"]["out"]["kernel"] *= s_HK[..., None]
+      s_GK = _kv_head_scales(s, config, hook)
+      w.W_V[...] /= s_GK[None]
+      if w.b_V is not None:
+        w.b_V[...] /= s_GK
+      w.W_O[...] *= s_HK[..., None]
       continue
-    norm = block[FOLDABLE[site]]
-    norm["scale"] /= s
-    if "bias" in norm:
-      norm["bias"] /= s
+    norm = getattr(w, FOLDABLE[site])
+    weights.set_leaf(params, (*norm.path, "scale"), norm.scale_for(norm.gain / s))
+    if norm.bias is not None:
+      norm.bias[...] /= s
     for kernel in linear_inputs.kernels(params, layer, site):
       kernel *= s.reshape((-1,) + (1,) * (kernel.ndim - 1))
   return params

@@ -51,8 +51,11 @@ def site_layer(site: str) -> int | None:
 
 
 def site_width(config: TransformerConfig, site: str) -> int:
-  """Channels at a node site: heads x d_head for q/k/v/z, d_mlp for neurons, else d_model."""
+  """Channels at a node site: heads x d_head for q/z (KV heads x d_head for k/v), d_mlp for
+  neurons, else d_model."""
   kind = site_kind(site)
+  if kind in ("attn.k", "attn.v"):
+    return config.kv_heads * config.d_head
   if kind in PER_HEAD_SITES:
     return config.n_heads * config.d_head
   if kind == "mlp.post":

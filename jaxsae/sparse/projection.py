@@ -21,12 +21,15 @@ in the paper) from dense to the target between `anneal_start` and `anneal_end` o
            target                                           t ≥ end
 
 Matrices, their kind and their neuron slices (a slice is every entry sharing its index along the
-slice axes; D = d_model, H = heads, K = d_head, F = d_mlp, V = vocab):
+slice axes; D = d_model, H = heads, G = KV heads, K = d_head, F = d_mlp, V = vocab). The hidden
+ones are every block kernel of `jaxsae.models.weights`, with its neuron axes:
 
     kind       parameter                        shape    slice axes  one slice is
-    hidden     blocks_i/attn/{query,key,value}  D×H×K    (1, 2)      a q/k/v channel's inputs
+    hidden     blocks_i/attn/query              D×H×K    (1, 2)      a q channel's inputs
+    hidden     blocks_i/attn/{key,value}        D×G×K    (1, 2)      a k/v channel's inputs
     hidden     blocks_i/attn/out                H×K×D    (0, 1)      an attention channel's outputs
     hidden     blocks_i/mlp/fc_in               D×F      (1,)        an MLP neuron's inputs
+    hidden     blocks_i/mlp/fc_gate (gated)     D×F      (1,)        an MLP neuron's gate inputs
     hidden     blocks_i/mlp/fc_out              F×D      (0,)        an MLP neuron's outputs
     embedding  embed/embedding                  V×D      (1,)        a residual channel's inputs
     embedding  unembed/kernel (untied only)     D×V      (0,)        a residual channel's outputs
@@ -48,6 +51,7 @@ where it is exactly n and exactly the target count.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -60,20 +64,12 @@ import numpy as np
 from jaxsae import config_check
 from jaxsae import topk_mask as topk_mask_lib
 from jaxsae.errors import ConfigError, JaxsaeError
+from jaxsae.models import weights
 
 HIDDEN = "hidden"
 EMBEDDING = "embedding"
 KINDS = (HIDDEN, EMBEDDING)
 
-# (module, layer) inside blocks_i -> slice axes of its kernel.
-_HIDDEN_SLICE_AXES = {
-  ("attn", "query"): (1, 2),
-  ("attn", "key"): (1, 2),
-  ("attn", "value"): (1, 2),
-  ("attn", "out"): (0, 1),
-  ("mlp", "fc_in"): (1,),
-  ("mlp", "fc_out"): (0,),
-}
 _EMBEDDING_SLICE_AXES = {("embed", "embedding"): (1,), ("unembed", "kernel"): (0,)}
 _NEVER_LEAF_NAMES = frozenset({"bias", "scale", "sink"})
 _NEVER_PATHS = frozenset({("pos_embed",), ("bigram",)})
@@ -188,9 +184,9 @@ def path_name(path: Any) -> str:
 def _lookup(keys: tuple[str, ...]) -> tuple[str, tuple[int, ...]] | None:
   if len(keys) == 2 and keys in _EMBEDDING_SLICE_AXES:
     return EMBEDDING, _EMBEDDING_SLICE_AXES[keys]
-  if len(keys) == 4 and keys[0].startswith("blocks_") and keys[3] == "kernel":
-    if keys[1:3] in _HIDDEN_SLICE_AXES:
-      return HIDDEN, _HIDDEN_SLICE_AXES[keys[1:3]]
+  found = weights.role_at(keys)
+  if found is not None and found[2] == "kernel":
+    return HIDDEN, weights.LINEARS[found[1]].neuron_axes
   return None
 
 
@@ -407,6 +403,14 @@ def project(params: Any, fraction_now: Mapping[str, Any], config: SparsityConfig
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+# The kernels whose slices make one unit: it is dead when any of them has its slice all zero.
+_UNITS = {
+  "mlp": ("W_in", "W_gate", "W_out"),
+  "attn_qk": ("W_Q", "W_K"),
+  "attn_ov": ("W_V", "W_O"),
+}
+
+
 def _all_zero(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
   """Per slice (indexed by `axes`, in their order): True where every entry is zero."""
   others = tuple(i for i in range(w.ndim) if i not in axes)
@@ -419,9 +423,12 @@ def nonzero_stats(params: Any) -> dict[str, jax.Array]:
   nonzeros/<matrix>              nonzero entries of each projected matrix
   dead_slices/<matrix>           its neuron slices with no nonzero at all
   nonzero_fraction[/<kind>]      nonzeros / entries over all projected matrices (of a kind)
-  dead_neurons/blocks_i/mlp      MLP neurons with an all-zero fc_in column or fc_out row
-  dead_neurons/blocks_i/attn_qk  channels (h, k) with all-zero query or key inputs
-  dead_neurons/blocks_i/attn_ov  channels (h, k) with all-zero value inputs or out row
+  dead_neurons/blocks_i/mlp      MLP neurons with an all-zero fc_in (or fc_gate) column or
+                                 fc_out row
+  dead_neurons/blocks_i/attn_qk  query channels (h, k) with all-zero query inputs or all-zero
+                                 key inputs at their KV head's (g, k)
+  dead_neurons/blocks_i/attn_ov  query channels (h, k) with all-zero value inputs at their KV
+                                 head's (g, k) or an all-zero out row
   dead_neurons                   the sum of the three above over layers
   """
   stats: dict[str, jax.Array] = {}
@@ -443,20 +450,22 @@ def nonzero_stats(params: Any) -> dict[str, jax.Array]:
       suffix = "" if key is None else f"/{key}"
       stats[f"nonzero_fraction{suffix}"] = jnp.asarray(nonzeros, jnp.float32) / numel
   dead_total = jnp.zeros((), jnp.int32)
-  layers = sorted({keys[0] for keys in by_name if keys[0].startswith("blocks_")})
-  pairs = {
-    "mlp": ((("mlp", "fc_in"), (1,)), (("mlp", "fc_out"), (0,))),
-    "attn_qk": ((("attn", "query"), (1, 2)), (("attn", "key"), (1, 2))),
-    "attn_ov": ((("attn", "value"), (1, 2)), (("attn", "out"), (0, 1))),
-  }
-  for layer in layers:
-    for unit, ((first, first_axes), (second, second_axes)) in pairs.items():
-      a = by_name.get((layer, *first, "kernel"))
-      b = by_name.get((layer, *second, "kernel"))
-      if a is None or b is None:
+  layers = sorted({keys[0] for keys in by_name if weights.role_at(keys) is not None})
+  for block in layers:
+    layer = int(block.removeprefix("blocks_"))
+    for unit, roles in _UNITS.items():
+      found = {r: by_name.get(weights.kernel_path(layer, r)) for r in roles}
+      if any(w is None for r, w in found.items() if r not in weights.OPTIONAL_ROLES):
         continue
-      dead = jnp.sum(_all_zero(a, first_axes) | _all_zero(b, second_axes)).astype(jnp.int32)
-      stats[f"dead_neurons/{layer}/{unit}"] = dead
+      dead_parts = [
+        _all_zero(w, weights.LINEARS[r].neuron_axes) for r, w in found.items() if w is not None
+      ]
+      heads = max(part.shape[0] for part in dead_parts)  # H for attention, F for the MLP.
+      dead = functools.reduce(
+        jnp.logical_or, [weights.expand_kv_heads(part, heads, axis=0) for part in dead_parts]
+      )
+      dead = jnp.sum(dead).astype(jnp.int32)
+      stats[f"dead_neurons/{block}/{unit}"] = dead
       dead_total = dead_total + dead
   stats["dead_neurons"] = dead_total
   return stats

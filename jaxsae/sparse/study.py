@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxsae import config_check
 from jaxsae.errors import ConfigError
-from jaxsae.models import pretrained
+from jaxsae.models import pretrained, weights
 from jaxsae.run_log import RunLog
 from jaxsae.sparse import nodes, views
 from jaxsae.sparse.circuit import Circuit
@@ -42,15 +42,13 @@ def load_model(name: str, model_dir: str = ""):
 
 
 def hidden_density(lm) -> float:
-  """Share of nonzero weights over every attention and MLP matrix."""
+  """Share of nonzero weights over every attention and MLP matrix (the gate's included)."""
   nonzero = total = 0
   for layer in range(lm.config.n_layers):
-    block = lm.params[f"blocks_{layer}"]
-    for module, names in (("attn", ("query", "key", "value", "out")), ("mlp", ("fc_in", "fc_out"))):
-      for name in names:
-        w = np.asarray(block[module][name]["kernel"])
-        nonzero += int(np.count_nonzero(w))
-        total += w.size
+    for kernel in weights.layer_weights(lm.params, layer).kernels().values():
+      w = np.asarray(kernel)
+      nonzero += int(np.count_nonzero(w))
+      total += w.size
   return nonzero / total
 
 
