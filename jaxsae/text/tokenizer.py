@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import re
 from typing import Protocol
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from jaxsae.errors import JaxsaeError
 
 SEPARATOR = "<|sep|>"
+_SPM_BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # A SentencePiece byte-fallback token.
 # Separator names tried, in order, in a BPE vocabulary that does not name one.
 _BPE_SEPARATORS = ("<|sep|>", "<|endoftext|>", "</s>", "<|end|>", "<eos>")
 
@@ -125,14 +127,30 @@ class BPETokenizer:
         "BPE tokenizers need the `tokenizers` package: pip install 'jaxsae[bpe]'"
       ) from e
     self._path = pathlib.Path(path)
-    self._tok = _load_hf_tokenizer(tokenizers, self._path)
+    self._spec, self._byte_level = None, True
+    self._wrap(_load_hf_tokenizer(tokenizers, self._path), separator, self._path)
+
+  @classmethod
+  def from_tokenizer(
+    cls, tok, separator: str, spec: str, *, byte_level: bool = True
+  ) -> BPETokenizer:
+    """Wraps an in-memory `tokenizers.Tokenizer` whose document separator is the token named
+    `separator`; `spec()` returns `spec`. `byte_level=False` for SentencePiece-style
+    vocabularies ("▁" for spaces, "<0xNN>" byte tokens)."""
+    self = cls.__new__(cls)
+    self._path, self._spec, self._byte_level = None, spec, byte_level
+    self._wrap(tok, separator, spec)
+    return self
+
+  def _wrap(self, tok, separator: str | None, source) -> None:
+    self._tok = tok
     vocab = self._tok.get_vocab(with_added_tokens=True)
     self.vocab_size = max(vocab.values()) + 1
     names = (separator,) if separator else _BPE_SEPARATORS
     found = [n for n in names if n in vocab]
     if not found:
       raise JaxsaeError(
-        f"BPE tokenizer {self._path} has none of the separator tokens {list(names)}; "
+        f"BPE tokenizer {source} has none of the separator tokens {list(names)}; "
         "train it with one as a special token or pass its name as `separator`"
       )
     self._separator = found[0]
@@ -167,6 +185,8 @@ class BPETokenizer:
     token = self._tok.id_to_token(token_id)
     if token is None:
       return f"<unused {token_id}>"
+    if not self._byte_level:
+      return token if token_id in self._special else _spm_text(token)
     alphabet = _byte_level_alphabet()
     if token_id not in self._special and all(c in alphabet for c in token):
       return bytes(alphabet[c] for c in token).decode("utf-8", errors="replace")
@@ -183,14 +203,24 @@ class BPETokenizer:
     for token, i in self._tok.get_vocab(with_added_tokens=True).items():
       if i in self._special:
         continue
-      if all(c in alphabet for c in token):  # byte-level BPE: one char per byte.
+      if not self._byte_level:
+        lengths[i] = 1 if _SPM_BYTE.fullmatch(token) else len(token.replace("\u2581", " ").encode())
+      elif all(c in alphabet for c in token):  # byte-level BPE: one char per byte.
         lengths[i] = len(token)
       else:
         lengths[i] = len(self._tok.decode([i]).encode("utf-8"))
     return lengths
 
   def spec(self) -> str:
-    return f"bpe:{self._path}:{self._separator}"
+    return self._spec or f"bpe:{self._path}:{self._separator}"
+
+
+def _spm_text(token: str) -> str:
+  """A SentencePiece token's text: "▁" is a space, "<0x0A>" an ASCII byte."""
+  if _SPM_BYTE.fullmatch(token) and int(token[3:5], 16) < 0x80:
+    char = chr(int(token[3:5], 16))
+    return char if char.isprintable() or char == " " else repr(char)[1:-1]
+  return token.replace("\u2581", " ")
 
 
 def _load_hf_tokenizer(tokenizers, path: pathlib.Path):
@@ -215,9 +245,14 @@ def _load_hf_tokenizer(tokenizers, path: pathlib.Path):
 
 
 def load_tokenizer(spec: str) -> Tokenizer:
-  """`"bytes"`, or `"bpe:PATH"` / `"bpe:PATH:SEPARATOR"`, or a bare path to a BPE file/folder."""
+  """`"bytes"`, or `"bpe:PATH"` / `"bpe:PATH:SEPARATOR"`, or a bare path to a BPE file/folder,
+  or `"gguf:PATH"`: the tokenizer a GGUF file describes."""
   if spec == "bytes":
     return ByteTokenizer()
+  if spec.startswith("gguf:"):
+    from jaxsae.text.gguf_tokenizer import load_gguf_tokenizer
+
+    return load_gguf_tokenizer(spec[len("gguf:") :])
   if spec.startswith("bpe:"):
     path, _, separator = spec[len("bpe:") :].partition(":")
     return BPETokenizer(path, separator or None)
@@ -225,5 +260,5 @@ def load_tokenizer(spec: str) -> Tokenizer:
     return BPETokenizer(spec)
   raise JaxsaeError(
     f'unknown tokenizer "{spec}": use "bytes" or "bpe:/path/to/tokenizer.json" '
-    "(a file or folder saved by Hugging Face tokenizers)"
+    '(a file or folder saved by Hugging Face tokenizers) or "gguf:/path/to/model.gguf"'
   )
