@@ -56,6 +56,9 @@ def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
   c.harvest.dtype = "float32"
   c.harvest.skip_separator = True  # Leave the start-of-document positions out.
   c.harvest.skip_first = 0  # Leave the first positions of every window out (GPT-2: 1).
+  # Begin every window with the separator, the model's BOS (Gemma, Llama: trained with one);
+  # seq_len counts it, so each window holds seq_len - 1 corpus tokens.
+  c.harvest.bos = False
   c.harvest.streaming = False  # Train on activations computed on the fly (no training store).
   c.sae.n_latents = 1024  # 8 × d_model of the shipped model.
   c.sae.k = 16
@@ -71,6 +74,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   h, p = config.harvest, []
   for name in ("seq_len", "train_windows", "eval_windows", "batch_size", "chunk_rows"):
     config_check.require(h[name] >= 1, p, f"harvest.{name}={h[name]} must be at least 1")
+  if h.bos:
+    config_check.require(h.seq_len >= 3, p, f"harvest.seq_len={h.seq_len} must be ≥ 3 with bos")
   if h.seq_len >= 1:
     config_check.require(
       0 <= h.skip_first < h.seq_len,
@@ -111,7 +116,7 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
   )
   splits = {}
   for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):
-    windows = pipeline.load_split(corpus, split, lm.tokenizer, h.seq_len).windows
+    windows = pipeline.load_windows(corpus, split, lm.tokenizer, h.seq_len, h.get("bos", False))
     splits[split] = pipeline.sample_windows(windows, count, config.seed, split)
   stores = {}
   for split, windows in splits.items():
@@ -150,6 +155,8 @@ def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
   """Harvest, train, evaluate; returns the table's rows (SAE first, then the baselines)."""
   validate(config)
+  # TransformerLens-style names (blocks.9.hook_resid_post) become ours before stores are named.
+  config.harvest.hook = hooks_lib.canonical(config.harvest.hook)
   sharding.initialize_distributed(config.mesh.distributed)  # Before the model touches JAX.
   workdir = pathlib.Path(workdir)
   lm = pretrained.load(config.harvest.model)

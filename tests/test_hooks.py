@@ -1,5 +1,7 @@
 """Hook points: captures are the values the forward uses; edits splice, zero and replace."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,3 +141,41 @@ def test_bad_hooks_name_the_fix(setup):
     T.run(model, params, tokens, edits={"blocks.0.attn.z": lambda z: z[..., 0]})
   with pytest.raises(HookError, match="unknown block site"):
     hooks.block(0, "attn.zz")
+
+
+def test_transformer_lens_names_are_aliases():
+  assert hooks.canonical("blocks.3.hook_resid_post") == "blocks.3.resid_post"
+  assert hooks.canonical("blocks.3.ln2.hook_normalized") == "blocks.3.mlp.in"
+  assert hooks.canonical("blocks.3.mlp.hook_in") == "blocks.3.mlp.in"
+  assert hooks.canonical("blocks.3.hook_mlp_out") == "blocks.3.mlp.out"
+  assert hooks.canonical("blocks.3.attn.hook_z") == "blocks.3.attn.z"
+  assert hooks.canonical("ln_final.hook_normalized") == "final.normed"
+  assert hooks.canonical("blocks.3.resid_post") == "blocks.3.resid_post"  # Ours pass unchanged.
+  assert hooks.name_problem("blocks.3.hook_resid_post") is None
+  assert "unknown site" in hooks.name_problem("blocks.3.hook_resid_mystery")
+
+
+def test_the_sites_of_a_model_follow_its_config():
+  plain = T.hook_names(CFG)
+  assert "blocks.0.mlp.linear" not in plain and "blocks.0.attn.rot_q" not in plain
+  assert "embed.pos" in plain
+  gated = dataclasses.replace(
+    CFG, positions="rotary", gated_mlp=True, post_norms=True, norm="rmsnorm", use_bias=False
+  )
+  names = T.hook_names(gated)
+  for name in (
+    "blocks.1.mlp.linear",
+    "blocks.1.attn.rot_k",
+    "blocks.1.attn.proj",
+    "blocks.1.mlp.proj",
+  ):
+    assert name in names
+  assert "embed.pos" not in names
+  assert names.index("blocks.1.attn.proj") < names.index("blocks.1.attn.out")
+
+
+def test_blocks_needed_by_a_capture():
+  assert hooks.blocks_needed(["blocks.2.resid_post", "embed.tok"]) == 3
+  assert hooks.blocks_needed(["blocks.0.hook_mlp_out"]) == 1
+  assert hooks.blocks_needed(["blocks.0.resid_post", "logits"]) is None
+  assert hooks.blocks_needed(["embed.tok"]) == 0
