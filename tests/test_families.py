@@ -232,3 +232,39 @@ def test_large_models_default_to_bfloat16():
   }
   cfg = families.family(values).config(values)
   assert families.parameter_count(cfg) > families.BFLOAT16_ABOVE
+
+
+def test_gemma3_image_text_checkpoints_load_their_language_model(tmp_path):
+  """Gemma 3 4B and up ship as Gemma3ForConditionalGeneration: text_config and nested names."""
+  text = {
+    k: v
+    for k, v in FAMILIES["gemma3"]().to_dict().items()
+    if k in COMMON
+    or k in ("num_key_value_heads", "head_dim", "sliding_window", "layer_types", "rope_parameters")
+  }
+  vision = dict(
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+  )
+  config = transformers.Gemma3Config(
+    text_config=text,
+    vision_config=vision,
+    mm_tokens_per_image=4,
+    image_token_index=127,
+    boi_token_index=125,
+    eoi_token_index=126,
+  )
+  torch.manual_seed(0)
+  model = transformers.Gemma3ForConditionalGeneration(config).eval()
+  model.save_pretrained(tmp_path)
+  tokenizer_json(tmp_path / "tokenizer.json")
+  lm = pretrained.load(tmp_path)
+  assert lm.config.qk_norm and lm.config.layer_types == ("sliding", "full", "sliding")
+  tokens = np.random.RandomState(1).randint(0, 120, (1, 16))
+  with torch.no_grad():
+    want = model(input_ids=torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(lm.run(tokens)[0]), want, atol=1e-4, rtol=0)

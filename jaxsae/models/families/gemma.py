@@ -4,7 +4,9 @@ RMSNorm with a (1 + w) gain, embeddings scaled by sqrt(d_model), GeGLU MLPs (tan
 positions and tied embeddings throughout; Gemma 2 and 3 add norms after each sublayer and a
 sliding window on a layer pattern; Gemma 2 soft-caps attention and final logits; Gemma 3 adds a
 QK-norm and a second RoPE theta for its sliding layers. Tensor names as in transformers'
-`Gemma*ForCausalLM` state dicts. Gemma's terms of use apply to its weights.
+`Gemma*ForCausalLM` state dicts. Gemma 3 4B and up are image-text checkpoints
+(`Gemma3ForConditionalGeneration`): their `text_config` and language-model tensors load, the
+vision tower and projector are left out. Gemma's terms of use apply to its weights.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from jaxsae.models.config import TransformerConfig
 from jaxsae.models.families import base
 from jaxsae.models.families.base import TensorRule as R
 
-MODEL_TYPES = ("gemma", "gemma2", "gemma3_text")
-ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+MODEL_TYPES = ("gemma", "gemma2", "gemma3_text", "gemma3")
+ARCHITECTURES = (
+  "GemmaForCausalLM",
+  "Gemma2ForCausalLM",
+  "Gemma3ForCausalLM",
+  "Gemma3ForConditionalGeneration",
+)
 
 ASSUMED = {"attention_bias": False, "use_bidirectional_attention": False}
 
@@ -35,12 +42,18 @@ def _pattern_layer_types(values: Mapping[str, Any], n_layers: int) -> tuple[str,
 
 def config(values: Mapping[str, Any], dtype: str = "float32") -> TransformerConfig:
   """TransformerConfig from a Gemma / Gemma 2 / Gemma 3 text config.json."""
+  if values.get("model_type") == "gemma3" or "text_config" in values:  # Image-text checkpoint.
+    text = values.get("text_config") or {}
+    tied = text.get("tie_word_embeddings", values.get("tie_word_embeddings", True))
+    values = {**text, "model_type": "gemma3_text", "tie_word_embeddings": tied}
   p = base.Problems()
   kind = values.get("model_type")
   base.check_assumed(values, ASSUMED, p)
   D = base.positive_int(values, "hidden_size", p)
   n_layers = base.positive_int(values, "num_hidden_layers", p)
   H = base.positive_int(values, "num_attention_heads", p)
+  V = base.positive_int(values, "vocab_size", p)
+  F = base.positive_int(values, "intermediate_size", p)
   kv = values.get("num_key_value_heads") or H
   head_dim = values.get("head_dim") or D // H
   if kind == "gemma":
@@ -53,13 +66,13 @@ def config(values: Mapping[str, Any], dtype: str = "float32") -> TransformerConf
   act = base.activation(values, p, "hidden_activation", "hidden_act")
   p.raise_if_any("config.json", "Use a standard Gemma checkpoint")
   return TransformerConfig(
-    vocab_size=base.positive_int(values, "vocab_size", p),
+    vocab_size=V,
     d_model=D,
     n_layers=n_layers,
     n_heads=H,
     n_kv_heads=kv if kv != H else 0,
     d_head=head_dim,
-    d_mlp=base.positive_int(values, "intermediate_size", p),
+    d_mlp=F,
     max_len=values.get("max_position_embeddings") or 8192,
     norm="rmsnorm",
     norm_eps=float(values.get("rms_norm_eps") or 1e-6),
@@ -121,5 +134,9 @@ def rules(cfg: TransformerConfig) -> list[base.TensorRule]:
   return out
 
 
-PREFIXES = ("model.",)
-IGNORED = r"rotary_emb\.inv_freq$|^lm_head\.weight$"
+# Longest first: image-text checkpoints nest the language model (saved, and in memory).
+PREFIXES = ("language_model.model.", "model.language_model.", "model.")
+IGNORED = (
+  r"rotary_emb\.inv_freq$|^(language_model\.)?lm_head\.weight$"
+  r"|^(model\.)?(vision_tower|multi_modal_projector)\."
+)

@@ -27,13 +27,15 @@ def config(values: Mapping[str, Any], dtype: str = "float32") -> TransformerConf
   base.check_assumed(values, ASSUMED, p)
   D = base.positive_int(values, "hidden_size", p)
   H = base.positive_int(values, "num_attention_heads", p)
+  V = base.positive_int(values, "vocab_size", p)
+  n_layers = base.positive_int(values, "num_hidden_layers", p)
   fields = base.rope_fields(values, (), p)
   act = base.activation(values, p, "hidden_act")
   p.raise_if_any("config.json", "Use a standard GPT-NeoX / Pythia checkpoint")
   return TransformerConfig(
-    vocab_size=base.positive_int(values, "vocab_size", p),
+    vocab_size=V,
     d_model=D,
-    n_layers=base.positive_int(values, "num_hidden_layers", p),
+    n_layers=n_layers,
     n_heads=H,
     d_head=D // H,
     d_mlp=values.get("intermediate_size") or 4 * D,
