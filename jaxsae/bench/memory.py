@@ -152,8 +152,32 @@ def compiled_step_memory(
 
 
 # ---- planned ------------------------------------------------------------------------------------
+class Budget:
+  """What every plan derives from its `persistent` and `working` bytes, its `headroom` and its
+  `device_memory_bytes`."""
+
+  @property
+  def estimate(self) -> int:
+    """Planned peak bytes per device, before headroom (compare with the compiled peak)."""
+    return self.persistent + self.working
+
+  @property
+  def total(self) -> int:
+    """estimate · (1 + headroom): what must fit."""
+    return int(self.estimate * (1 + self.headroom))
+
+  @property
+  def fits(self) -> bool:
+    return self.total <= self.device_memory_bytes
+
+  @property
+  def free_bytes(self) -> int:
+    """Device memory left after `total` (negative: short by that much)."""
+    return self.device_memory_bytes - self.total
+
+
 @dataclasses.dataclass(frozen=True)
-class MemoryPlan:
+class MemoryPlan(Budget):
   """Bytes per device of one training step for one configuration, itemized."""
 
   d: int
@@ -205,25 +229,6 @@ class MemoryPlan:
   @property
   def working(self) -> int:
     return max(self.phases.values())
-
-  @property
-  def estimate(self) -> int:
-    """Planned peak bytes per device, before headroom (compare with the compiled peak)."""
-    return self.persistent + self.working
-
-  @property
-  def total(self) -> int:
-    """estimate · (1 + headroom): what must fit."""
-    return int(self.estimate * (1 + self.headroom))
-
-  @property
-  def fits(self) -> bool:
-    return self.total <= self.device_memory_bytes
-
-  @property
-  def free_bytes(self) -> int:
-    """Device memory left after `total` (negative: short by that much)."""
-    return self.device_memory_bytes - self.total
 
   def items(self) -> dict[str, int]:
     names = (

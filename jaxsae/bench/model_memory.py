@@ -187,7 +187,7 @@ def parameter_bytes(
 
 # ---- the harvest ---------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class HarvestPlan:
+class HarvestPlan(memory.Budget):
   """Bytes per device of one harvest forward (`activations.harvest.capture_fn`), itemized."""
 
   hooks: tuple[str, ...]
@@ -221,25 +221,6 @@ class HarvestPlan:
   def working(self) -> int:
     """Arrays of one forward: residual stream, captures, and the busier phase of a block."""
     return self.residual + self.captures + max(self.attention, self.mlp) + self.cpu_upcasts
-
-  @property
-  def estimate(self) -> int:
-    """Planned peak bytes per device, before headroom (compare with the compiled peak)."""
-    return self.persistent + self.working
-
-  @property
-  def total(self) -> int:
-    """estimate · (1 + headroom): what must fit."""
-    return int(self.estimate * (1 + self.headroom))
-
-  @property
-  def fits(self) -> bool:
-    return self.total <= self.device_memory_bytes
-
-  @property
-  def free_bytes(self) -> int:
-    """Device memory left after `total` (negative: short by that much)."""
-    return self.device_memory_bytes - self.total
 
   def items(self) -> dict[str, int]:
     names = "parameters tokens residual captures attention mlp cpu_upcasts"
@@ -367,7 +348,7 @@ def plan_harvest(
 
 # ---- harvest + SAE -------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
-class HarvestTrainPlan:
+class HarvestTrainPlan(memory.Budget):
   """A harvest and an SAE's training steps on the same devices, run one after the other."""
 
   harvest: HarvestPlan
@@ -384,23 +365,6 @@ class HarvestTrainPlan:
   def working(self) -> int:
     """The busier program's arrays: a forward (less its captures) or a training step."""
     return max(self.harvest.working - self.harvest.captures, self.sae.working)
-
-  @property
-  def estimate(self) -> int:
-    return self.persistent + self.working
-
-  @property
-  def total(self) -> int:
-    """estimate · (1 + headroom): what must fit."""
-    return int(self.estimate * (1 + self.headroom))
-
-  @property
-  def fits(self) -> bool:
-    return self.total <= self.device_memory_bytes
-
-  @property
-  def free_bytes(self) -> int:
-    return self.device_memory_bytes - self.total
 
   def explain(self) -> str:
     """A human-readable breakdown per device (GiB, or MiB below 1 GiB)."""
