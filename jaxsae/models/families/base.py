@@ -65,6 +65,24 @@ def positive_int(values: Mapping[str, Any], name: str, problems: Problems) -> in
   return value
 
 
+def dimensions(values: Mapping[str, Any], problems: Problems, max_len: int) -> dict[str, int]:
+  """The sizes every Llama-style config.json names, as TransformerConfig fields (`max_len`:
+  the default when max_position_embeddings is absent)."""
+  D = positive_int(values, "hidden_size", problems)
+  H = positive_int(values, "num_attention_heads", problems)
+  kv = values.get("num_key_value_heads") or H
+  return {
+    "vocab_size": positive_int(values, "vocab_size", problems),
+    "d_model": D,
+    "n_layers": positive_int(values, "num_hidden_layers", problems),
+    "n_heads": H,
+    "n_kv_heads": kv if kv != H else 0,
+    "d_head": values.get("head_dim") or D // H,
+    "d_mlp": values.get("intermediate_size") or 4 * D,
+    "max_len": values.get("max_position_embeddings") or max_len,
+  }
+
+
 def activation(values: Mapping[str, Any], problems: Problems, *names: str) -> str:
   """The first of the fields `names` that is set, mapped to our activation name."""
   act = next((values[n] for n in names if values.get(n) is not None), None)

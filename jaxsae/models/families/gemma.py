@@ -49,13 +49,8 @@ def config(values: Mapping[str, Any], dtype: str = "float32") -> TransformerConf
   p = base.Problems()
   kind = values.get("model_type")
   base.check_assumed(values, ASSUMED, p)
-  D = base.positive_int(values, "hidden_size", p)
-  n_layers = base.positive_int(values, "num_hidden_layers", p)
-  H = base.positive_int(values, "num_attention_heads", p)
-  V = base.positive_int(values, "vocab_size", p)
-  F = base.positive_int(values, "intermediate_size", p)
-  kv = values.get("num_key_value_heads") or H
-  head_dim = values.get("head_dim") or D // H
+  dims = base.dimensions(values, p, max_len=8192)
+  n_layers = dims["n_layers"]
   if kind == "gemma":
     layer_types = ()
   elif values.get("layer_types") is not None:
@@ -66,14 +61,7 @@ def config(values: Mapping[str, Any], dtype: str = "float32") -> TransformerConf
   act = base.activation(values, p, "hidden_activation", "hidden_act")
   p.raise_if_any("config.json", "Use a standard Gemma checkpoint")
   return TransformerConfig(
-    vocab_size=V,
-    d_model=D,
-    n_layers=n_layers,
-    n_heads=H,
-    n_kv_heads=kv if kv != H else 0,
-    d_head=head_dim,
-    d_mlp=F,
-    max_len=values.get("max_position_embeddings") or 8192,
+    **dims,
     norm="rmsnorm",
     norm_eps=float(values.get("rms_norm_eps") or 1e-6),
     norm_scale_offset=1.0,

@@ -25,21 +25,12 @@ def config(values: Mapping[str, Any], dtype: str = "float32") -> TransformerConf
   """TransformerConfig from a GPT-NeoX config.json."""
   p = base.Problems()
   base.check_assumed(values, ASSUMED, p)
-  D = base.positive_int(values, "hidden_size", p)
-  H = base.positive_int(values, "num_attention_heads", p)
-  V = base.positive_int(values, "vocab_size", p)
-  n_layers = base.positive_int(values, "num_hidden_layers", p)
+  dims = base.dimensions(values, p, max_len=2048)
   fields = base.rope_fields(values, (), p)
   act = base.activation(values, p, "hidden_act")
   p.raise_if_any("config.json", "Use a standard GPT-NeoX / Pythia checkpoint")
   return TransformerConfig(
-    vocab_size=V,
-    d_model=D,
-    n_layers=n_layers,
-    n_heads=H,
-    d_head=D // H,
-    d_mlp=values.get("intermediate_size") or 4 * D,
-    max_len=values.get("max_position_embeddings") or 2048,
+    **dims,
     norm="layernorm",
     norm_eps=float(values.get("layer_norm_eps") or 1e-5),
     activation=act,

@@ -32,13 +32,8 @@ def config(values: Mapping[str, Any], dtype: str = "float32") -> TransformerConf
   base.check_assumed(values, ASSUMED, p)
   if kind != "qwen2":
     base.check_assumed(values, {"attention_bias": False}, p)
-  D = base.positive_int(values, "hidden_size", p)
-  n_layers = base.positive_int(values, "num_hidden_layers", p)
-  H = base.positive_int(values, "num_attention_heads", p)
-  V = base.positive_int(values, "vocab_size", p)
-  F = base.positive_int(values, "intermediate_size", p)
-  kv = values.get("num_key_value_heads") or H
-  head_dim = values.get("head_dim") or D // H
+  dims = base.dimensions(values, p, max_len=2048)
+  n_layers = dims["n_layers"]
   window = values.get("sliding_window") if kind == "mistral" else None
   layer_types = base.layer_types(values, n_layers, p) if kind != "mistral" else ()
   if window:
@@ -49,14 +44,7 @@ def config(values: Mapping[str, Any], dtype: str = "float32") -> TransformerConf
     "config.json", "Use a standard checkpoint of one of these families, or convert it yourself"
   )
   return TransformerConfig(
-    vocab_size=V,
-    d_model=D,
-    n_layers=n_layers,
-    n_heads=H,
-    n_kv_heads=kv if kv != H else 0,
-    d_head=head_dim,
-    d_mlp=F,
-    max_len=values.get("max_position_embeddings") or 2048,
+    **dims,
     norm="rmsnorm",
     norm_eps=float(values.get("rms_norm_eps") or 1e-6),
     activation=act,
