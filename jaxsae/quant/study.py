@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.corpus = "stdlib"
   c.pattern = "**/*.py"
   c.seq_len = 256  # Tokens per window (capped at each model's max_len).
+  c.bos = False  # Begin every window with the model's BOS (counted in seq_len; Gemma needs it).
   c.calibration_windows = 64  # Training-split windows for the statistics (SmoothQuant: 512).
   c.eval_windows = 256  # Test-split windows scored per scheme (0: the whole split).
   c.batch_size = 16
@@ -60,7 +61,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     for name in ("seq_len", "calibration_windows", "batch_size", "percentile_rows"):
       config_check.require(c[name] >= 1, p, f"{name}={c[name]} must be at least 1")
-    config_check.require(c.seq_len >= 2, p, f"seq_len={c.seq_len} must be at least 2")
+    config_check.require(
+      c.seq_len >= 2 + c.bos, p, f"seq_len={c.seq_len} must be at least {2 + c.bos}"
+    )
     config_check.require(c.eval_windows >= 0, p, f"eval_windows={c.eval_windows} must be ≥ 0")
     for alpha in c.alphas:
       config_check.require(0 <= alpha <= 1, p, f"alphas: {alpha} is outside [0, 1]")
@@ -147,7 +150,7 @@ def _study_model(config, name, corpus, workdir: pathlib.Path, log, outlier=False
   seq_len = min(config.seq_len, lm.config.max_len)
   out = workdir / slug(name)
   out.mkdir(parents=True, exist_ok=True)
-  train = pipeline.load_split(corpus, "train", lm.tokenizer, seq_len).windows
+  train = pipeline.load_windows(corpus, "train", lm.tokenizer, seq_len, config.bos)
   calibration = pipeline.sample_windows(train, config.calibration_windows, config.seed, "train")
   stats = stats_lib.channel_stats(
     lm, calibration[:, :-1], batch_size=config.batch_size, max_rows=config.percentile_rows
@@ -155,7 +158,7 @@ def _study_model(config, name, corpus, workdir: pathlib.Path, log, outlier=False
   if jax.process_index() == 0:
     stats.save(out / "channel_stats.safetensors")
 
-  test = pipeline.load_split(corpus, "test", lm.tokenizer, seq_len).windows
+  test = pipeline.load_windows(corpus, "test", lm.tokenizer, seq_len, config.bos)
   n_eval = len(test) if config.eval_windows == 0 else min(config.eval_windows, len(test))
   evaluator = Evaluator(lm, test, stats, batch_size=config.batch_size, max_sequences=n_eval)
   alphas = tuple(config.alphas)
