@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.speed.repeats = 3  # Passes per side, in turns; the median pass is reported.
   c.evals = ml_collections.ConfigDict()
   c.evals.delta_ce_windows = 32  # Held-out windows spliced for ΔCE, CE recovered and KL.
+  c.evals.batch_size = 8  # Windows per spliced forward (two B × T × vocab logit arrays each).
   c.smoothquant = quant_study.base_config()
   c.smoothquant.models = ""  # "": skip the study; else its models (e.g. the harvested one).
   c.smoothquant.outlier.models = ""
@@ -80,9 +81,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "repeats"):
     config_check.require(config.speed[key] >= 1, p, f"speed.{key} must be at least 1")
   config_check.require(config.lm_eval.batch_size >= 1, p, "lm_eval.batch_size must be ≥ 1")
-  config_check.require(
-    config.evals.delta_ce_windows >= 1, p, "evals.delta_ce_windows must be at least 1"
-  )
+  for key in ("delta_ce_windows", "batch_size"):
+    config_check.require(config.evals[key] >= 1, p, f"evals.{key} must be at least 1")
   config_check.require_choice(config.lm_eval.split, ("train", "validation", "test"), "split", p)
   for name, check in (("", main_job.validate), ("smoothquant.", quant_study.validate)):
     if name and not quant_study.model_names(config.smoothquant):
@@ -166,7 +166,8 @@ def evaluate_saes(config, lm, data: main_job.Harvested, result, workdir: pathlib
   """Rows per SAE and baseline (held-out metrics, spliced losses) and the reference losses."""
   h = config.harvest
   windows = data.eval_windows[: config.evals.delta_ce_windows]
-  reference = downstream.reference_losses(lm, windows, h.hook, h.skip_first)
+  batch = config.evals.batch_size
+  reference = downstream.reference_losses(lm, windows, h.hook, h.skip_first, batch)
   history = run_log.read_jsonl(workdir / "metrics.jsonl", split="train")
   final = history[-1] if history else {}  # The last training record, after a resume too.
 
@@ -174,7 +175,7 @@ def evaluate_saes(config, lm, data: main_job.Harvested, result, workdir: pathlib
     metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
     reconstruct = lambda v, x: encode_decode(v, x)[1]  # noqa: E731
     spliced = downstream.splice_losses(
-      lm, windows, h.hook, reconstruct, variables, reference, h.skip_first
+      lm, windows, h.hook, reconstruct, variables, reference, h.skip_first, batch
     )
     row = {"method": name, **extra, **metrics, **spliced}
     print(f"[eval] {name}: L0 {row['l0']:.1f}, FVU {row['fvu']:.4f}, ΔCE {row['delta_ce']:.4f}")

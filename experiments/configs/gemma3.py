@@ -68,6 +68,7 @@ def get_config():
   c.speed.repeats = 3  # Passes per side, in turns; median.
   # --- spliced evaluation ---
   c.evals.delta_ce_windows = 24  # Held-out windows for ΔCE, CE recovered and KL (3k tokens).
+  c.evals.batch_size = 8  # Windows per spliced forward (8 × 128 × 262k logits = 1 GB each).
   # --- SmoothQuant on the same model ---
   sq = c.smoothquant
   sq.models = "gemma-3-270m"  # The study's model list: this one only.

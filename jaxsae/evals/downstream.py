@@ -114,16 +114,22 @@ def mean_activation(
 
 
 def reference_losses(
-  lm: LanguageModel, windows_NxT1: np.ndarray, hook: str, skip_first: int = 0
+  lm: LanguageModel,
+  windows_NxT1: np.ndarray,
+  hook: str,
+  skip_first: int = 0,
+  batch_size: int = 16,
 ) -> dict[str, float]:
-  """CE of the clean model and of zero- and mean-ablation, with the ablations' KL."""
-  mean = mean_activation(lm, windows_NxT1, hook, skip_first=skip_first)
-  ce_zero, kl_zero = edited_losses(lm, windows_NxT1, hook, "zero", skip_first=skip_first)
+  """CE of the clean model and of zero- and mean-ablation, with the ablations' KL.
+  `batch_size` windows per forward (lower it for large vocabularies: logits are B × T × V)."""
+  mean = mean_activation(lm, windows_NxT1, hook, batch_size, skip_first=skip_first)
+  b, skip = batch_size, skip_first
+  ce_zero, kl_zero = edited_losses(lm, windows_NxT1, hook, "zero", batch_size=b, skip_first=skip)
   ce_mean, kl_mean = edited_losses(
-    lm, windows_NxT1, hook, "mean", variables=jnp.asarray(mean), skip_first=skip_first
+    lm, windows_NxT1, hook, "mean", variables=jnp.asarray(mean), batch_size=b, skip_first=skip
   )
   return {
-    "ce_clean": edited_losses(lm, windows_NxT1, hook, "clean")[0],
+    "ce_clean": edited_losses(lm, windows_NxT1, hook, "clean", batch_size=b)[0],
     "ce_zero": ce_zero,
     "ce_mean": ce_mean,
     "kl_zero": kl_zero,
@@ -143,13 +149,14 @@ def splice_losses(
   variables,
   reference: dict[str, float] | None = None,
   skip_first: int = 0,
+  batch_size: int = 16,
 ) -> dict[str, float]:
   """The reference losses plus {ce_spliced, delta_ce, ce_recovered (vs zero ablation),
   ce_recovered_mean (vs mean ablation), kl, kl_score}; pass `reference` (from
   `reference_losses`) to compare several reconstructions without recomputing it."""
-  reference = reference or reference_losses(lm, windows_NxT1, hook, skip_first)
+  reference = reference or reference_losses(lm, windows_NxT1, hook, skip_first, batch_size)
   spliced, kl = edited_losses(
-    lm, windows_NxT1, hook, "spliced", reconstruct, variables, skip_first=skip_first
+    lm, windows_NxT1, hook, "spliced", reconstruct, variables, batch_size, skip_first
   )
   clean = reference["ce_clean"]
   return {
