@@ -118,7 +118,8 @@ def _missing(folder: pathlib.Path) -> tuple[list[str], bool]:
   if not has_weights:
     missing.append(WEIGHTS_FILE)
   has_vocab = all((folder / n).is_file() for n in VOCAB_FILES)
-  if not has_vocab and not (folder / TOKENIZER_JSON).is_file():
+  tokenizer_files = (TOKENIZER_JSON, "tokenizer.model")  # The second: SentencePiece families.
+  if not has_vocab and not any((folder / n).is_file() for n in tokenizer_files):
     missing += [n for n in VOCAB_FILES if not (folder / n).is_file()]
   return missing, pickled
 

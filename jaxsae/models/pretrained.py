@@ -219,8 +219,8 @@ def load(
     raise CheckpointError(
       f"no saved model at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE}; pass a folder "
       f"written by jaxsae.models.pretrained.save or experiments.export_lm, one of {sorted(NAMED)}, "
-      f"a Hugging Face folder ({CONFIG_FILE}, {WEIGHTS_FILE}, tokenizer.json), a .gguf file, "
-      f'a Hub id such as "google/gemma-3-270m", "gemma-3-270m" (an installed package), '
+      f"a Hugging Face folder ({CONFIG_FILE}, {WEIGHTS_FILE}, tokenizer.json or .model), "
+      f'a .gguf file, a Hub id such as "google/gemma-3-270m", "gemma-3-270m" (an installed package), '
       f"or one of {sorted(HF_NAMED)} (kept in ${MODELS_ENV}, default {DEFAULT_MODELS_DIR})"
     )
   doc = saved.read_document(config_file, FORMAT, FORMAT_VERSION, "re-export the model")

@@ -127,18 +127,20 @@ class BPETokenizer:
         "BPE tokenizers need the `tokenizers` package: pip install 'jaxsae[bpe]'"
       ) from e
     self._path = pathlib.Path(path)
-    self._spec, self._byte_level = None, True
+    self._spec, self._byte_level, self._prefix = None, True, ""
     self._wrap(_load_hf_tokenizer(tokenizers, self._path), separator, self._path)
 
   @classmethod
   def from_tokenizer(
-    cls, tok, separator: str, spec: str, *, byte_level: bool = True
+    cls, tok, separator: str, spec: str, *, byte_level: bool = True, prefix: str = ""
   ) -> BPETokenizer:
     """Wraps an in-memory `tokenizers.Tokenizer` whose document separator is the token named
     `separator`; `spec()` returns `spec`. `byte_level=False` for SentencePiece-style
-    vocabularies ("▁" for spaces, "<0xNN>" byte tokens)."""
+    vocabularies ("▁" for spaces, "<0xNN>" byte tokens). `prefix` is written before every text
+    encoded: SentencePiece's dummy-prefix space, which it adds even before a leading space
+    (`tokenizers`' Metaspace does not); the decoder must strip it."""
     self = cls.__new__(cls)
-    self._path, self._spec, self._byte_level = None, spec, byte_level
+    self._path, self._spec, self._byte_level, self._prefix = None, spec, byte_level, prefix
     self._wrap(tok, separator, spec)
     return self
 
@@ -162,10 +164,10 @@ class BPETokenizer:
   def encode(self, text: str | bytes) -> np.ndarray:
     if isinstance(text, bytes):
       text = text.decode("utf-8", errors="replace")
-    return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+    return np.asarray(self._tok.encode(self._prefix + text, add_special_tokens=False).ids, np.int32)
 
   def encode_many(self, docs: list[bytes]) -> list[np.ndarray]:
-    texts = [d.decode("utf-8", errors="replace") for d in docs]
+    texts = [self._prefix + d.decode("utf-8", errors="replace") for d in docs]
     encodings = self._tok.encode_batch(texts, add_special_tokens=False)
     return [np.asarray(e.ids, np.int32) for e in encodings]
 
@@ -246,13 +248,19 @@ def _load_hf_tokenizer(tokenizers, path: pathlib.Path):
 
 def load_tokenizer(spec: str) -> Tokenizer:
   """`"bytes"`, or `"bpe:PATH"` / `"bpe:PATH:SEPARATOR"`, or a bare path to a BPE file/folder,
-  or `"gguf:PATH"`: the tokenizer a GGUF file describes."""
+  or `"gguf:PATH"`: the tokenizer a GGUF file describes, or `"spm:PATH"` / `"spm:PATH:SEPARATOR"`:
+  a SentencePiece tokenizer.model."""
   if spec == "bytes":
     return ByteTokenizer()
   if spec.startswith("gguf:"):
     from jaxsae.text.gguf_tokenizer import load_gguf_tokenizer
 
     return load_gguf_tokenizer(spec[len("gguf:") :])
+  if spec.startswith("spm:"):
+    from jaxsae.text.sentencepiece_model import load_sentencepiece_tokenizer
+
+    path, _, separator = spec[len("spm:") :].partition(":")
+    return load_sentencepiece_tokenizer(path, separator or None)
   if spec.startswith("bpe:"):
     path, _, separator = spec[len("bpe:") :].partition(":")
     return BPETokenizer(path, separator or None)
@@ -260,5 +268,6 @@ def load_tokenizer(spec: str) -> Tokenizer:
     return BPETokenizer(spec)
   raise JaxsaeError(
     f'unknown tokenizer "{spec}": use "bytes" or "bpe:/path/to/tokenizer.json" '
-    '(a file or folder saved by Hugging Face tokenizers) or "gguf:/path/to/model.gguf"'
+    '(a file or folder saved by Hugging Face tokenizers), "gguf:/path/to/model.gguf" or '
+    '"spm:/path/to/tokenizer.model"'
   )

@@ -1,5 +1,6 @@
 """A Hugging Face model folder on local disk: config.json, safetensors weights (one file or an
-index and its shards) and a tokenizer (tokenizer.json, or GPT-2's vocab.json + merges.txt).
+index and its shards) and a tokenizer (tokenizer.json, a SentencePiece tokenizer.model, or
+GPT-2's vocab.json + merges.txt).
 Nothing is unpickled: pytorch_model.bin folders are refused by the loaders with the conversion.
 """
 
@@ -70,20 +71,23 @@ def read_weights(folder: pathlib.Path) -> tuple[dict[str, Any], str]:
 
 
 def tokenizer(folder: pathlib.Path, values: dict[str, Any]):
-  """A `BPETokenizer` over the folder's tokenizer.json whose separator is the model's BOS token
-  (the EOS token for models without one: GPT-NeoX, Qwen), as its documents begin."""
+  """A `BPETokenizer` over the folder's tokenizer.json, or else its SentencePiece
+  tokenizer.model, whose separator is the model's BOS token (the EOS token for models without
+  one: GPT-NeoX, Qwen), as its documents begin."""
   from jaxsae.text.tokenizer import BPETokenizer
 
   path = folder / TOKENIZER_JSON
   if not path.is_file():
-    extra = (
-      f" ({TOKENIZER_MODEL} alone, a SentencePiece model, is not read: save the tokenizer "
-      "once with transformers' AutoTokenizer.from_pretrained(folder).save_pretrained(folder) "
-      f"to write {TOKENIZER_JSON})"
-      if (folder / TOKENIZER_MODEL).is_file()
-      else ""
+    if (folder / TOKENIZER_MODEL).is_file():
+      from jaxsae.text import sentencepiece_model
+
+      model = folder / TOKENIZER_MODEL
+      pieces = sentencepiece_model.read_sentencepiece(model)["tokenizer.ggml.tokens"]
+      piece = lambda i: pieces[i] if 0 <= i < len(pieces) else None  # noqa: E731
+      return sentencepiece_model.load_sentencepiece_tokenizer(model, _separator(piece, values))
+    raise CheckpointError(
+      f"{folder} has no {TOKENIZER_JSON} or {TOKENIZER_MODEL}; download it with the model"
     )
-    raise CheckpointError(f"{folder} has no {TOKENIZER_JSON}{extra}; download it with the model")
   try:
     import tokenizers
 
@@ -94,15 +98,18 @@ def tokenizer(folder: pathlib.Path, values: dict[str, Any]):
     ) from e
   except Exception as e:  # tokenizers raises its own exception type on malformed files.
     raise CheckpointError(f"cannot read {path} ({e}); download it again") from e
-  separator = None
+  try:
+    return BPETokenizer(folder, _separator(hf.id_to_token, values))
+  except JaxsaeError as e:
+    raise CheckpointError(f"cannot use the tokenizer in {folder}: {e}") from e
+
+
+def _separator(id_to_token, values: dict[str, Any]) -> str | None:
+  """The config's BOS token, else its EOS token, as `id_to_token` spells it."""
   for key in ("bos_token_id", "eos_token_id"):
     token_id = values.get(key)
     if isinstance(token_id, list):
       token_id = token_id[0] if token_id else None
-    if isinstance(token_id, int) and hf.id_to_token(token_id) is not None:
-      separator = hf.id_to_token(token_id)
-      break
-  try:
-    return BPETokenizer(folder, separator)
-  except JaxsaeError as e:
-    raise CheckpointError(f"cannot use the tokenizer in {folder}: {e}") from e
+    if isinstance(token_id, int) and id_to_token(token_id) is not None:
+      return id_to_token(token_id)
+  return None

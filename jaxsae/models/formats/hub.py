@@ -21,6 +21,7 @@ PATTERNS = (
   "model-*.safetensors",
   "model.safetensors.index.json",
   "tokenizer.json",
+  "tokenizer.model",  # Read only where tokenizer.json is absent.
   "tokenizer_config.json",
   "special_tokens_map.json",
 )
