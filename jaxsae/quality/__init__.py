@@ -1,0 +1,1 @@
+"""SAE quality against the peers (sparsify, SAELens) on identical activations and budget."""

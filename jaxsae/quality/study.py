@@ -1,0 +1,180 @@
+"""jaxsae's default TopK recipe against sparsify and SAELens on identical activations: the main
+job's stores, the same rows in the same order (`data.train_batches` with the run's seed), the
+same n, k, batch and number of steps, every SAE evaluated by the same code on the same held-out
+store and spliced into the same model.
+
+Each trainer is one row per (budget, seed) in <workdir>/results.jsonl, appended as it finishes,
+so a rerun skips what is done. Budgets are multiples of the main job's `train.steps`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import time
+
+import ml_collections
+
+from jaxsae import main_job
+from jaxsae.evals import downstream
+from jaxsae.models import hooks as hooks_lib
+from jaxsae.models import pretrained
+from jaxsae.quality import peers
+from jaxsae.sae import data as data_lib
+from jaxsae.sae import evaluate, export, optim
+from jaxsae.sae import train as train_lib
+
+# Trainer name -> (peer, its options, what it is); "jaxsae" is the default recipe itself.
+TRAINERS = {
+  "jaxsae": ("jaxsae", {}, "jaxsae's default TopK recipe"),
+  "sparsify-signum": ("sparsify", {"optimizer": "signum"}, "sparsify's default: signum"),
+  "sparsify-adam": (
+    "sparsify",
+    {"optimizer": "adam"},
+    "sparsify with Adam: warmup 1000 steps, linear decay",
+  ),
+  "sparsify-adam-constant": (
+    "sparsify",
+    {"optimizer": "adam", "warmup_steps": -1},
+    "sparsify with Adam at a constant rate",
+  ),
+  "saelens": ("saelens", {}, "SAELens TopK, SAETrainer.fit()"),
+}
+RESULTS = "results.jsonl"
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = main_job.base_config("topk")  # The main job's model, hook, stores, n, k, batch, steps.
+  c.quality = ml_collections.ConfigDict()
+  c.quality.seeds = "0,1"  # Comma-separated; each seeds init and data order for every trainer.
+  c.quality.budgets = "1"  # Multiples of train.steps, comma-separated (e.g. "1,10").
+  c.quality.trainers = ",".join(TRAINERS)  # Any of TRAINERS, comma-separated.
+  c.quality.peer_threads = 0  # torch threads for the peers; 0: every usable core.
+  return c
+
+
+def main_job_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The main-job part of a study config (everything but `quality`), as the main job reads it."""
+  return ml_collections.ConfigDict({k: v for k, v in config.items() if k != "quality"})
+
+
+def _ints(text: str) -> list[int]:
+  return [int(t) for t in str(text).split(",") if t.strip()]
+
+
+def trainers(config) -> list[str]:
+  names = [t.strip() for t in str(config.quality.trainers).split(",") if t.strip()]
+  unknown = [t for t in names if t not in TRAINERS]
+  if unknown:
+    raise ValueError(f"quality.trainers: unknown {unknown}; choose from {list(TRAINERS)}")
+  return names
+
+
+def _done(path: pathlib.Path) -> set[tuple]:
+  if not path.is_file():
+    return set()
+  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return {(r["trainer"], r["budget"], r["seed"]) for r in rows}
+
+
+def train_one(
+  name: str, config, data: main_job.Harvested, workdir: pathlib.Path, budget, seed, peer_threads=0
+):
+  """(SAEConfig, raw variables, training wall seconds, version) of one trainer's run."""
+  peer, options, _ = TRAINERS[name]
+  steps = config.train.steps * budget
+  folder = (
+    workdir / "runs" / f"{peer}_{'_'.join(f'{v}' for v in options.values())}_b{budget}_s{seed}"
+  )
+  if peer == "jaxsae":
+    run = copy.deepcopy(config)
+    run.seed, run.train.steps = seed, steps
+    run.train.checkpoint_every = steps  # Only the final state: the comparison is of recipes.
+    start = time.perf_counter()
+    result = train_lib.train(main_job.sae_part(run), folder, data.train, progress_desc=name)
+    wall = time.perf_counter() - start
+    group = result.groups[0]
+    export.save(
+      folder / "sae", group.member_config(0), result.member_variables(group.name, 0), result.scale
+    )
+    sae_config, variables, _ = export.load(folder / "sae")
+    return sae_config, variables, wall, "this tree"
+  reason = peers.missing(peer)
+  if reason:
+    raise RuntimeError(f"{name}: {reason}")
+  batch = config.train.batch_size
+  batches = iter(data_lib.train_batches(data.train, batch, seed=seed))
+  threads = peer_threads or None
+  n, k = config.sae.n_latents, config.sae.k
+  if peer == "sparsify":
+    run = peers.train_sparsify(
+      batches, folder, n=n, k=k, steps=steps, seed=seed, threads=threads, **options
+    )
+  else:
+    lr = optim.default_learning_rate(n) if config.optim.lr <= 0 else config.optim.lr
+    run = peers.train_saelens(
+      "topk",
+      batches,
+      folder,
+      d=data.train.d_in,
+      n=n,
+      steps=steps,
+      batch_size=batch,
+      lr=lr,
+      k=k,
+      seed=seed,
+      threads=threads,
+    )
+  return run.config, run.variables, run.wall_s, run.version
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
+  """Train and evaluate every (trainer, budget, seed) not yet in results.jsonl; all rows."""
+  names = trainers(config)
+  job = main_job_config(config)
+  main_job.validate(job)
+  job.harvest.hook = hooks_lib.canonical(job.harvest.hook)
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  lm = pretrained.load(config.harvest.model)
+  data = main_job.harvest_stores(job, lm, workdir / "stores")
+  h = job.harvest
+  reference = downstream.reference_losses(lm, data.eval_windows, h.hook, h.skip_first)
+  out = workdir / RESULTS
+  done = _done(out)
+  for budget in _ints(config.quality.budgets):
+    for seed in _ints(config.quality.seeds):
+      for name in names:
+        if (name, budget, seed) in done:
+          continue
+        print(
+          f"[quality] {name}, budget {budget}× ({config.train.steps * budget} steps), seed {seed}"
+        )
+        sae_config, variables, wall, version = train_one(
+          name, job, data, workdir, budget, seed, config.quality.peer_threads
+        )
+        encode_decode = evaluate.encode_decode(sae_config)
+        metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
+        reconstruct = lambda v, x, f=encode_decode: f(v, x)[1]  # noqa: E731
+        spliced = downstream.splice_losses(
+          lm, data.eval_windows, h.hook, reconstruct, variables, reference, h.skip_first
+        )
+        row = {
+          "trainer": name,
+          "budget": budget,
+          "steps": config.train.steps * budget,
+          "seed": seed,
+          "fvu": metrics["fvu"],
+          "l0": metrics["l0"],
+          "dead_fraction": metrics["dead_fraction"],
+          "delta_ce": spliced["delta_ce"],
+          "ce_recovered": spliced["ce_recovered"],
+          "train_s": wall,
+          "version": version,
+        }
+        print(f"[quality] {name}: FVU {row['fvu']:.4f}, ΔCE {row['delta_ce']:.4f}, {wall:.0f} s")
+        with out.open("a") as f:
+          f.write(json.dumps(row) + "\n")
+  return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]

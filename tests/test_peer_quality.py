@@ -1,0 +1,127 @@
+"""The peer-quality study's parts: sparsify's format read and written against sparsify's own
+loader, the peers' trainers fed jaxsae's batches, and the study end to end on a tiny config."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sparsify.config import SparseCoderConfig
+from sparsify.sparse_coder import SparseCoder
+
+from conftest import load_config
+from jaxsae.errors import CheckpointError
+from jaxsae.quality import peers, report, study
+from jaxsae.sae import evaluate, sparsify_format
+from jaxsae.sae.config import SAEConfig
+from jaxsae.sae.data import ArraySource
+
+
+def rows(n=2048, d=24, seed=0) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(n, d)) * np.linspace(0.2, 3.0, d)).astype(np.float32)
+
+
+def batches(x, size=128):
+  i = 0
+  while True:
+    start = (i * size) % len(x)
+    yield x[start : start + size]
+    i += 1
+
+
+def sparsify_out(folder, x) -> np.ndarray:
+  sae = SparseCoder.load_from_disk(folder)
+  with torch.no_grad():
+    return sae(torch.from_numpy(x)).sae_out.numpy()
+
+
+def test_sparsify_folders_round_trip_through_sparsify_itself(tmp_path):
+  x = rows()[:256]
+  torch.manual_seed(0)
+  theirs = SparseCoder(24, SparseCoderConfig(num_latents=96, k=6))
+  with torch.no_grad():
+    theirs.encoder.bias.normal_()
+    theirs.b_dec.normal_()
+  theirs.save_to_disk(tmp_path / "theirs")
+  config, variables = sparsify_format.load(tmp_path / "theirs")
+  assert (config.architecture, config.d_in, config.n_latents, config.k) == ("topk", 24, 96, 6)
+  codes, ours = evaluate.encode_decode(config)(variables, x)
+  np.testing.assert_allclose(np.asarray(ours), sparsify_out(tmp_path / "theirs", x), atol=1e-5)
+  assert np.all(np.sum(np.asarray(codes) != 0, axis=1) <= 6)
+
+  # Written by jaxsae from an SAE trained on scale·x: sparsify's loader reads the raw-x SAE.
+  params = {
+    k: np.asarray(v) * (1.0 if k == "b_enc" else 0.5) for k, v in variables["params"].items()
+  }
+  sparsify_format.save(tmp_path / "ours", config, {"params": params}, scale=2.0)
+  expected = evaluate.encode_decode(config, 2.0)({"params": params}, x)[1]
+  np.testing.assert_allclose(sparsify_out(tmp_path / "ours", x), np.asarray(expected), atol=1e-5)
+
+  with pytest.raises(CheckpointError, match="sparsify stores TopK SAEs; .*saelens.save"):
+    sparsify_format.save(tmp_path / "r", SAEConfig("relu", 24, 96), variables)
+  cfg = json.loads((tmp_path / "theirs" / "cfg.json").read_text())
+  (tmp_path / "theirs" / "cfg.json").write_text(json.dumps(cfg | {"transcode": True}))
+  with pytest.raises(CheckpointError, match="transcode=True is not read yet"):
+    sparsify_format.load(tmp_path / "theirs")
+  with pytest.raises(CheckpointError, match="cfg.json is missing; a sparsify folder"):
+    sparsify_format.load(tmp_path)
+
+
+@pytest.mark.parametrize("optimizer", ["signum", "adam"])
+def test_sparsify_trainer_learns_and_is_read_back_as_sparsify_saved_it(tmp_path, optimizer):
+  x = rows()
+  run = peers.train_sparsify(
+    batches(x), tmp_path, n=96, k=6, steps=40, optimizer=optimizer, warmup_steps=5, threads=1
+  )
+  _, ours = evaluate.encode_decode(run.config)(run.variables, x[:512])
+  np.testing.assert_allclose(np.asarray(ours), sparsify_out(tmp_path, x[:512]), atol=1e-5)
+  fvu = evaluate.metrics_of(evaluate.encode_decode(run.config), run.variables, ArraySource(x))[
+    "fvu"
+  ]
+  assert fvu < 0.6, fvu  # 6 of 24 directions at init explain far less.
+
+
+def test_saelens_trainer_is_read_back_from_its_inference_folder(tmp_path):
+  from sae_lens import SAE
+
+  x = rows()
+  run = peers.train_saelens(
+    "topk", batches(x), tmp_path, d=24, n=96, steps=40, batch_size=128, lr=3e-3, k=6, threads=1
+  )
+  with torch.no_grad():
+    theirs = SAE.load_from_disk(tmp_path)(torch.from_numpy(x[:512])).numpy()
+  _, ours = evaluate.encode_decode(run.config)(run.variables, x[:512])
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5)
+  assert (
+    evaluate.metrics_of(evaluate.encode_decode(run.config), run.variables, ArraySource(x))["fvu"]
+    < 0.6
+  )
+
+
+def test_the_study_compares_every_trainer_on_the_same_batches(tmp_path):
+  c = study.base_config()
+  tiny = load_config("main")  # Only for its shape: the study's own config is checked below.
+  assert c.harvest.hook == tiny.harvest.hook and c.train.steps == tiny.train.steps
+  c.harvest.update(train_windows=32, eval_windows=4, seq_len=32, chunk_rows=512)
+  c.sae.update(n_latents=128, k=8)
+  c.train.update(steps=20, batch_size=128, log_every=10, checkpoint_every=20)
+  c.data.update(normalization_samples=512, b_dec_samples=256)
+  c.optim.warmup_steps = 3
+  c.quality.seeds = "0"
+  c.quality.trainers = "jaxsae,sparsify-adam-constant,saelens"
+  c.quality.peer_threads = 1
+  results = study.run(c, tmp_path)
+  assert [r["trainer"] for r in results] == ["jaxsae", "sparsify-adam-constant", "saelens"]
+  for r in results:
+    assert r["l0"] == pytest.approx(8.0) and 0 < r["fvu"] < 1 and np.isfinite(r["delta_ce"])
+  assert study.run(c, tmp_path) == results  # Finished runs are kept, not redone.
+  written = report.write(tmp_path, tmp_path / "published")
+  page = (tmp_path / "published" / "RESULTS.md").read_text()
+  assert (
+    "## 1× the main job's budget (20 steps" in page and "SAELens TopK, SAETrainer.fit()" in page
+  )
+  assert all(p.is_file() for p in written)
+  c.quality.trainers = "jaxsae,sparsify-lion"
+  with pytest.raises(ValueError, match="unknown \\['sparsify-lion'\\]; choose from"):
+    study.run(c, tmp_path)
