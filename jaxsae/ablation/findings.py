@@ -24,7 +24,7 @@ def _unmeasured(claim: str, why: str) -> Finding:
   return Finding(claim, "not measured", why)
 
 
-def _interpolate_log(l0s, values, at: float, reach: float = 1.1) -> float:
+def interpolate_log(l0s, values, at: float, reach: float = 1.1) -> float:
   """Piecewise-linear in (log L0, log value); the end segments extend up to a factor `reach`
   beyond the measured L0 range, and give nan farther out."""
   order = np.argsort(l0s)
@@ -45,7 +45,7 @@ def topk_beats_relu(rows: Sequence[dict], width: int) -> Finding:
     return _unmeasured(claim, f"needs TopK and ≥2 ReLU runs at n = {width}")
   pairs = []
   for r in sorted(topk, key=lambda r: r["l0"]):
-    other = _interpolate_log([q["l0"] for q in relu], [q["fvu"] for q in relu], r["l0"])
+    other = interpolate_log([q["l0"] for q in relu], [q["fvu"] for q in relu], r["l0"])
     if not math.isnan(other):
       pairs.append((r["l0"], r["fvu"], other))
   if not pairs:

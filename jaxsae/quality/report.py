@@ -12,9 +12,10 @@ import statistics
 import jax
 
 from jaxsae import tables
+from jaxsae.ablation import findings
 from jaxsae.quality.study import TRAINERS
 
-COLUMNS = ("trainer", "what", "seeds", "FVU (mean)", "FVU (each seed)", "ΔCE", "CE recovered", "L0",
+COLUMNS = ("architecture", "trainer", "what", "seeds", "FVU (mean)", "FVU (each seed)", "ΔCE", "CE recovered", "L0",
            "dead", "train s")  # fmt: skip
 COMMAND = "python -m experiments.peer_quality --workdir=runs/peer_quality --publish=docs/quality"
 
@@ -26,31 +27,48 @@ def read(workdir: str | pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summary_rows(rows: list[dict], budget: int) -> list[dict]:
-  """One row per trainer at `budget`: means over its seeds, best (lowest FVU) first."""
+def _matched(runs: list[dict], key: str, l0: float) -> float:
+  """`key` at L0 = `l0` from one seed's λ ladder (log–log, as the ablation study), or the run's
+  own value where the architecture fixes L0 (TopK, BatchTopK)."""
+  if runs[0].get("sparsity_coefficient") is None:
+    return runs[0][key]
+  values = [max(r[key], 1e-12) for r in runs]
+  return findings.interpolate_log([r["l0"] for r in runs], values, l0)
+
+
+def summary_rows(rows: list[dict], budget: int, k: int) -> list[dict]:
+  """One row per trainer at `budget`: means over its seeds, architectures in turn, best (lowest
+  FVU) first within each. λ trainers are read at L0 = k from each seed's ladder."""
   out = []
-  for name in dict.fromkeys(r["trainer"] for r in rows if r["budget"] == budget):
-    runs = [r for r in rows if r["budget"] == budget and r["trainer"] == name]
+  at = [r for r in rows if r["budget"] == budget]
+  for name in dict.fromkeys(r["trainer"] for r in at):
+    mine = [r for r in at if r["trainer"] == name]
+    seeds = sorted({r["seed"] for r in mine})
+    per_seed = [[r for r in mine if r["seed"] == s] for s in seeds]
 
-    def mean(key, runs=runs):
-      return statistics.fmean(r[key] for r in runs)
+    def mean(key, per_seed=per_seed):
+      return statistics.fmean(_matched(runs, key, k) for runs in per_seed)
 
+    ladder = mine[0].get("sparsity_coefficient") is not None
+    l0s = " ".join(f"{r['l0']:.1f}" for r in sorted(per_seed[0], key=lambda r: r["l0"]))
     out.append({
+      "architecture": mine[0].get("architecture", "topk"),
       "trainer": name,
-      "what": TRAINERS[name][2] if name in TRAINERS else "",
-      "seeds": ",".join(str(r["seed"]) for r in runs),
+      "what": TRAINERS[name][3] if name in TRAINERS else "",
+      "seeds": ",".join(map(str, seeds)),
       "FVU (mean)": mean("fvu"),
-      "FVU (each seed)": " ".join(f"{r['fvu']:.4f}" for r in runs),
+      "FVU (each seed)": " ".join(f"{_matched(runs, 'fvu', k):.4f}" for runs in per_seed),
       "ΔCE": mean("delta_ce"),
       "CE recovered": mean("ce_recovered"),
-      "L0": mean("l0"),
+      "L0": f"{k} (λ ladder: L0 {l0s})" if ladder else f"{mean('l0'):.1f}",
       "dead": mean("dead_fraction"),
-      "train s": f"{mean('train_s'):.0f}",
+      "train s": f"{statistics.fmean(r['train_s'] for r in per_seed[0]):.0f}",
     })  # fmt: skip
-  return sorted(out, key=lambda r: r["FVU (mean)"])
+  order = {a: i for i, a in enumerate(("topk", "batchtopk", "relu", "gated", "jumprelu"))}
+  return sorted(out, key=lambda r: (order.get(r["architecture"], 9), r["FVU (mean)"]))
 
 
-def figure(rows: list[dict], path: pathlib.Path) -> None:
+def figure(rows: list[dict], k: int, path: pathlib.Path) -> None:
   from matplotlib.figure import Figure  # Not pyplot: the caller's backend is left alone.
 
   budgets = sorted({r["budget"] for r in rows})
@@ -58,18 +76,17 @@ def figure(rows: list[dict], path: pathlib.Path) -> None:
   ax = fig.add_subplot()
   labels, y = [], 0
   for budget in budgets:
-    for summary in reversed(summary_rows(rows, budget)):
-      runs = [r for r in rows if r["budget"] == budget and r["trainer"] == summary["trainer"]]
+    for summary in reversed(summary_rows(rows, budget, k)):
       ax.scatter(
-        [r["fvu"] for r in runs],
-        [y] * len(runs),
+        [float(x) for x in summary["FVU (each seed)"].split()],
+        [y] * len(summary["FVU (each seed)"].split()),
         color="C0" if "jaxsae" in summary["trainer"] else "C1",
       )
       ax.plot([summary["FVU (mean)"]] * 2, [y - 0.3, y + 0.3], color="k")
       labels.append(f"{summary['trainer']} ({budget}×)")
       y += 1
   ax.set_yticks(range(len(labels)), labels)
-  ax.set_xlabel("held-out FVU (dots: seeds; bar: mean)")
+  ax.set_xlabel(f"held-out FVU at L0 = {k} (dots: seeds; bar: mean)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
@@ -89,9 +106,13 @@ def page(rows: list[dict], config: dict) -> str:
     f"{h['train_windows']:,} training-split windows of {h['seq_len']} tokens (the train store), "
     f"and {h['eval_windows']} validation-split windows (held-out FVU, L0, dead fraction; ΔCE "
     "and CE recovered by splicing into the model).",
-    f"- Every trainer: TopK with n = {s['n_latents']:,}, k = {s['k']}, batches of "
-    f"{t['batch_size']:,} rows taken from the train store in the same order "
-    "(`jaxsae.sae.data.train_batches` with the run's seed), the same number of steps.",
+    f"- Every trainer: n = {s['n_latents']:,}, batches of {t['batch_size']:,} rows taken from "
+    "the train store in the same order (`jaxsae.sae.data.train_batches` with the run's seed), "
+    f"the same number of steps. TopK and BatchTopK at k = {s['k']}; ReLU, Gated and JumpReLU "
+    "at a ladder of λ for each trainer (λ means something else on each side: SAELens trains "
+    f"on raw activations, jaxsae on E‖x‖² = d), read at L0 = {s['k']} by log–log "
+    "interpolation between the ladder's runs of each seed (the L0s of the first seed's runs "
+    "are listed).",
     "- jaxsae: the main job's default recipe (`jaxsae/sae/train_config.py`). sparsify: its "
     "`SparseCoder` and its trainer's per-step recipe with each of its optimizers "
     "(`jaxsae/quality/peers.py` says exactly what is run). SAELens: `SAETrainer.fit()` itself, "
@@ -108,7 +129,7 @@ def page(rows: list[dict], config: dict) -> str:
       f"## {budget}× the main job's budget ({steps:,} steps, {steps * t['batch_size']:,} "
       "activations)",
       "",
-      tables.markdown(summary_rows(rows, budget), COLUMNS),
+      tables.markdown(summary_rows(rows, budget, s["k"]), COLUMNS),
     ]
   lines += ["", "![held-out FVU per trainer](figures/fvu.png)"]
   return "\n".join(lines)
@@ -121,7 +142,7 @@ def write(workdir: str | pathlib.Path, publish: str | pathlib.Path | None = None
   written = []
   for out in [workdir] + ([pathlib.Path(publish)] if publish else []):
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    figure(rows, out / "figures" / "fvu.png")
+    figure(rows, config["sae"]["k"], out / "figures" / "fvu.png")
     tables.write_csv(out / "results.csv", rows)
     name = "RESULTS.md" if out != workdir else "results.md"
     (out / name).write_text(page(rows, config) + "\n", encoding="utf-8")

@@ -22,25 +22,35 @@ from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
 from jaxsae.quality import peers
 from jaxsae.sae import data as data_lib
-from jaxsae.sae import evaluate, export, optim
+from jaxsae.sae import evaluate, export, optim, train_config
 from jaxsae.sae import train as train_lib
 
-# Trainer name -> (peer, its options, what it is); "jaxsae" is the default recipe itself.
+# Trainer name -> (peer, architecture, peer options, what it is). jaxsae-* are the default
+# recipes (`train_config.RECIPES`); the λ architectures are run at every λ of their ladder in
+# `quality.lambdas` and compared at the TopK runs' L0 (k), interpolated in log–log.
 TRAINERS = {
-  "jaxsae": ("jaxsae", {}, "jaxsae's default TopK recipe"),
-  "sparsify-signum": ("sparsify", {"optimizer": "signum"}, "sparsify's default: signum"),
+  "jaxsae": ("jaxsae", "topk", {}, "jaxsae's default TopK recipe"),
+  "sparsify-signum": ("sparsify", "topk", {"optimizer": "signum"}, "sparsify's default: signum"),
   "sparsify-adam": (
     "sparsify",
+    "topk",
     {"optimizer": "adam"},
     "sparsify with Adam: warmup 1000 steps, linear decay",
   ),
   "sparsify-adam-constant": (
     "sparsify",
+    "topk",
     {"optimizer": "adam", "warmup_steps": -1},
     "sparsify with Adam at a constant rate",
   ),
-  "saelens": ("saelens", {}, "SAELens TopK, SAETrainer.fit()"),
+  "saelens": ("saelens", "topk", {}, "SAELens TopK, SAETrainer.fit()"),
+  **{
+    f"{peer}-{arch}": (peer, arch, {}, f"{label} {arch}")
+    for arch in ("batchtopk", "relu", "gated", "jumprelu")
+    for peer, label in (("jaxsae", "jaxsae's default"), ("saelens", "SAELens"))
+  },
 }
+LAMBDA_ARCHITECTURES = ("relu", "gated", "jumprelu")
 RESULTS = "results.jsonl"
 
 
@@ -49,8 +59,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.quality = ml_collections.ConfigDict()
   c.quality.seeds = "0,1"  # Comma-separated; each seeds init and data order for every trainer.
   c.quality.budgets = "1"  # Multiples of train.steps, comma-separated (e.g. "1,10").
-  c.quality.trainers = ",".join(TRAINERS)  # Any of TRAINERS, comma-separated.
+  c.quality.trainers = "jaxsae,sparsify-signum,sparsify-adam,sparsify-adam-constant,saelens"
   c.quality.peer_threads = 0  # torch threads for the peers; 0: every usable core.
+  # λ ladders (comma-separated) of the λ trainers named in `trainers`; each trainer's λ means
+  # its own penalty on its own input scale, so each has its own ladder bracketing L0 = k.
+  c.quality.lambdas = ml_collections.ConfigDict(
+    {f"{p}-{a}": "" for a in LAMBDA_ARCHITECTURES for p in ("jaxsae", "saelens")}
+  )
   return c
 
 
@@ -59,45 +74,62 @@ def main_job_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return ml_collections.ConfigDict({k: v for k, v in config.items() if k != "quality"})
 
 
-def _ints(text: str) -> list[int]:
-  return [int(t) for t in str(text).split(",") if t.strip()]
+def _numbers(text: str, kind=int) -> list:
+  return [kind(t) for t in str(text).split(",") if t.strip()]
 
 
-def trainers(config) -> list[str]:
+def runs_of(config) -> list[tuple[str, float | None]]:
+  """(trainer, λ or None) for every run one (budget, seed) takes, checked."""
   names = [t.strip() for t in str(config.quality.trainers).split(",") if t.strip()]
   unknown = [t for t in names if t not in TRAINERS]
   if unknown:
     raise ValueError(f"quality.trainers: unknown {unknown}; choose from {list(TRAINERS)}")
-  return names
+  runs = []
+  for name in names:
+    if TRAINERS[name][1] not in LAMBDA_ARCHITECTURES:
+      runs.append((name, None))
+      continue
+    ladder = _numbers(config.quality.lambdas.get(name, ""), float)
+    if len(ladder) < 2:
+      raise ValueError(
+        f"quality.lambdas.{name} needs at least two λ values (comma-separated) that bracket "
+        f"L0 = {config.sae.k}, e.g. --config.quality.lambdas.{name}=0.02,0.05,0.1"
+      )
+    runs += [(name, lam) for lam in ladder]
+  return runs
+
+
+def _key(r: dict) -> tuple:
+  return r["trainer"], r["budget"], r["seed"], r.get("sparsity_coefficient")
 
 
 def _done(path: pathlib.Path) -> set[tuple]:
   if not path.is_file():
     return set()
-  rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return {(r["trainer"], r["budget"], r["seed"]) for r in rows}
+  return {_key(json.loads(line)) for line in path.read_text().splitlines() if line.strip()}
 
 
 def train_one(
-  name: str, config, data: main_job.Harvested, workdir: pathlib.Path, budget, seed, peer_threads=0
+  name: str, lam, config, data: main_job.Harvested, workdir: pathlib.Path, budget, seed, threads=0
 ):
   """(SAEConfig, raw variables, training wall seconds, version) of one trainer's run."""
-  peer, options, _ = TRAINERS[name]
+  peer, architecture, options, _ = TRAINERS[name]
   steps = config.train.steps * budget
-  folder = (
-    workdir / "runs" / f"{peer}_{'_'.join(f'{v}' for v in options.values())}_b{budget}_s{seed}"
-  )
+  folder = workdir / "runs" / (f"{name}_b{budget}_s{seed}" + (f"_l{lam:g}" if lam else ""))
   if peer == "jaxsae":
     run = copy.deepcopy(config)
     run.seed, run.train.steps = seed, steps
     run.train.checkpoint_every = steps  # Only the final state: the comparison is of recipes.
+    run.sae.architecture = architecture
+    run.sae.update(train_config.RECIPES[architecture])
+    if lam is not None:
+      run.sae.sparsity_coefficient = lam
     start = time.perf_counter()
     result = train_lib.train(main_job.sae_part(run), folder, data.train, progress_desc=name)
     wall = time.perf_counter() - start
     group = result.groups[0]
-    export.save(
-      folder / "sae", group.member_config(0), result.member_variables(group.name, 0), result.scale
-    )
+    variables = result.member_variables(group.name, 0)
+    export.save(folder / "sae", group.member_config(0), variables, result.scale)
     sae_config, variables, _ = export.load(folder / "sae")
     return sae_config, variables, wall, "this tree"
   reason = peers.missing(peer)
@@ -105,16 +137,15 @@ def train_one(
     raise RuntimeError(f"{name}: {reason}")
   batch = config.train.batch_size
   batches = iter(data_lib.train_batches(data.train, batch, seed=seed))
-  threads = peer_threads or None
   n, k = config.sae.n_latents, config.sae.k
   if peer == "sparsify":
     run = peers.train_sparsify(
-      batches, folder, n=n, k=k, steps=steps, seed=seed, threads=threads, **options
+      batches, folder, n=n, k=k, steps=steps, seed=seed, threads=threads or None, **options
     )
   else:
     lr = optim.default_learning_rate(n) if config.optim.lr <= 0 else config.optim.lr
     run = peers.train_saelens(
-      "topk",
+      architecture,
       batches,
       folder,
       d=data.train.d_in,
@@ -123,15 +154,16 @@ def train_one(
       batch_size=batch,
       lr=lr,
       k=k,
+      sparsity_coefficient=lam,
       seed=seed,
-      threads=threads,
+      threads=threads or None,
     )
   return run.config, run.variables, run.wall_s, run.version
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
   """Train and evaluate every (trainer, budget, seed) not yet in results.jsonl; all rows."""
-  names = trainers(config)
+  runs = runs_of(config)
   job = main_job_config(config)
   main_job.validate(job)
   job.harvest.hook = hooks_lib.canonical(job.harvest.hook)
@@ -144,16 +176,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   reference = downstream.reference_losses(lm, data.eval_windows, h.hook, h.skip_first)
   out = workdir / RESULTS
   done = _done(out)
-  for budget in _ints(config.quality.budgets):
-    for seed in _ints(config.quality.seeds):
-      for name in names:
-        if (name, budget, seed) in done:
+  for budget in _numbers(config.quality.budgets):
+    for seed in _numbers(config.quality.seeds):
+      for name, lam in runs:
+        if (name, budget, seed, lam) in done:
           continue
         print(
           f"[quality] {name}, budget {budget}× ({config.train.steps * budget} steps), seed {seed}"
         )
         sae_config, variables, wall, version = train_one(
-          name, job, data, workdir, budget, seed, config.quality.peer_threads
+          name, lam, job, data, workdir, budget, seed, config.quality.peer_threads
         )
         encode_decode = evaluate.encode_decode(sae_config)
         metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
@@ -166,6 +198,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
           "budget": budget,
           "steps": config.train.steps * budget,
           "seed": seed,
+          "architecture": TRAINERS[name][1],
+          "sparsity_coefficient": lam,
           "fvu": metrics["fvu"],
           "l0": metrics["l0"],
           "dead_fraction": metrics["dead_fraction"],
