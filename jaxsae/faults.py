@@ -353,7 +353,7 @@ class _Progress:
 
   def __init__(self, kind: str, workdir: pathlib.Path):
     self.kind, self.workdir = kind, workdir
-    self.base_lines = len(metrics_lines(workdir))
+    self.base_lines = metrics_lines(workdir)
     self.base_rows = store_meta(workdir).get("rows_written", 0)
     self._size, self._steps = -1, []
 
@@ -365,7 +365,14 @@ class _Progress:
       return []
     if size != self._size:
       self._size = size
-      self._steps = logged_steps(metrics_lines(self.workdir)[self.base_lines :])
+      # A resuming run first drops the records after its checkpoint (`RunLog(resume_from=)`),
+      # so its own lines are those after the prefix it shares with the file it found.
+      lines, shared = metrics_lines(self.workdir), 0
+      while shared < min(len(lines), len(self.base_lines)) and (
+        lines[shared] == self.base_lines[shared]
+      ):
+        shared += 1
+      self._steps = logged_steps(lines[shared:])
     return self._steps
 
   def rows(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import time
 from collections.abc import Mapping
@@ -26,13 +27,19 @@ class RunLog:
   """Append scalar metrics to `<workdir>/metrics.jsonl` and TensorBoard events in
   `<workdir>/tensorboard/`. One JSON object per line: {"step", "split", "time", **metrics}."""
 
-  def __init__(self, workdir: str | pathlib.Path, tensorboard: bool = True):
+  def __init__(
+    self, workdir: str | pathlib.Path, tensorboard: bool = True, resume_from: int | None = None
+  ):
+    """`resume_from`: the step a run resumes at; records of later steps (written before the
+    interruption, and about to be written again) are dropped, as is a line cut short."""
     self.workdir = pathlib.Path(workdir)
     self._active = jax.process_index() == 0
     self._jsonl = None
     self._tb = None
     if self._active:
       self.workdir.mkdir(parents=True, exist_ok=True)
+      if resume_from is not None:
+        _truncate_after(self.workdir / "metrics.jsonl", resume_from)
       self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
       if tensorboard:
         from tensorboardX import SummaryWriter
@@ -94,6 +101,26 @@ class RunLog:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _truncate_after(path: pathlib.Path, step: int) -> None:
+  """Keep the records of steps ≤ `step` (complete lines only); replaced atomically."""
+  if not path.is_file():
+    return
+  kept, dropped = [], 0
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      keep = json.loads(line)["step"] <= step
+    except (ValueError, KeyError, TypeError):
+      keep = False  # A line cut short by a kill, or not a record.
+    if keep:
+      kept.append(line)
+    else:
+      dropped += line.strip() != ""
+  if dropped:
+    partial = path.with_suffix(".jsonl.partial")
+    partial.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(partial, path)
 
 
 def read_jsonl(

@@ -58,8 +58,12 @@ def test_an_interrupted_harvest_resumes_to_the_same_content(lm, windows, tmp_pat
   assert not cut.meta["complete"] and cut.meta["rows_written"] == 150
   with pytest.raises(JaxsaeError, match="incomplete"):
     StoreSource(tmp_path / "cut", HOOKS[0])
+  with pytest.raises(JaxsaeError, match="other settings \\(batch_size\\)"):  # Other kernels.
+    harvest_lib.harvest(lm, windows, HOOKS, tmp_path / "cut", batch_size=8, chunk_rows=50)
   resumed = harvest_lib.harvest(lm, windows, HOOKS, tmp_path / "cut", batch_size=4, chunk_rows=50)
   assert resumed.meta["complete"]
+  again = harvest_lib.harvest(lm, windows, HOOKS, tmp_path / "cut", batch_size=8, chunk_rows=50)
+  assert _chunk_hashes(again) == _chunk_hashes(full)  # A complete store is reused as it is.
   assert _chunk_hashes(resumed) == _chunk_hashes(full)
   with pytest.raises(JaxsaeError, match="other settings"):
     harvest_lib.harvest(lm, windows[:6], HOOKS, tmp_path / "cut", chunk_rows=50)

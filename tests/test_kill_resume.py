@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxsae import faults
+from jaxsae import faults, run_log
 from jaxsae.faults import KillPoint
 
 
@@ -61,6 +61,9 @@ def test_lm_training_killed_mid_checkpoint_write_and_mid_run_resumes_bitwise(
   assert trial.landings[0].partial, _report(trial)  # The kill landed during a write.
   _assert_resumed_at_newest_checkpoint(trial)
   assert trial.equal, _report(trial)
+  (metrics,) = tmp_path.rglob("metrics.jsonl")  # Steps redone after a kill are logged once.
+  steps = [r["step"] for r in run_log.read_jsonl(metrics, "train")]
+  assert steps == sorted(set(steps)) and steps, steps
 
 
 def test_sae_training_killed_mid_checkpoint_write_resumes_bitwise(reference, env, tmp_path):

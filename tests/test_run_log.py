@@ -33,6 +33,18 @@ def test_jsonl_and_tensorboard_hold_the_same_scalars(tmp_path):
   assert math.isnan(scalars[("validation/loss", 2)])
 
 
+def test_a_resumed_run_drops_the_records_it_will_write_again(tmp_path):
+  with run_log.RunLog(tmp_path, tensorboard=False) as log:
+    for step in (10, 20, 30):
+      log.write(step, {"loss": float(step)})
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 40, "split": "tr')  # Killed mid-write.
+  with run_log.RunLog(tmp_path, tensorboard=False, resume_from=20) as log:  # Checkpoint at 20.
+    log.write(30, {"loss": 31.0})
+  records = run_log.read_jsonl(tmp_path / "metrics.jsonl")
+  assert [(r["step"], r["loss"]) for r in records] == [(10, 10.0), (20, 20.0), (30, 31.0)]
+
+
 def test_progress_bar_counts_tokens(capsys):
   bar = run_log.progress(1000, 200)
   bar.update(300)

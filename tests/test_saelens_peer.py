@@ -66,3 +66,25 @@ def test_saes_saved_by_sae_lens_load_here_and_agree(kind, tmp_path):
   z = np.asarray(sae.apply(variables, x, method="encode").latents)
   np.testing.assert_allclose(z, z_ref, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(np.asarray(sae.apply(variables, x)), x_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_negative_jumprelu_thresholds_encode_as_in_sae_lens(tmp_path):
+  """sae-lens applies ReLU before the threshold mask, so a latent whose threshold is negative
+  never outputs a negative value; jaxsae's z = pre·1[pre > θ] alone would."""
+  torch.manual_seed(1)
+  peer = JumpReLUSAE(JumpReLUSAEConfig(d_in=D, d_sae=N))
+  with torch.no_grad():
+    for p in peer.parameters():
+      p.copy_(torch.randn_like(p) * 0.3)
+    peer.threshold.copy_(-peer.threshold.abs() - 0.05)  # Every threshold below zero.
+  peer.save_model(str(tmp_path))
+  config, variables = saelens.load(tmp_path)
+  x = np.asarray(jax.random.normal(jax.random.key(8), (64, D)) * 2.0, np.float32)
+  z_ref, x_ref = _peer(x, peer)
+  sae = registry.build(config)
+  z = np.asarray(sae.apply(variables, x, method="encode").latents)
+  pre = np.asarray(sae.apply(variables, x, method="encode").pre)
+  assert ((pre < 0) & (pre > -0.05)).any()  # Pre-activations a bare mask would let through.
+  assert z.min() >= 0
+  np.testing.assert_allclose(z, z_ref, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(sae.apply(variables, x)), x_ref, atol=1e-5, rtol=1e-5)

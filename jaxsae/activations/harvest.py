@@ -106,6 +106,9 @@ def harvest(
     "seq_len": int(windows_NxT.shape[1]),
     "skip_separator": bool(skip_separator),
     "skip_first": int(skip_first),
+    # A resumed partial store must be forwarded in the same batches: another size compiles to
+    # other kernels and rounds differently (a complete store is read the same either way).
+    "batch_size": int(batch_size),
     "windows_sha256": hashlib.sha256(windows_NxT.tobytes()).hexdigest(),
   }
   widths = hook_widths(lm, hooks)
@@ -207,7 +210,11 @@ def _open_or_create(directory, widths, rows, windows, dtype, chunk_rows, metadat
   if (directory / "store.json").is_file():
     store = ActivationStore.open(directory)
     expected = {"hooks": widths, "n_rows": len(rows), "dtype": dtype, **metadata}
-    mismatch = [k for k, v in expected.items() if store.meta.get(k) != v]
+    mismatch = [
+      k
+      for k, v in expected.items()
+      if store.meta.get(k) != v and not (k == "batch_size" and store.meta.get("complete"))
+    ]
     if mismatch:
       raise JaxsaeError(
         f"{directory} holds a store harvested with other settings ({', '.join(mismatch)}); "

@@ -285,7 +285,11 @@ def train_and_evaluate(
       bar.set_postfix(loss=f"{values['loss']:.3f}")
 
   bar = run_log.progress(tc.steps * tokens_per_step, start * tokens_per_step)
-  with run_log.RunLog(workdir) as log, checkpointer, bar:  # Closed on errors too.
+  with (
+    run_log.RunLog(workdir, resume_from=start) as log,
+    checkpointer,
+    bar,
+  ):  # Closed on errors too.
     for step in range(start + 1, stop + 1):
       batch = sharding.global_batch(next(train_iter), mesh)
       state, metrics = train_step(state, batch)

@@ -12,7 +12,8 @@ Exported from the folded parameters (they act on raw activations). Mapping:
 | batchtopk | jumprelu | its inference threshold θ for every latent |
 | prolu_relu, prolu_ste | jumprelu | z = m·1[m > max(0, −b)]: b_enc = 0, threshold = ReLU(−b) |
 
-Import maps standard/topk/gated/jumprelu back; a file with `apply_b_dec_to_input = false` has
+Import maps standard/topk/gated/jumprelu back (negative JumpReLU thresholds clamped at 0, which
+is what sae-lens's ReLU before the mask does); a file with `apply_b_dec_to_input = false` has
 the centering folded into the encoder biases, and any activation normalization is refused.
 """
 
@@ -147,6 +148,10 @@ def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any]]:
       t["b_mag"] = t["b_mag"] + t["b_dec"] @ (t["W_enc"] * np.exp(t["r_mag"]))
     else:
       t["b_enc"] = t["b_enc"] + shift
+  if kind == "jumprelu":
+    # sae-lens computes ReLU(pre)·1[pre > θ]; for θ < 0 that is pre·1[pre > 0], so jaxsae's
+    # pre·1[pre > θ] equals it with θ clamped at 0.
+    t["threshold"] = np.maximum(t["threshold"], 0.0)
   fields: dict[str, Any] = {"architecture": names[kind], "d_in": d, "n_latents": n}
   if kind == "topk":
     fields.update(k=int(cfg["k"]), k_aux=0)

@@ -294,7 +294,7 @@ def train(
     bar.set_postfix(fvu=f"{scalars[key]:.3f}")
 
   bar = run_log.progress(tc.steps * tc.batch_size, start * tc.batch_size, desc=progress_desc)
-  with run_log.RunLog(workdir) as log, checkpointer, bar:  # Closed on errors too.
+  with run_log.RunLog(workdir, resume_from=start) as log, checkpointer, bar:  # Closed on errors too.
     for step in range(start + 1, stop + 1):
       batch = sharding.global_batch({"x": next(batches)}, trainer.mesh)["x"]
       state, metrics = train_step(state, batch)
