@@ -12,7 +12,7 @@ from sparsify.sparse_coder import SparseCoder
 from conftest import load_config
 from jaxsae.errors import CheckpointError
 from jaxsae.quality import peers, report, study
-from jaxsae.sae import evaluate, sparsify_format
+from jaxsae.sae import evaluate, sparsify_format, synthetic
 from jaxsae.sae.config import SAEConfig
 from jaxsae.sae.data import ArraySource
 
@@ -70,16 +70,17 @@ def test_sparsify_folders_round_trip_through_sparsify_itself(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["signum", "adam"])
 def test_sparsify_trainer_learns_and_is_read_back_as_sparsify_saved_it(tmp_path, optimizer):
-  x = rows()
+  features = synthetic.SyntheticFeatures(d=24, n_features=96, active=3, noise=0.05)
+  x = np.asarray(features.generate(1 << 13), np.float32)
   run = peers.train_sparsify(
-    batches(x), tmp_path, n=96, k=6, steps=40, optimizer=optimizer, warmup_steps=5, threads=1
+    batches(x), tmp_path, n=96, k=6, steps=400, optimizer=optimizer, warmup_steps=5, threads=1
   )
   _, ours = evaluate.encode_decode(run.config)(run.variables, x[:512])
   np.testing.assert_allclose(np.asarray(ours), sparsify_out(tmp_path, x[:512]), atol=1e-5)
-  fvu = evaluate.metrics_of(evaluate.encode_decode(run.config), run.variables, ArraySource(x))[
-    "fvu"
-  ]
-  assert fvu < 0.6, fvu  # 6 of 24 directions at init explain far less.
+  # Both optimizers reach 0.24 here; a schedule-free wrapper given weight decay (a positional
+  # argument slip) ends above 1.
+  fvu = evaluate.metrics_of(evaluate.encode_decode(run.config), run.variables, ArraySource(x))
+  assert fvu["fvu"] < 0.3, fvu
 
 
 def test_saelens_trainer_is_read_back_from_its_inference_folder(tmp_path):

@@ -96,7 +96,7 @@ def train_sparsify(
     from sparsify.sign_sgd import SignSGD
 
     opt = ScheduleFreeWrapper(
-      SignSGD([{"params": sae.parameters(), "lr": lr or 5e-3 / scale}]), 0.95
+      SignSGD([{"params": sae.parameters(), "lr": lr or 5e-3 / scale}]), momentum=0.95
     )
     opt.train()
   elif optimizer == "adam":
