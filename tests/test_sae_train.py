@@ -246,3 +246,48 @@ def test_dead_windows_are_counted_in_tokens_not_steps():
     since[batch] = int(state.extras["topk"]["tokens_since_fired"][0, 0])
     assert float(metrics["topk"]["dead_fraction"][0]) >= 1 / 64
   assert since == {64: 512, 128: 512}
+
+
+def test_the_fitted_encoder_scale_is_the_least_squares_first_reconstruction():
+  """encoder_init_scale = -1: W_enc = s·W_decᵀ with s minimizing the initial error, below 1
+  (a unit-norm tied encoder overshoots); a fixed scale is used as given."""
+  config = tiny_config(**{"mesh.data": 1})
+  trainer = train_lib.SAETrainer.build(config, 16)
+  _, b_dec, rows = train_lib.initial_statistics(config, data.ArraySource(ROWS))
+  fitted = trainer.init_state(jax.random.key(0), b_dec, rows).params["topk"]
+  plain = trainer.init_state(jax.random.key(0), b_dec).params["topk"]
+  w_dec, w_plain = np.asarray(plain["W_dec"][0]), np.asarray(plain["W_enc"][0])
+  np.testing.assert_allclose(w_plain, w_dec.T, atol=1e-6)  # Tied, unit rows: scale 1.
+  s = float(np.asarray(fitted["W_enc"][0])[0, 0] / w_plain[0, 0])
+  np.testing.assert_allclose(np.asarray(fitted["W_enc"][0]), s * w_plain, rtol=1e-5, atol=1e-7)
+  assert 0.2 < s < 1.0, s
+
+  def error(scale):
+    pre = (rows - b_dec) @ (scale * w_plain)
+    kth = np.sort(pre, axis=1)[:, -config.sae.k][:, None]
+    z = np.where(pre >= kth, np.maximum(pre, 0), 0)
+    return float(np.sum((rows - b_dec - z @ w_dec) ** 2))
+
+  assert error(s) < min(error(0.9 * s), error(1.1 * s), error(1.0))
+  fixed = train_lib.SAETrainer.build(
+    tiny_config(**{"mesh.data": 1, "sae.encoder_init_scale": 0.5}), 16
+  )
+  w = fixed.init_state(jax.random.key(0), b_dec, rows).params["topk"]["W_enc"][0]
+  np.testing.assert_allclose(np.asarray(w), 0.5 * w_plain, rtol=1e-5, atol=1e-7)
+
+
+def test_warmup_is_a_share_of_the_run_unless_given_in_steps():
+  from jaxsae.sae import optim
+
+  c = train_config.base_config()
+  assert c.optim.warmup_steps == -1 and optim.warmup_steps(c.optim, 1500) == 0  # The default.
+  c.optim.warmup_fraction = 0.05
+  assert [optim.warmup_steps(c.optim, n) for n in (1500, 15_000)] == [75, 750]
+  schedule = optim.learning_rate_schedule(1.0, 1500, optim.warmup_steps(c.optim, 1500), 0.2)
+  assert float(schedule(0)) == 0.0 and float(schedule(75)) == pytest.approx(1.0)
+  assert float(schedule(1500 - 300)) == pytest.approx(1.0) and float(schedule(1500)) == 0.0
+  c.optim.warmup_steps = 10  # Steps, when given, win.
+  assert optim.warmup_steps(c.optim, 15_000) == 10
+  c.optim.warmup_steps, c.optim.warmup_fraction = -1, 0.9
+  with pytest.raises(ValueError, match="warmup_fraction \\+ optim.decay_fraction = 1.1"):
+    train_config.validate(c)

@@ -102,6 +102,9 @@ class SparseAutoencoder(nn.Module):
   has_aux_k = False
   # Adam β1 when optim.b1 = -1 (dictionary_learning trains Gated and JumpReLU with β1 = 0).
   default_b1 = 0.9
+  # Whether encoder_init_scale = -1 fits W_enc's scale at init (`fitted_encoder_scale`): only
+  # where z scales with W_enc (TopK, BatchTopK); others keep s = 1.
+  fits_encoder_scale = False
 
   # ---- parameters -----------------------------------------------------------------------------
   def setup(self):
@@ -111,12 +114,15 @@ class SparseAutoencoder(nn.Module):
     )
     self.b_dec = self.param("b_dec", _partitioned(nn.initializers.zeros, ("embed",)), (cfg.d_in,))
 
-    # W_enc = W_decᵀ at init (TopK paper), or independent unit directions when untied.
+    # W_enc = s·W_decᵀ at init (TopK paper), or s times independent unit directions when
+    # untied; s = encoder_init_scale, or 1 until the trainer fits it (`fitted_encoder_scale`).
     # Initializers run only at init time.
+    scale = cfg.encoder_init_scale if cfg.encoder_init_scale > 0 else 1.0
+
     def encoder_init(key, shape):
       if cfg.tied_init:
-        return self.W_dec.T
-      return unit_rows(key, (self.n_local, cfg.d_in)).T
+        return self.W_dec.T * scale
+      return unit_rows(key, (self.n_local, cfg.d_in)).T * scale
 
     self.W_enc = self.param("W_enc", _partitioned(encoder_init, ("embed", "latents")), (0,))
     self.setup_encoder()
@@ -282,6 +288,17 @@ class SparseAutoencoder(nn.Module):
     err = self.axes.sum_batch(jnp.sum((x - x_hat) ** 2))
     var = self.axes.sum_batch(jnp.sum((x - mean_D) ** 2))
     return err / var
+
+  def fitted_encoder_scale(self, x_BxD: jax.Array, hyper: Hyper | None = None) -> jax.Array:
+    """The s minimizing Σ‖x̃ − b_dec − s·y‖² with y = x̂ − b_dec of the current parameters:
+    s = Σ⟨x̃ − b_dec, y⟩ / Σ‖y‖². With z linear in W_enc's scale (b_enc = 0, a top-k
+    selection), W_enc ← s·W_enc makes the reconstruction s·y: the least-squares initial one.
+    1 when that is not a positive number (nothing reconstructed)."""
+    y = self.decode(self.encode(x_BxD, hyper, train=True).latents) - self.b_dec
+    yy = jnp.sum(y * y)
+    xy = jnp.sum((x_BxD - self.b_dec) * y)
+    ok = (yy > 0) & (xy > 0)
+    return jnp.where(ok, xy / jnp.where(ok, yy, 1.0), 1.0)
 
   # ---- buffers and constraints --------------------------------------------------------------
   def updated_buffers(self, stats: dict[str, jax.Array]) -> dict[str, Any]:

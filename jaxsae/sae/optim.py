@@ -6,8 +6,9 @@
           constrain(sae.constrain))         W_dec rows renormalized, JumpReLU θ ≥ 0
 
 The last transform turns "take the step, then project" into an optax update: u ← Π(w + u) − w.
-The schedule warms the learning rate up linearly, holds it, and decays it linearly to zero over
-the last `decay_fraction` of training (TopK paper recipe).
+The schedule warms the learning rate up linearly over `warmup_fraction` of training (or
+`warmup_steps`), holds it, and decays it linearly to zero over the last `decay_fraction` of
+training (TopK paper recipe).
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ import optax
 def default_learning_rate(n_latents: int) -> float:
   """2e-4 / √(n / 2¹⁴): the TopK paper's 1/√n learning-rate law."""
   return 2e-4 / math.sqrt(n_latents / 2**14)
+
+
+def warmup_steps(optim: ml_collections.ConfigDict, steps: int) -> int:
+  """optim.warmup_steps when ≥ 0, else round(optim.warmup_fraction · steps)."""
+  if optim.warmup_steps >= 0:
+    return int(optim.warmup_steps)
+  return int(round(steps * optim.get("warmup_fraction", 0.0)))
 
 
 def learning_rate_schedule(lr: float, steps: int, warmup_steps: int, decay_fraction: float):
@@ -73,7 +81,7 @@ def make_optimizer(
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """(optimizer for one SAE, learning-rate schedule). `sae` is the module (for its constraints)."""
   lr = default_learning_rate(n_latents) if optim.lr <= 0 else optim.lr
-  schedule = learning_rate_schedule(lr, steps, optim.warmup_steps, optim.decay_fraction)
+  schedule = learning_rate_schedule(lr, steps, warmup_steps(optim, steps), optim.decay_fraction)
   b1 = optim.b1 if optim.b1 >= 0 else sae.default_b1
   parts = []
   if sae.unit_norm_decoder:

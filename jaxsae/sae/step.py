@@ -107,8 +107,14 @@ class GroupTrainer:
   def _latent_axis(self):
     return sharding.fit_spec(P(sharding.MODEL), (self.group.config.n_latents,), self.mesh)[0]
 
-  def init(self, rng: jax.Array, b_dec: jax.Array) -> tuple[Any, Any, Any]:
-    """(params, opt_state, extras) for all members; member i initialized from seed_i."""
+  def init(
+    self, rng: jax.Array, b_dec: jax.Array, sample_BxD: jax.Array | None = None
+  ) -> tuple[Any, Any, Any]:
+    """(params, opt_state, extras) for all members; member i initialized from seed_i.
+
+    `sample_BxD` (scaled rows): where `encoder_init_scale` is -1 and the architecture fits it,
+    each member's W_enc is scaled to the least-squares fit of its initial reconstruction of
+    these rows (`SparseAutoencoder.fitted_encoder_scale`); without it W_enc keeps scale 1."""
     x = jnp.zeros((1, self.group.config.d_in), jnp.float32)
 
     def one(seed):
@@ -118,6 +124,16 @@ class GroupTrainer:
 
     seeds = jnp.asarray([m.seed for m in self.group.members])
     variables = jax.vmap(one)(seeds)
+    fit = self.group.config.encoder_init_scale == -1 and self.sae.fits_encoder_scale
+    if fit and sample_BxD is not None:
+      # One member at a time (lax.map): each holds a rows×n pre-activation matrix.
+      def scale(args):
+        member, hyper = args
+        return self.sae.apply(member, sample_BxD, hyper, method="fitted_encoder_scale")
+
+      scales = jax.lax.map(scale, (variables, self.group.hyper()))
+      params = variables["params"]
+      variables["params"] = {**params, "W_enc": params["W_enc"] * scales[:, None, None]}
     n = (self.group.size, self.group.config.n_latents)
     extras = {
       "buffers": variables.get("buffers", {}),

@@ -75,6 +75,9 @@ class TopKSAE(SparseAutoencoder):
 
   # Subclasses that select latents differently (BatchTopK) train on the dense path.
   has_sparse_path = True
+  # A positive scale of W_enc scales z and leaves the chosen latents unchanged (b_enc = 0 at
+  # init), so encoder_init_scale = -1 fits it (base.fitted_encoder_scale).
+  fits_encoder_scale = True
 
   def encode(self, x_BxD, hyper: Hyper | None = None, train: bool = False) -> Encoding:
     pre = self.pre_activations(x_BxD)

@@ -74,8 +74,8 @@ class SAETrainer:
   def _d_in(self) -> int:
     return self.groups[0].config.d_in
 
-  def _init(self, rng, b_dec) -> TrainState:
-    parts = {name: t.init(rng, b_dec) for name, t in self.trainers.items()}
+  def _init(self, rng, b_dec, sample=None) -> TrainState:
+    parts = {name: t.init(rng, b_dec, sample) for name, t in self.trainers.items()}
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params={name: p[0] for name, p in parts.items()},
@@ -83,9 +83,14 @@ class SAETrainer:
       extras={name: p[2] for name, p in parts.items()},
     )
 
-  def init_state(self, rng: jax.Array, b_dec: np.ndarray) -> TrainState:
-    """A fresh state, created directly in its sharded layout."""
-    return jax.jit(self._init, out_shardings=self.state_shardings())(rng, jnp.asarray(b_dec))
+  def init_state(
+    self, rng: jax.Array, b_dec: np.ndarray, sample: np.ndarray | None = None
+  ) -> TrainState:
+    """A fresh state, created directly in its sharded layout. `sample`: scaled rows the
+    encoder's init scale is fitted on (`sae.encoder_init_scale`; None: scale 1)."""
+    sample = None if sample is None else jnp.asarray(sample, jnp.float32)
+    init = jax.jit(self._init, out_shardings=self.state_shardings())
+    return init(rng, jnp.asarray(b_dec), sample)
 
   def make_step(self, scale: float):
     """The jitted (state, raw batch) -> (state, {group: metrics}) step. Donates the state.
@@ -119,20 +124,29 @@ class SAETrainer:
     )
 
 
+# Rows of the init sample the encoder's init scale is fitted on (`sae.encoder_init_scale`):
+# the fit is one number per SAE, and each row holds an n-wide pre-activation while it runs.
+ENCODER_FIT_ROWS = 1024
+
+
 def initial_statistics(
   config: ml_collections.ConfigDict, source: data_lib.ActivationSource
-) -> tuple[float, np.ndarray]:
-  """(scale c, b_dec init on the scaled inputs) from a reproducible sample of the source."""
+) -> tuple[float, np.ndarray, np.ndarray]:
+  """(scale c, b_dec init on the scaled inputs, scaled rows to fit the encoder's init scale
+  on) from a reproducible sample of the source."""
   sample = data_lib.sample(source, config.data.normalization_samples, config.seed)
   scale = normalization.estimate_scale(sample)
   scaled = sample[: config.data.b_dec_samples] * scale
+  # Strided: the sample's rows are in store order.
+  fit_rows = sample[:: max(1, len(sample) // ENCODER_FIT_ROWS)][:ENCODER_FIT_ROWS]
+  fit_rows = (fit_rows * scale).astype(np.float32)
   if config.data.b_dec_init == "geometric_median":
     b_dec = np.asarray(normalization.geometric_median(scaled))
   elif config.data.b_dec_init == "mean":
     b_dec = scaled.mean(0)
   else:
     b_dec = np.zeros(scaled.shape[-1], np.float32)
-  return scale, b_dec.astype(np.float32)
+  return scale, b_dec.astype(np.float32), fit_rows
 
 
 @dataclasses.dataclass
@@ -217,8 +231,8 @@ def train(
     skipped = dict(meta.get("skipped_batches", {}))
   else:
     skipped = {}
-    scale, b_dec = initial_statistics(config, source)
-    state = trainer.init_state(jax.random.key(config.seed), b_dec)
+    scale, b_dec, fit_rows = initial_statistics(config, source)
+    state = trainer.init_state(jax.random.key(config.seed), b_dec, fit_rows)
   meta = {
     "scale": scale,
     "d_in": source.d_in,
@@ -294,7 +308,8 @@ def train(
     bar.set_postfix(fvu=f"{scalars[key]:.3f}")
 
   bar = run_log.progress(tc.steps * tc.batch_size, start * tc.batch_size, desc=progress_desc)
-  with run_log.RunLog(workdir, resume_from=start) as log, checkpointer, bar:  # Closed on errors too.
+  log = run_log.RunLog(workdir, resume_from=start)
+  with log, checkpointer, bar:  # Closed on errors too.
     for step in range(start + 1, stop + 1):
       batch = sharding.global_batch({"x": next(batches)}, trainer.mesh)["x"]
       state, metrics = train_step(state, batch)

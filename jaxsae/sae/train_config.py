@@ -64,6 +64,10 @@ def _defaults() -> ml_collections.ConfigDict:
   c.sae.jumprelu_init_threshold = -1.0  # θ₀; -1: 0.001·√d.
   c.sae.batchtopk_momentum = 0.999  # EMA decay of BatchTopK's inference threshold.
   c.sae.tied_init = True  # W_enc = W_decᵀ at init (TopK paper); False: independent.
+  # W_enc's scale at init; -1: fitted so the first reconstruction is least-squares (TopK,
+  # BatchTopK; 1 for the others). A unit-norm tied encoder overshoots: each of the k chosen
+  # latents adds its whole projection (see SAEConfig.encoder_init_scale).
+  c.sae.encoder_init_scale = -1.0
   c.sae.topk_path = "auto"  # TopK training: "sparse" | "dense" | "auto" (sparse when n ≥ 32k).
   c.sae.compute_dtype = "float32"  # Matmul operands; "bfloat16": mixed precision, f32 params.
 
@@ -111,10 +115,19 @@ def _defaults() -> ml_collections.ConfigDict:
   # and last good checkpoint; "skip" leaves that SAE unchanged for the batch and counts it.
   c.train.on_nonfinite = "stop"
 
-  # Adam with linear warmup, a constant phase and a linear decay to zero.
+  # Adam with linear warmup, a constant phase and a linear decay to zero. Warmup and decay are
+  # shares of the run, so a schedule means the same at every length (a fixed 100-step warmup
+  # was 7% of the main job's 1,500 steps). Measured on the main job's activations (n = 1024,
+  # k = 16, held-out FVU):
+  # - warmup_fraction 0: the TopK paper warms up λ, not the lr, and a unit-norm tied decoder
+  #   with a fitted encoder scale needs none; any lr warmup cost FVU (1,500 steps: 0.0870 with
+  #   none, 0.0873 with 1%, 0.0916 with 5%).
+  # - decay_fraction 0.2 (TopK paper): at 5,000 steps it beats a constant lr (0.0716 against
+  #   0.0726); at 1,500 it is within seed noise of it (0.0870 against 0.0864).
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = -1.0  # -1: 2e-4 / √(n / 2¹⁴) (TopK paper).
-  c.optim.warmup_steps = 100
+  c.optim.warmup_fraction = 0.0  # Share of training over which lr rises linearly from 0.
+  c.optim.warmup_steps = -1  # ≥ 0: this many warmup steps instead of warmup_fraction.
   c.optim.decay_fraction = 0.2  # Share of training at the end over which lr decays to 0.
   c.optim.b1 = -1.0  # -1: the architecture's (0.9; 0 for gated and jumprelu).
   c.optim.b2 = 0.999
@@ -209,8 +222,19 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) 
     "train.sparsity_warmup_fraction must be in [0, 1]",
   )
   req(c.optim.lr == -1 or c.optim.lr > 0, p, f"optim.lr={c.optim.lr} must be positive (or -1)")
-  req(c.optim.warmup_steps >= 0, p, "optim.warmup_steps must be >= 0")
+  req(
+    c.optim.warmup_steps >= -1,
+    p,
+    "optim.warmup_steps must be >= 0 (or -1: use optim.warmup_fraction)",
+  )
+  req(0 <= c.optim.warmup_fraction < 1, p, "optim.warmup_fraction must be in [0, 1)")
   req(0 <= c.optim.decay_fraction <= 1, p, "optim.decay_fraction must be in [0, 1]")
+  req(
+    c.optim.warmup_steps >= 0 or c.optim.warmup_fraction + c.optim.decay_fraction <= 1,
+    p,
+    f"optim.warmup_fraction + optim.decay_fraction = "
+    f"{c.optim.warmup_fraction + c.optim.decay_fraction:g} must be at most 1",
+  )
   req(c.optim.b1 == -1 or 0 <= c.optim.b1 < 1, p, "optim.b1 must be in [0, 1) (or -1)")
   req(0 <= c.optim.b2 < 1, p, "optim.b2 must be in [0, 1)")
   req(c.optim.eps > 0, p, "optim.eps must be positive")
