@@ -156,6 +156,9 @@ def test_topk_recovers_known_features(tmp_path):
   result = train_lib.train(config, tmp_path, data.ArraySource(rows))
   decoder = result.member_params("topk")["W_dec"]
   assert synthetic.recovered_fraction(features.directions(), decoder, 0.9) >= 0.9
+  # At cosine 0.99 the recipe before the fitted encoder scale found 58 of the 64 features
+  # (0.906); the current one finds 62.
+  assert synthetic.recovered_fraction(features.directions(), decoder, 0.99) >= 0.95
   assert result.history[-1]["fvu"] < 0.25
 
 
