@@ -172,12 +172,10 @@ def evaluate_saes(config, lm, data: main_job.Harvested, result, workdir: pathlib
   final = history[-1] if history else {}  # The last training record, after a resume too.
 
   def measure(name, encode_decode, variables, extra) -> dict:
-    metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
-    reconstruct = lambda v, x: encode_decode(v, x)[1]  # noqa: E731
-    spliced = downstream.splice_losses(
-      lm, windows, h.hook, reconstruct, variables, reference, h.skip_first, batch
+    measured = downstream.held_out_and_spliced(
+      lm, windows, h.hook, encode_decode, variables, data.held_out, reference, h.skip_first, batch
     )
-    row = {"method": name, **extra, **metrics, **spliced}
+    row = {"method": name, **extra, **measured}
     print(f"[eval] {name}: L0 {row['l0']:.1f}, FVU {row['fvu']:.4f}, ΔCE {row['delta_ce']:.4f}")
     return row
 

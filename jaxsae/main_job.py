@@ -182,12 +182,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   reference = downstream.reference_losses(lm, data.eval_windows, hook, skip_first)
 
   def measure(name, encode_decode, variables) -> dict:
-    metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
-    reconstruct = lambda v, x: encode_decode(v, x)[1]  # noqa: E731
-    spliced = downstream.splice_losses(
-      lm, data.eval_windows, hook, reconstruct, variables, reference, skip_first
+    measured = downstream.held_out_and_spliced(
+      lm, data.eval_windows, hook, encode_decode, variables, data.held_out, reference, skip_first
     )
-    return {"method": name, **metrics, **spliced}
+    return {"method": name, **measured}
 
   rows = [
     measure(f"SAE ({sae_config.architecture})", evaluate.encode_decode(raw_config), raw_variables)

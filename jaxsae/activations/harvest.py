@@ -206,15 +206,16 @@ def _scale(store: ActivationStore, hook: str, samples: int = 8192) -> float:
   return float(np.sqrt(x.shape[-1] / np.mean(np.sum(x**2, axis=-1))))
 
 
+_RESUME_ONLY = ("batch_size",)  # Fingerprint keys that matter to resuming a partial store only.
+
+
 def _open_or_create(directory, widths, rows, windows, dtype, chunk_rows, metadata):
   if (directory / "store.json").is_file():
     store = ActivationStore.open(directory)
     expected = {"hooks": widths, "n_rows": len(rows), "dtype": dtype, **metadata}
-    mismatch = [
-      k
-      for k, v in expected.items()
-      if store.meta.get(k) != v and not (k == "batch_size" and store.meta.get("complete"))
-    ]
+    # Settings that only decide how a partial store goes on do not bar reusing a complete one.
+    checked = [k for k in expected if not (k in _RESUME_ONLY and store.meta.get("complete"))]
+    mismatch = [k for k in checked if store.meta.get(k) != expected[k]]
     if mismatch:
       raise JaxsaeError(
         f"{directory} holds a store harvested with other settings ({', '.join(mismatch)}); "

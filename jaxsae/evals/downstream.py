@@ -168,3 +168,27 @@ def splice_losses(
     "kl": kl,
     "kl_score": 1.0 - kl / reference["kl_zero"] if reference["kl_zero"] > 0 else float("nan"),
   }
+
+
+def held_out_and_spliced(
+  lm: LanguageModel,
+  windows_NxT1: np.ndarray,
+  hook: str,
+  encode_decode,
+  variables,
+  held_out,
+  reference: dict[str, float],
+  skip_first: int = 0,
+  batch_size: int = 16,
+) -> dict[str, float]:
+  """An SAE (or baseline) `encode_decode(variables, x) -> (codes, x̂)` on raw activations:
+  its held-out L0, FVU and dead fraction on the `held_out` rows, and its spliced losses
+  (`splice_losses`, against `reference`)."""
+  from jaxsae.sae import evaluate
+
+  metrics = evaluate.metrics_of(encode_decode, variables, held_out)
+  reconstruct = lambda v, x: encode_decode(v, x)[1]  # noqa: E731
+  spliced = splice_losses(
+    lm, windows_NxT1, hook, reconstruct, variables, reference, skip_first, batch_size
+  )
+  return {**metrics, **spliced}

@@ -187,12 +187,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
         sae_config, variables, wall, version = train_one(
           name, lam, job, data, workdir, budget, seed, config.quality.peer_threads
         )
-        encode_decode = evaluate.encode_decode(sae_config)
-        metrics = evaluate.metrics_of(encode_decode, variables, data.held_out)
-        reconstruct = lambda v, x, f=encode_decode: f(v, x)[1]  # noqa: E731
-        spliced = downstream.splice_losses(
-          lm, data.eval_windows, h.hook, reconstruct, variables, reference, h.skip_first
-        )
+        measured = downstream.held_out_and_spliced(
+          lm, data.eval_windows, h.hook, evaluate.encode_decode(sae_config), variables,
+          data.held_out, reference, h.skip_first,
+        )  # fmt: skip
         row = {
           "trainer": name,
           "budget": budget,
@@ -200,11 +198,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
           "seed": seed,
           "architecture": TRAINERS[name][1],
           "sparsity_coefficient": lam,
-          "fvu": metrics["fvu"],
-          "l0": metrics["l0"],
-          "dead_fraction": metrics["dead_fraction"],
-          "delta_ce": spliced["delta_ce"],
-          "ce_recovered": spliced["ce_recovered"],
+          **{k: measured[k] for k in ("fvu", "l0", "dead_fraction", "delta_ce", "ce_recovered")},
           "train_s": wall,
           "version": version,
         }

@@ -19,7 +19,6 @@ the centering folded into the encoder biases, and any activation normalization i
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.errors import CheckpointError
+from jaxsae.sae import weights_folder
 from jaxsae.sae.config import SAEConfig
 from jaxsae.sae.normalization import fold_scale
 
@@ -89,33 +89,15 @@ def save(
   metadata: dict | None = None,
 ) -> pathlib.Path:
   """Write the SAELens folder. `metadata` (hook_name, model_name, …) goes into cfg["metadata"]."""
-  from safetensors.numpy import save_file
-
   cfg, tensors = to_saelens(config, variables, scale)
   cfg["metadata"].update(metadata or {})
-  path = pathlib.Path(path)
-  path.mkdir(parents=True, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path / WEIGHTS_FILE))
-  (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-  return path
+  return weights_folder.write(path, cfg, tensors, CONFIG_FILE, WEIGHTS_FILE)
 
 
 def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any]]:
   """(config, variables acting on raw activations) of a SAELens folder."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-
   path = pathlib.Path(path)
-  for f in (path / CONFIG_FILE, path / WEIGHTS_FILE):
-    if not f.is_file():
-      raise CheckpointError(
-        f"{f} is missing; a SAELens folder has {CONFIG_FILE} and {WEIGHTS_FILE}"
-      )
-  try:
-    cfg = json.loads((path / CONFIG_FILE).read_text())
-    t = {k: np.asarray(v, np.float32) for k, v in load_file(str(path / WEIGHTS_FILE)).items()}
-  except (json.JSONDecodeError, SafetensorError, OSError, ValueError) as e:
-    raise CheckpointError(f"{path} is not a readable SAELens folder ({e})") from e
+  cfg, t = weights_folder.read(path, CONFIG_FILE, WEIGHTS_FILE, "SAELens")
   norm = cfg.get("normalize_activations", "none")
   if norm not in ("none", None):
     raise CheckpointError(

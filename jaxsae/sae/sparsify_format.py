@@ -10,7 +10,6 @@ and the groupmax activation are refused until jaxsae trains them.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.errors import CheckpointError
+from jaxsae.sae import weights_folder
 from jaxsae.sae.config import SAEConfig
 from jaxsae.sae.normalization import fold_scale
 
@@ -29,8 +29,6 @@ def save(
   path: str | pathlib.Path, config: SAEConfig, variables: dict[str, Any], scale: float = 1.0
 ) -> pathlib.Path:
   """Write a TopK SAE (trained on scale·x) as a sparsify folder that acts on raw x."""
-  from safetensors.numpy import save_file
-
   if config.architecture != "topk":
     raise CheckpointError(
       f"sparsify stores TopK SAEs; this one is {config.architecture}: export it with "
@@ -54,30 +52,14 @@ def save(
     "transcode": False,
     "d_in": config.d_in,
   }
-  path = pathlib.Path(path)
-  path.mkdir(parents=True, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path / WEIGHTS_FILE))
-  (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2))
-  return path
+  return weights_folder.write(path, cfg, tensors, CONFIG_FILE, WEIGHTS_FILE)
 
 
 def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any]]:
   """(config, variables acting on raw activations) of one sparsify hookpoint folder."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-
   path = pathlib.Path(path)
-  for f in (path / CONFIG_FILE, path / WEIGHTS_FILE):
-    if not f.is_file():
-      raise CheckpointError(
-        f"{f} is missing; a sparsify folder has {CONFIG_FILE} and {WEIGHTS_FILE} (pass the "
-        "hookpoint's folder, e.g. run/layers.6)"
-      )
-  try:
-    cfg = json.loads((path / CONFIG_FILE).read_text())
-    t = {k: np.asarray(v, np.float32) for k, v in load_file(str(path / WEIGHTS_FILE)).items()}
-  except (json.JSONDecodeError, SafetensorError, OSError, ValueError) as e:
-    raise CheckpointError(f"{path} is not a readable sparsify folder ({e})") from e
+  hint = " (pass the hookpoint's folder, e.g. run/layers.6)"
+  cfg, t = weights_folder.read(path, CONFIG_FILE, WEIGHTS_FILE, "sparsify", hint)
   for key, supported in (("activation", "topk"), ("transcode", False), ("skip_connection", False)):
     if cfg.get(key, supported) != supported:
       raise CheckpointError(

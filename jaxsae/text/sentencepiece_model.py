@@ -83,13 +83,17 @@ def read_sentencepiece(path: str | os.PathLike) -> dict[str, Any]:
 def load_sentencepiece_tokenizer(path: str | os.PathLike, separator: str | None = None):
   """A jaxsae `BPETokenizer` over a tokenizer.model (spec "spm:PATH" or "spm:PATH:SEPARATOR");
   documents are separated by `separator`, by default the model's BOS piece."""
+  return tokenizer_of(read_sentencepiece(path), path, separator)
+
+
+def tokenizer_of(metadata: dict[str, Any], path: str | os.PathLike, separator: str | None = None):
+  """`load_sentencepiece_tokenizer` on metadata `read_sentencepiece(path)` already returned."""
   import tokenizers
 
   from jaxsae.text.gguf_tokenizer import gguf_tokenizer
   from jaxsae.text.gguf_tokenizer import separator as default_separator
   from jaxsae.text.tokenizer import BPETokenizer
 
-  metadata = read_sentencepiece(path)
   try:
     tok = gguf_tokenizer(metadata)
     separator = separator or default_separator(metadata)

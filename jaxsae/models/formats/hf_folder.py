@@ -82,9 +82,10 @@ def tokenizer(folder: pathlib.Path, values: dict[str, Any]):
       from jaxsae.text import sentencepiece_model
 
       model = folder / TOKENIZER_MODEL
-      pieces = sentencepiece_model.read_sentencepiece(model)["tokenizer.ggml.tokens"]
+      metadata = sentencepiece_model.read_sentencepiece(model)
+      pieces = metadata["tokenizer.ggml.tokens"]
       piece = lambda i: pieces[i] if 0 <= i < len(pieces) else None  # noqa: E731
-      return sentencepiece_model.load_sentencepiece_tokenizer(model, _separator(piece, values))
+      return sentencepiece_model.tokenizer_of(metadata, model, _separator(piece, values))
     raise CheckpointError(
       f"{folder} has no {TOKENIZER_JSON} or {TOKENIZER_MODEL}; download it with the model"
     )
