@@ -80,7 +80,7 @@ def run(config, workdir) -> dict:
     )
 
   d = config.data
-  corpus = corpus_lib.discover(d.corpus, d.pattern, d.validation_fraction, d.test_fraction)
+  corpus = corpus_lib.from_config(d)
   train = pipeline.load_split(corpus, "train", dense.tokenizer, d.seq_len)
   validation = pipeline.load_split(corpus, "validation", dense.tokenizer, d.seq_len)
 

@@ -30,12 +30,7 @@ def main(argv):
   workdir.mkdir(parents=True, exist_ok=True)
   lm = pretrained.load(_MODEL.value)
   meta = lm.metadata
-  corpus = corpus_lib.discover(
-    meta.get("corpus", "stdlib"),
-    meta.get("pattern", "**/*.py"),
-    meta.get("validation_fraction", 0.02),
-    meta.get("test_fraction", 0.02),
-  )
+  corpus = corpus_lib.from_config(meta)
   print(
     f"model: {pretrained.resolve(_MODEL.value)} ({lm.config.n_layers} layers, d_model "
     f"{lm.config.d_model}); corpus: {corpus.root} ({len(corpus.files)} files)"

@@ -138,8 +138,9 @@ def model_eval(config, lm) -> dict:
   """The model's loss and bits per byte on `lm_eval.split`, windows as the harvest's."""
   data = lm_config.base_config().data
   h, e = config.harvest, config.lm_eval
-  corpus = corpus_lib.discover(h.corpus, h.pattern, data.validation_fraction, data.test_fraction)
-  windows = pipeline.load_windows(corpus, e.split, lm.tokenizer, h.seq_len, h.bos)
+  corpus = corpus_lib.from_config(h, data.validation_fraction, data.test_fraction)
+  vocab = lm.config.vocab_size
+  windows = pipeline.load_windows(corpus, e.split, lm.tokenizer, h.seq_len, h.bos, vocab)
   n = min(e.max_windows, len(windows)) if e.max_windows else len(windows)
   step = jax.jit(lm_eval_lib.make_eval_step(lm.module, lm.tokenizer.token_byte_lengths()))
   totals = np.zeros(3, np.float64)  # nats, tokens, bytes

@@ -46,6 +46,12 @@ def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
   c.harvest.hook = "blocks.1.resid_post"  # Where the SAE reads (and splices) activations.
   c.harvest.corpus = "stdlib"  # As data.corpus of the LM config.
   c.harvest.pattern = "**/*.py"
+  # Datasets only, as the data.* fields of the same names in the LM config.
+  c.harvest.split = "train"
+  c.harvest.text_column = "text"
+  c.harvest.input_ids_column = ""  # Token ids, checked against the model's vocabulary.
+  c.harvest.id_column = ""
+  c.harvest.max_documents = 0
   c.harvest.seq_len = 128  # Tokens per harvested window.
   c.harvest.train_windows = 4096  # Random training-split windows harvested (x seq_len rows).
   c.harvest.eval_windows = 128  # Validation-split windows for held-out metrics and ΔCE.
@@ -74,6 +80,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   h, p = config.harvest, []
   for name in ("seq_len", "train_windows", "eval_windows", "batch_size", "chunk_rows"):
     config_check.require(h[name] >= 1, p, f"harvest.{name}={h[name]} must be at least 1")
+  config_check.require(h.max_documents >= 0, p, "harvest.max_documents must be >= 0 (0: all)")
   if h.bos:
     config_check.require(h.seq_len >= 3, p, f"harvest.seq_len={h.seq_len} must be ≥ 3 with bos")
   if h.seq_len >= 1:
@@ -111,12 +118,11 @@ class Harvested:
 def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
   h = config.harvest
   lm_data = lm_config.base_config().data  # The splits the language model was trained with.
-  corpus = corpus_lib.discover(
-    h.corpus, h.pattern, lm_data.validation_fraction, lm_data.test_fraction
-  )
+  corpus = corpus_lib.from_config(h, lm_data.validation_fraction, lm_data.test_fraction)
   splits = {}
   for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):
-    windows = pipeline.load_windows(corpus, split, lm.tokenizer, h.seq_len, h.get("bos", False))
+    bos, vocab = h.get("bos", False), lm.config.vocab_size
+    windows = pipeline.load_windows(corpus, split, lm.tokenizer, h.seq_len, bos, vocab)
     splits[split] = pipeline.sample_windows(windows, count, config.seed, split)
   stores = {}
   for split, windows in splits.items():

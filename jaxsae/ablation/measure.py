@@ -102,9 +102,7 @@ def probe_dataset(config, lm) -> ProbeData:
   """Label validation-split documents with `tokenize`/`ast` tasks and capture the hook on them."""
   h = config.harvest
   lm_data = lm_config.base_config().data
-  corpus = corpus_lib.discover(
-    h.corpus, h.pattern, lm_data.validation_fraction, lm_data.test_fraction
-  )
+  corpus = corpus_lib.from_config(h, lm_data.validation_fraction, lm_data.test_fraction)
   labelled = probe_tasks.labelled_documents(
     corpus.read("validation"), lm.tokenizer, h.seq_len, config.evals.probe_windows, config.seed
   )

@@ -42,10 +42,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.init_std = 0.02
 
   c.data = ml_collections.ConfigDict()
-  c.data.corpus = "stdlib"  # "stdlib", a directory, a file, or a glob of text files.
+  # "stdlib", a directory, a file, or a glob of text files; or a dataset: .jsonl, .json,
+  # .parquet or .arrow files (one, a glob, a folder of them), a datasets.save_to_disk folder,
+  # or "hf:owner/name[:config]", streamed from the Hugging Face Hub (jaxsae.text.hf_datasets).
+  c.data.corpus = "stdlib"
   c.data.pattern = "**/*.py"  # Files searched for under a directory corpus.
-  c.data.validation_fraction = 0.02  # Share of files (by path hash) held out for validation.
+  # Share of files (datasets: of rows, by id hash) held out for validation.
+  c.data.validation_fraction = 0.02
   c.data.test_fraction = 0.02  # Share held out for the final test figure.
+  # The fields below apply to datasets only; their rows are documents.
+  c.data.split = "train"  # The dataset's own split read (then split again by id hash).
+  c.data.text_column = "text"  # The column of document text.
+  # A column of token ids, packed as they are without the tokenizer ("": tokenize text_column);
+  # every id must be below the model's vocab_size.
+  c.data.input_ids_column = ""
+  c.data.id_column = ""  # The column whose value is hashed to pick a row's split ("": row index).
+  c.data.max_documents = 0  # Read only the first rows, in stream order (0: all; Hub streams).
   c.data.tokenizer = "bytes"  # "bytes", or "bpe:/path/to/tokenizer.json".
   c.data.seq_len = 256  # Tokens per training sequence.
 
@@ -127,6 +139,7 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str]) -> None:
   req(c.optim.clip_norm >= 0, p, "optim.clip_norm must be >= 0 (0 disables clipping)")
   for name in ("validation_fraction", "test_fraction"):
     req(0 < c.data[name] < 0.5, p, f"data.{name}={c.data[name]} must be in (0, 0.5)")
+  req(c.data.max_documents >= 0, p, "data.max_documents must be >= 0 (0: all rows)")
   max_len = c.model.max_len
   req(
     max_len is None or c.model.positions == "none" or max_len >= c.data.seq_len,

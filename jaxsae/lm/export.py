@@ -57,12 +57,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | Non
   config, model_config, params, step, meta = restore_params(workdir, step)
   tokenizer = load_tokenizer(config.data.tokenizer)
   lm = pretrained.LanguageModel(model_config, params, tokenizer)
-  corpus = corpus_lib.discover(
-    config.data.corpus,
-    config.data.pattern,
-    config.data.validation_fraction,
-    config.data.test_fraction,
-  )
+  corpus = corpus_lib.from_config(config.data)
   report = report_lib.split_report(lm, corpus, "test", seq_len=config.data.seq_len)
   metadata = {
     "step": step,
@@ -71,6 +66,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | Non
     "pattern": config.data.pattern,
     "validation_fraction": config.data.validation_fraction,
     "test_fraction": config.data.test_fraction,
+    **corpus_lib.dataset_fields(config.data),  # So reports rebuild the same dataset splits.
     "seq_len": config.data.seq_len,
     "test_report": report,
     "trained_on": f"Python {platform.python_version()} stdlib, jax {jax.__version__}",

@@ -165,16 +165,12 @@ def build(config: ml_collections.ConfigDict) -> LMRun:
   lm_config.validate(config, n_devices=jax.device_count())
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   tokenizer = load_tokenizer(config.data.tokenizer)
-  corpus = corpus_lib.discover(
-    config.data.corpus,
-    config.data.pattern,
-    config.data.validation_fraction,
-    config.data.test_fraction,
-  )
+  corpus = corpus_lib.from_config(config.data)
   seq_len = config.data.seq_len
-  train = pipeline.load_split(corpus, "train", tokenizer, seq_len)
-  validation = pipeline.load_split(corpus, "validation", tokenizer, seq_len)
   model = Transformer(lm_config.model_config(config, tokenizer.vocab_size))
+  vocab = model.config.vocab_size  # Pre-tokenized ids are checked against it.
+  train = pipeline.load_split(corpus, "train", tokenizer, seq_len, vocab)
+  validation = pipeline.load_split(corpus, "validation", tokenizer, seq_len, vocab)
   return LMRun(config, mesh, tokenizer, model, train, validation)
 
 

@@ -75,12 +75,7 @@ def corpus_windows(lm, n: int = 128, seq_len: int | None = None, split: str = "v
 
   meta = lm.metadata or {}
   seq_len = int(seq_len or min(lm.config.max_len, int(meta.get("seq_len", lm.config.max_len))))
-  found = corpus_lib.discover(
-    meta.get("corpus", corpus_lib.STDLIB),
-    meta.get("pattern", "**/*.py"),
-    meta.get("validation_fraction", 0.02),
-    meta.get("test_fraction", 0.02),
-  )
+  found = corpus_lib.from_config(meta)
   windows = pipeline.load_split(found, split, lm.tokenizer, seq_len).windows
   return pipeline.sample_windows(windows, n, seed, split)[:, :seq_len]
 

@@ -3,7 +3,9 @@
 The default corpus is the Python source of the running interpreter's standard library: real
 code, present on every machine, nothing to download. Any directory, file or glob of text files
 works the same way. A file's split depends only on its path relative to the corpus root, so
-adding or removing files never moves another file between splits.
+adding or removing files never moves another file between splits. Datasets (.jsonl, .json,
+.parquet, .arrow files, `save_to_disk` folders, "hf:owner/name" Hub ids) are split by row
+instead, in `jaxsae.text.hf_datasets`; `discover` picks one or the other by the source.
 """
 
 from __future__ import annotations
@@ -14,11 +16,24 @@ import hashlib
 import os
 import pathlib
 import sysconfig
+from typing import TYPE_CHECKING
 
 from jaxsae.errors import CorpusError
 
+if TYPE_CHECKING:
+  from jaxsae.text.hf_datasets import DatasetCorpus
+
 SPLITS = ("train", "validation", "test")
 STDLIB = "stdlib"
+# The dataset fields of a corpus config section (data.*, harvest.*) and their defaults; text
+# corpora ignore them. Their meaning: jaxsae.lm.config.base_config.
+DATASET_DEFAULTS = {
+  "split": "train",
+  "text_column": "text",
+  "input_ids_column": "",
+  "id_column": "",
+  "max_documents": 0,
+}
 _EXCLUDED_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 
 
@@ -77,16 +92,31 @@ def discover(
   pattern: str = "**/*.py",
   validation_fraction: float = 0.02,
   test_fraction: float = 0.02,
-) -> Corpus:
-  """Find the corpus files.
+  **dataset_options,
+) -> Corpus | DatasetCorpus:
+  """Find the corpus files: a `Corpus`, or for a dataset source a `hf_datasets.DatasetCorpus`
+  (same `read(split)`).
 
   Args:
     source: "stdlib" (or empty) for the standard library; a directory (searched with
-      `pattern`); a single file; or a glob such as "data/**/*.txt".
+      `pattern`); a single file; or a glob such as "data/**/*.txt". Datasets: .jsonl, .json,
+      .parquet or .arrow files (one, a glob, or a folder of them), a `save_to_disk` folder, or
+      "hf:owner/name[:config]" streamed from the Hub.
     pattern: the glob used under a directory source.
     validation_fraction, test_fraction: the expected share of files in each held-out split.
+    **dataset_options: for datasets, fields of DATASET_DEFAULTS (split, text_column, ...).
   """
   source = STDLIB if source in (None, "") else str(source)
+  unknown = set(dataset_options) - set(DATASET_DEFAULTS)
+  if unknown:
+    raise TypeError(f"unknown dataset options {sorted(unknown)}; known: {list(DATASET_DEFAULTS)}")
+  if source != STDLIB:
+    from jaxsae.text import hf_datasets  # Here: it imports this module.
+
+    location = hf_datasets.locate(source, pattern)
+    if location is not None:
+      options = hf_datasets.Options(**dataset_options)
+      return hf_datasets.DatasetCorpus(location, validation_fraction, test_fraction, options)
   if source == STDLIB:
     root, files = stdlib_root(), _glob_under(stdlib_root(), pattern)
   elif any(ch in source for ch in "*?["):
@@ -110,6 +140,26 @@ def discover(
       "at text files or change data.pattern"
     )
   return Corpus(root, tuple(sorted(files)), validation_fraction, test_fraction)
+
+
+def from_config(
+  section, validation_fraction: float | None = None, test_fraction: float | None = None
+) -> Corpus | DatasetCorpus:
+  """The corpus a config section (data.*, harvest.*) or a model's metadata dict names; fields
+  it lacks (older configs) take their defaults. Fractions default to the section's own."""
+  get = section.get
+  return discover(
+    get("corpus", STDLIB),
+    get("pattern", "**/*.py"),
+    get("validation_fraction", 0.02) if validation_fraction is None else validation_fraction,
+    get("test_fraction", 0.02) if test_fraction is None else test_fraction,
+    **dataset_fields(section),
+  )
+
+
+def dataset_fields(section) -> dict:
+  """The dataset fields of a config section, defaults filled in (for model metadata)."""
+  return {k: section.get(k, v) for k, v in DATASET_DEFAULTS.items()}
 
 
 def _glob_under(root: pathlib.Path, pattern: str) -> list[pathlib.Path]:

@@ -3,9 +3,10 @@
 Documents are joined into one token stream, each preceded by the separator:
 `[sep] doc0 [sep] doc1 ...`, and cut into windows of `seq_len + 1` tokens with stride
 `seq_len`, so every token is a target exactly once per epoch (inputs are `[:-1]`, targets
-`[1:]`). Training shuffles windows with a seed (a new permutation each epoch), repeats, takes
-every `process_count`-th window for this process and batches; its iterator state is one index
-and checkpoints through Orbax. Evaluation reads windows in order and pads the last batch,
+`[1:]`). Pre-tokenized dataset documents (`hf_datasets`) are joined the same way, untokenized.
+Training shuffles windows with a seed (a new permutation each epoch), repeats, takes every
+`process_count`-th window for this process and batches; its iterator state is one index and
+checkpoints through Orbax. Evaluation reads windows in order and pads the last batch,
 marking padded rows with weight 0.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from jaxsae.errors import CorpusError, JaxsaeError
 from jaxsae.text.corpus import Corpus
+from jaxsae.text.hf_datasets import DatasetCorpus
 from jaxsae.text.tokenizer import Tokenizer
 
 
@@ -29,6 +31,25 @@ def token_stream(docs: list[bytes], tokenizer: Tokenizer) -> np.ndarray:
     parts += [sep, ids]
   stream = np.concatenate(parts) if parts else np.zeros(0, np.int32)
   return stream.astype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32)
+
+
+def id_stream(
+  docs: list[np.ndarray], separator_id: int, vocab_size: int, column: str
+) -> np.ndarray:
+  """`token_stream` for pre-tokenized documents: `[sep] ids0 [sep] ids1 ...`, ids as given.
+
+  Raises CorpusError, naming `column`, when an id is negative or not below `vocab_size`."""
+  ids = np.concatenate(docs) if docs else np.zeros(0, np.int64)
+  low, high = (int(ids.min()), int(ids.max())) if len(ids) else (0, 0)
+  if low < 0 or high >= vocab_size:
+    raise CorpusError(
+      f'the token-id column "{column}" holds ids from {low} to {high}, outside the model\'s '
+      f"vocabulary of {vocab_size} ids (0 to {vocab_size - 1}); use ids made by the model's "
+      "tokenizer, or a model with a larger model.vocab_size"
+    )
+  sep = np.asarray([separator_id], np.int64)
+  stream = np.concatenate([x for d in docs for x in (sep, d)]) if docs else ids
+  return stream.astype(np.uint16 if vocab_size <= 2**16 else np.int32)
 
 
 class PackedWindows:
@@ -69,14 +90,20 @@ class BOSWindows:
 
 
 def load_windows(
-  corpus: Corpus, split: str, tokenizer: Tokenizer, seq_len: int, bos: bool = False
+  corpus: Corpus | DatasetCorpus,
+  split: str,
+  tokenizer: Tokenizer,
+  seq_len: int,
+  bos: bool = False,
+  vocab_size: int | None = None,
 ) -> PackedWindows | BOSWindows:
   """One split's windows of `seq_len` inputs (+1 target); with `bos`, the first input of each
-  is the separator (the model's BOS) and seq_len - 1 come from the corpus."""
+  is the separator (the model's BOS) and seq_len - 1 come from the corpus. `vocab_size`: as
+  for `load_split`."""
   if not bos:
-    return load_split(corpus, split, tokenizer, seq_len).windows
+    return load_split(corpus, split, tokenizer, seq_len, vocab_size).windows
   return BOSWindows(
-    load_split(corpus, split, tokenizer, seq_len - 1).windows, tokenizer.separator_id
+    load_split(corpus, split, tokenizer, seq_len - 1, vocab_size).windows, tokenizer.separator_id
   )
 
 
@@ -146,11 +173,25 @@ class SplitData:
   stream: np.ndarray
   windows: PackedWindows
   n_documents: int
-  n_bytes: int
+  n_bytes: int  # Pre-tokenized: the tokens' byte lengths (0 when ids pass the tokenizer's).
 
 
-def load_split(corpus: Corpus, split: str, tokenizer: Tokenizer, seq_len: int) -> SplitData:
-  """Read, tokenize and pack one split."""
+def load_split(
+  corpus: Corpus | DatasetCorpus,
+  split: str,
+  tokenizer: Tokenizer,
+  seq_len: int,
+  vocab_size: int | None = None,
+) -> SplitData:
+  """Read, tokenize and pack one split. A pre-tokenized dataset's ids are packed as they are,
+  checked against `vocab_size` (the model's; default the tokenizer's)."""
+  if getattr(corpus, "pretokenized", False):
+    ids = corpus.read_ids(split)
+    vocab_size = vocab_size or tokenizer.vocab_size
+    stream = id_stream(ids, tokenizer.separator_id, vocab_size, corpus.input_ids_column)
+    lengths, flat = np.asarray(tokenizer.token_byte_lengths()), np.concatenate(ids)
+    n_bytes = int(lengths[flat].sum()) if flat.max() < len(lengths) else 0
+    return SplitData(stream, PackedWindows(stream, seq_len), len(ids), n_bytes)
   docs = corpus.read(split)
   stream = token_stream(docs, tokenizer)
   return SplitData(stream, PackedWindows(stream, seq_len), len(docs), sum(len(d) for d in docs))
