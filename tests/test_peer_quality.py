@@ -110,18 +110,23 @@ def test_the_study_compares_every_trainer_on_the_same_batches(tmp_path):
   c.data.update(normalization_samples=512, b_dec_samples=256)
   c.optim.warmup_steps = 3
   c.quality.seeds = "0"
-  c.quality.trainers = "jaxsae,sparsify-adam-constant,saelens,saelens-relu"
+  c.quality.trainers = "jaxsae,sparsify-adam-constant,saelens,saelens-relu,jaxsae-relu"
   c.quality.peer_threads = 1
-  with pytest.raises(ValueError, match="quality.lambdas.saelens-relu needs at least two λ"):
+  with pytest.raises(ValueError, match="quality.lambdas.saelens_relu needs at least two λ"):
     study.run(c, tmp_path)
-  c.quality.lambdas["saelens-relu"] = "0.01,1"
+  c.quality.lambdas.saelens_relu = "0.01,1"
+  c.quality.lambdas.jaxsae_relu = "0.003,0.1"
   results = study.run(c, tmp_path)
-  names = ["jaxsae", "sparsify-adam-constant", "saelens", "saelens-relu", "saelens-relu"]
+  names = (
+    ["jaxsae", "sparsify-adam-constant", "saelens"] + ["saelens-relu"] * 2 + ["jaxsae-relu"] * 2
+  )
   assert [r["trainer"] for r in results] == names
-  assert [r["sparsity_coefficient"] for r in results] == [None, None, None, 0.01, 1.0]
+  assert [r["sparsity_coefficient"] for r in results] == [None, None, None, 0.01, 1.0, 0.003, 0.1]
   for r in results[:3]:
     assert r["l0"] == pytest.approx(8.0) and 0 < r["fvu"] < 1 and np.isfinite(r["delta_ce"])
-  assert results[3]["l0"] > results[4]["l0"]  # A larger L1 penalty, fewer active latents.
+  # A larger L1 penalty, fewer active latents: each λ reaches the SAE (jaxsae's recipes hold
+  # their own λ in `overrides`, which once won over the ladder's).
+  assert results[3]["l0"] > results[4]["l0"] and results[5]["l0"] > results[6]["l0"]
   assert study.run(c, tmp_path) == results  # Finished runs are kept, not redone.
   written = report.write(tmp_path, tmp_path / "published")
   page = (tmp_path / "published" / "RESULTS.md").read_text()

@@ -54,8 +54,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.grid.reference_width = w  # Interpretability and recovery are measured at this width,
   c.grid.reference_index = 1  # on each family's value of this index (k = 16 for TopK).
   c.grid.family_settings = ml_collections.ConfigDict()  # <family>.<sae field>: value.
-  # The inference threshold's EMA must forget its first batches within a short run.
-  c.grid.family_settings.batchtopk = {"batchtopk_momentum": 0.99}
 
   sae = train_config.base_config()
   c.train, c.optim, c.mesh = sae.train, sae.optim, sae.mesh

@@ -61,12 +61,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.quality.budgets = "1"  # Multiples of train.steps, comma-separated (e.g. "1,10").
   c.quality.trainers = "jaxsae,sparsify-signum,sparsify-adam,sparsify-adam-constant,saelens"
   c.quality.peer_threads = 0  # torch threads for the peers; 0: every usable core.
-  # λ ladders (comma-separated) of the λ trainers named in `trainers`; each trainer's λ means
-  # its own penalty on its own input scale, so each has its own ladder bracketing L0 = k.
+  # λ ladders (comma-separated) of the λ trainers named in `trainers`, keyed by the trainer's
+  # name with "_" for "-" (a flag path cannot hold "-"): --config.quality.lambdas.saelens_relu=…
+  # Each trainer's λ means its own penalty on its own input scale, so each has its own ladder
+  # bracketing L0 = k.
   c.quality.lambdas = ml_collections.ConfigDict(
-    {f"{p}-{a}": "" for a in LAMBDA_ARCHITECTURES for p in ("jaxsae", "saelens")}
+    {lambdas_key(f"{p}-{a}"): "" for a in LAMBDA_ARCHITECTURES for p in ("jaxsae", "saelens")}
   )
   return c
+
+
+def lambdas_key(trainer: str) -> str:
+  """The `quality.lambdas` field of a λ trainer ("saelens-relu" -> "saelens_relu")."""
+  return trainer.replace("-", "_")
 
 
 def main_job_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -89,11 +96,12 @@ def runs_of(config) -> list[tuple[str, float | None]]:
     if TRAINERS[name][1] not in LAMBDA_ARCHITECTURES:
       runs.append((name, None))
       continue
-    ladder = _numbers(config.quality.lambdas.get(name, ""), float)
+    key = lambdas_key(name)
+    ladder = _numbers(config.quality.lambdas.get(key, ""), float)
     if len(ladder) < 2:
       raise ValueError(
-        f"quality.lambdas.{name} needs at least two λ values (comma-separated) that bracket "
-        f"L0 = {config.sae.k}, e.g. --config.quality.lambdas.{name}=0.02,0.05,0.1"
+        f"quality.lambdas.{key} needs at least two λ values (comma-separated) that bracket "
+        f"L0 = {config.sae.k}, e.g. --config.quality.lambdas.{key}=0.02,0.05,0.1"
       )
     runs += [(name, lam) for lam in ladder]
   return runs
@@ -123,7 +131,9 @@ def train_one(
     run.sae.architecture = architecture
     run.sae.update(train_config.RECIPES[architecture])
     if lam is not None:
+      # Both: the per-architecture overrides (which hold each recipe's own λ) win over `sae`.
       run.sae.sparsity_coefficient = lam
+      run.overrides[architecture].sparsity_coefficient = lam
     start = time.perf_counter()
     result = train_lib.train(main_job.sae_part(run), folder, data.train, progress_desc=name)
     wall = time.perf_counter() - start

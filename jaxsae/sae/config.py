@@ -44,7 +44,12 @@ class SAEConfig:
   jumprelu_bandwidth: ε of the rectangle kernel. The paper's 0.001 is for E‖x̃‖² = 1; here
                     -1 means 0.001·√d, the same value on our E‖x̃‖² = d scale.
   jumprelu_init_threshold: θ₀, with the same convention (-1 means 0.001·√d).
-  batchtopk_momentum: EMA decay of the inference threshold (smallest kept activation).
+  batchtopk_momentum: EMA decay of the inference threshold (smallest kept activation). 0.99
+                    (SAELens's threshold rate, 0.01) forgets the first batches' thresholds
+                    within a few hundred steps; at 0.999 a 1,500-step run keeps 22% of its
+                    first batch's (too high): held-out L0 11.9 instead of 16, FVU 0.103
+                    against 0.089 at 0.99 (main job, seed 0). A batch of B tokens keeps kB
+                    values, so its smallest is a stable statistic over 100 batches.
   tied_init:        W_enc = W_decᵀ at init (TopK paper); False draws W_enc independently (for
                     the paper's ablation of tied init against dead latents).
   encoder_init_scale: W_enc is s times those unit directions at init. -1 ("fit"): for
@@ -82,7 +87,7 @@ class SAEConfig:
   prolu_penalty: str = "l1"
   jumprelu_bandwidth: float = -1.0
   jumprelu_init_threshold: float = -1.0
-  batchtopk_momentum: float = 0.999
+  batchtopk_momentum: float = 0.99
   tied_init: bool = True
   encoder_init_scale: float = -1.0
   topk_path: str = "auto"

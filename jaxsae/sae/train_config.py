@@ -62,7 +62,9 @@ def _defaults() -> ml_collections.ConfigDict:
   c.sae.prolu_penalty = "l1"  # "l1" | "sqrt_l1".
   c.sae.jumprelu_bandwidth = -1.0  # ε; -1: 0.001·√d.
   c.sae.jumprelu_init_threshold = -1.0  # θ₀; -1: 0.001·√d.
-  c.sae.batchtopk_momentum = 0.999  # EMA decay of BatchTopK's inference threshold.
+  # EMA decay of BatchTopK's inference threshold; 0.99 forgets the first batches' within a
+  # few hundred steps, as a short run needs (SAEConfig.batchtopk_momentum).
+  c.sae.batchtopk_momentum = 0.99
   c.sae.tied_init = True  # W_enc = W_decᵀ at init (TopK paper); False: independent.
   # W_enc's scale at init; -1: fitted so the first reconstruction is least-squares (TopK,
   # BatchTopK; 1 for the others). A unit-norm tied encoder overshoots: each of the k chosen
