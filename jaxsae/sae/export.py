@@ -82,9 +82,18 @@ def resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
   return pathlib.Path(name_or_path)
 
 
-def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any], dict]:
-  """(config, variables, metadata) of an exported SAE (a folder, or a shipped SAE's name such as
-  "default"); the variables act on raw activations."""
+def load(path_or_id: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any], dict]:
+  """(config, variables, metadata) of an SAE: a jaxsae folder or a shipped SAE's name such as
+  "default", or any published format `jaxsae.sae.zoo` reads (SAELens folders and
+  saelens:RELEASE/SAE_ID, Gemma Scope 1 and 2, sparsify). The variables act on raw
+  activations; metadata has "source_format" and "hook" (jaxsae's name, None if unknown)."""
+  from jaxsae.sae import zoo  # zoo reads jaxsae folders with load_folder below.
+
+  return zoo.load(path_or_id)
+
+
+def load_folder(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any], dict]:
+  """(config, variables, metadata) of a folder `save` wrote."""
   path = resolve(path)
   config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
   for f in (config_file, weights_file):
