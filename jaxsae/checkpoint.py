@@ -12,13 +12,20 @@ a warning (one line per step, naming it and why). The skipped steps newer than t
 are moved to `<directory>/corrupt/<step>` (not deleted: move one back to retry it), so the
 resumed run can save those step numbers again. The temporary directories of a save that was
 killed (`<step>.orbax-checkpoint-tmp-*`) are never steps and are left alone.
+
+Durability. Orbax's array files are fsynced by tensorstore, but not its JSON files (the metadata
+with the checksums, the data-iterator position) nor the directories it renames; so a finished
+step's temporary directory is fsynced, file by file, before it is renamed into place, and the
+checkpoint directory after (`_DurableRename`). A power loss then leaves whole steps or none.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import os
 import pathlib
 import re
 import sys
@@ -31,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxsae.errors import CheckpointError
+from jaxsae.errors import CheckpointError, DiskFullError
+from jaxsae.saved import disk_full, fsync_path, fsync_tree
 
 CHECKSUMS_KEY = "_state_checksums"  # Reserved metadata key; `restore` strips it.
 CORRUPT_DIR = "corrupt"
@@ -63,6 +71,7 @@ class Checkpointer:
       max_to_keep=keep,
       enable_async_checkpointing=async_save,
       create=True,
+      temporary_path_class=_DurableRename,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -102,7 +111,22 @@ class Checkpointer:
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(metadata)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+    with self._disk_full(f"checkpoint step {step} (or the save before it)"):
+      return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  @contextlib.contextmanager
+  def _disk_full(self, what: str):
+    """A full disk (seen when a save starts or is waited for) as a DiskFullError."""
+    try:
+      yield
+    except Exception as e:
+      if not disk_full(e):
+        raise
+      raise DiskFullError(
+        f"no space left on the device of {self.directory} while saving {what}. The committed "
+        f"steps {self.all_steps()} are intact (a step's leftover temporary directory is ignored "
+        "on restore): free space and rerun the same command to resume"
+      ) from e
 
   def restore(
     self,
@@ -265,10 +289,11 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Block until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    with self._disk_full("the last checkpoint"):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:
@@ -276,6 +301,20 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+class _DurableRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's atomic rename, the step's tree fsynced before it (Orbax's commit markers and the
+  renamed entry after)."""
+
+  async def finalize(self):
+    tmp, final = str(self.get()), str(self.get_final())
+    local = os.path.isdir(tmp)  # Not a cloud bucket path: those need no fsync.
+    if local:
+      await asyncio.to_thread(fsync_tree, tmp)
+    await super().finalize()
+    for name in ("_CHECKPOINT_METADATA", "commit_success.txt", "", "..") if local else ():
+      await asyncio.to_thread(fsync_path, os.path.join(final, name), missing_ok=True)
 
 
 def _agreed(problem: str | None) -> str | None:

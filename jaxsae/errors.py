@@ -27,3 +27,7 @@ class CheckpointError(JaxsaeError):
 
 class HookError(JaxsaeError):
   """An unknown hook name, or an edit that changed a hooked value's shape or dtype."""
+
+
+class DiskFullError(JaxsaeError):
+  """No space left on a device while saving; what was saved before is intact."""

@@ -17,7 +17,6 @@ float32 (int8 codes decoded); `array(hook)` is the raw stored array.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +25,8 @@ import numpy as np
 import tensorstore as ts
 
 from jaxsae.activations import int8
-from jaxsae.errors import CheckpointError, JaxsaeError
+from jaxsae.errors import CheckpointError, DiskFullError, JaxsaeError
+from jaxsae.saved import disk_full, write_durable
 
 FORMAT = "jaxsae-activations/1"
 META_FILE = "store.json"
@@ -46,10 +46,10 @@ def _spec(path: pathlib.Path, shape=None, dtype=None, chunk=None) -> dict:
 
 
 def _write_json(path: pathlib.Path, doc: dict) -> None:
-  """Atomic: write a temporary file, then rename over the old one."""
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(doc, indent=2))
-  os.replace(tmp, path)
+  """Atomic and durable (`saved.write_durable`): old or new document, even after power loss.
+  Chunk files need nothing more: tensorstore's file driver fsyncs each one and its directory
+  before a write's future completes (its `file_io_sync` default)."""
+  write_durable(path, json.dumps(doc, indent=2).encode())
 
 
 class ActivationStore:
@@ -235,7 +235,8 @@ class ActivationStore:
     values = np.asarray(values)
     if not self.quantized:
       values = np.asarray(values, self.array(hook).dtype.numpy_dtype)
-      return Writes([self.array(hook)[start : start + len(values)].write(values)], [values])
+      write = self.array(hook)[start : start + len(values)].write(values)
+      return Writes([write], [values], self.directory)
     stop = start + len(values)
     if start < 0 or stop > self.n_rows:
       raise JaxsaeError(f"rows [{start}, {stop}) are outside the store's {self.n_rows} rows")
@@ -252,7 +253,7 @@ class ActivationStore:
       futures.append(self.array(hook)[lo : lo + len(q)].write(q))
       futures.append(self.scales_array(hook)[index : index + 1].write(delta[None]))
       kept += [q, delta]
-    return Writes(futures, kept)
+    return Writes(futures, kept, self.directory)
 
   def write_chunk_async(self, hook: str, index: int, values: np.ndarray) -> Writes:
     """Start writing chunk `index` (all its rows, float; quantized in an int8 store), as
@@ -325,9 +326,18 @@ class Writes:
   """Writes in flight: `result()` waits for all of them. Holds the arrays being written (the
   cast or quantized copies), which must outlive the writes."""
 
-  def __init__(self, futures: list, arrays: list):
-    self.futures, self.arrays = futures, arrays
+  def __init__(self, futures: list, arrays: list, directory: pathlib.Path | None = None):
+    self.futures, self.arrays, self.directory = futures, arrays, directory
 
   def result(self) -> None:
     for future in self.futures:
-      future.result()
+      try:
+        future.result()
+      except Exception as e:
+        if disk_full(e):
+          raise DiskFullError(
+            f"no space left on the device of the activation store {self.directory}; the rows "
+            "store.json counts as written are intact. Free space and rerun the same command "
+            "to resume"
+          ) from e
+        raise

@@ -4,7 +4,8 @@
 optimizer, resumes from the workdir's newest intact checkpoint (state and data position),
 trains with a progress bar, evaluates on the validation split, logs to JSONL and TensorBoard,
 and saves checkpoints asynchronously. A batch whose loss or gradients are not finite stops the
-run or is skipped (`train.on_nonfinite`, see jaxsae.nonfinite).
+run or is skipped (`train.on_nonfinite`, see jaxsae.nonfinite). On SIGTERM it saves at the next
+step every process agrees on and exits with code 143 (jaxsae.preemption).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxsae import nonfinite, run_log, sharding
+from jaxsae import nonfinite, preemption, run_log, sharding
 from jaxsae.checkpoint import Checkpointer
 from jaxsae.errors import JaxsaeError
 from jaxsae.lm import config as lm_config
@@ -282,6 +283,7 @@ def train_and_evaluate(
 
   bar = run_log.progress(tc.steps * tokens_per_step, start * tokens_per_step)
   with (
+    preemption.Guard("LM training") as guard,  # Left last: after the save has committed.
     run_log.RunLog(workdir, resume_from=start) as log,
     checkpointer,
     bar,
@@ -296,11 +298,15 @@ def train_and_evaluate(
       previous = (step, metrics)
       if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
         validate(state.params, step, log)
-      if checkpointer.will_save(step, force=step == stop):
+      preempted = step < stop and guard.should_stop(step)
+      if checkpointer.will_save(step, force=step == stop or preempted):
         finish(*previous)  # A bad step stops the run before its state is saved.
         previous = None
         meta = {"tokens": step * tokens_per_step, "skipped_batches": skipped}
-        checkpointer.save(step, state, train_iter, meta, force=step == stop)
+        checkpointer.save(step, state, train_iter, meta, force=step == stop or preempted)
+      if preempted:
+        guard.stopped(step, f"checkpoint step {step} in {checkpointer.directory}")
+        break
     if previous is not None:
       finish(*previous)
   return TrainResult(state, history, evals, run.model_config)

@@ -5,7 +5,8 @@ scale c (E‖c·x‖² = d) and the decoder-bias init on a sample, resumes from 
 intact checkpoint (parameters, optimizer state, dead-latent counters, BatchTopK thresholds, data
 position and c), trains with a progress bar, and writes metrics to JSONL and TensorBoard. A
 batch whose activations, loss or gradients are not finite stops the run or is skipped
-(`train.on_nonfinite`, see jaxsae.nonfinite).
+(`train.on_nonfinite`, see jaxsae.nonfinite). On SIGTERM it saves at the next step every process
+agrees on and exits with code 143 (jaxsae.preemption).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxsae import nonfinite, run_log, sharding
+from jaxsae import nonfinite, preemption, run_log, sharding
 from jaxsae.checkpoint import Checkpointer
 from jaxsae.errors import JaxsaeError
 from jaxsae.sae import data as data_lib
@@ -309,7 +310,8 @@ def train(
 
   bar = run_log.progress(tc.steps * tc.batch_size, start * tc.batch_size, desc=progress_desc)
   log = run_log.RunLog(workdir, resume_from=start)
-  with log, checkpointer, bar:  # Closed on errors too.
+  guard = preemption.Guard("SAE training")
+  with guard, log, checkpointer, bar:  # Closed on errors too; the guard last, after the save.
     for step in range(start + 1, stop + 1):
       batch = sharding.global_batch({"x": next(batches)}, trainer.mesh)["x"]
       state, metrics = train_step(state, batch)
@@ -317,11 +319,16 @@ def train(
       if previous is not None:
         finish(*previous, log, bar)
       previous = (step, metrics)
-      if checkpointer.will_save(step, force=step == stop):
+      preempted = step < stop and guard.should_stop(step)
+      if checkpointer.will_save(step, force=step == stop or preempted):
         finish(*previous, log, bar)  # A bad step stops the run before its state is saved.
         previous = None
         extra = {"tokens": step * tc.batch_size, "skipped_batches": dict(skipped)}
-        checkpointer.save(step, state, batches, {**meta, **extra}, force=step == stop)
+        force = step == stop or preempted
+        checkpointer.save(step, state, batches, {**meta, **extra}, force=force)
+      if preempted:
+        guard.stopped(step, f"checkpoint step {step} in {checkpointer.directory}")
+        break
     if previous is not None:
       finish(*previous, log, bar)
   return TrainResult(state, scale, trainer.groups, history)
