@@ -80,6 +80,21 @@ def test_tied_init_sets_the_encoder_to_the_decoder_transpose(tied):
     assert np.abs(np.sum(w_enc * w_dec.T, axis=0)).mean() < 0.5  # Independent directions.
 
 
+@pytest.mark.parametrize(
+  "architecture, decoder_init_norm, expected",
+  [("relu", -1.0, 0.1), ("relu", 0.5, 0.5), ("topk", -1.0, 1.0), ("gated", -1.0, 1.0)],
+)
+def test_decoder_init_norm_is_small_only_where_the_decoder_is_free(
+  architecture, decoder_init_norm, expected
+):
+  # ReLU's free (penalty) decoder starts at row norm 0.1 (April 2024); unit decoders at 1.
+  config = SAEConfig(architecture, 16, 64, k=4, decoder_init_norm=decoder_init_norm)
+  params = nn.meta.unbox(registry.build(config).init(jax.random.key(0), jnp.zeros((1, 16))))
+  w_enc, w_dec = np.asarray(params["params"]["W_enc"]), np.asarray(params["params"]["W_dec"])
+  np.testing.assert_allclose(np.linalg.norm(w_dec, axis=-1), expected, rtol=1e-5)
+  np.testing.assert_allclose(w_enc, w_dec.T, rtol=1e-6)  # Tied: the encoder is as small.
+
+
 def test_variants_of_several_widths_train_in_one_pass(tmp_path):
   rows = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05).generate(4096)
   result = train_lib.train(variant_config(), tmp_path, data.ArraySource(rows))

@@ -109,8 +109,15 @@ class SparseAutoencoder(nn.Module):
   # ---- parameters -----------------------------------------------------------------------------
   def setup(self):
     cfg = self.config
+    norm = cfg.decoder_init_norm
+    if norm <= 0:  # The recipe's: small where the decoder is free (SAEConfig.decoder_init_norm).
+      norm = 1.0 if self.unit_norm_decoder else 0.1
+
+    def decoder_init(key, shape, dtype=jnp.float32):
+      return unit_rows(key, shape, dtype) * norm
+
     self.W_dec = self.param(
-      "W_dec", _partitioned(unit_rows, ("latents", "embed")), (self.n_local, cfg.d_in)
+      "W_dec", _partitioned(decoder_init, ("latents", "embed")), (self.n_local, cfg.d_in)
     )
     self.b_dec = self.param("b_dec", _partitioned(nn.initializers.zeros, ("embed",)), (cfg.d_in,))
 

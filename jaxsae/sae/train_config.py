@@ -70,6 +70,8 @@ def _defaults() -> ml_collections.ConfigDict:
   # BatchTopK; 1 for the others). A unit-norm tied encoder overshoots: each of the k chosen
   # latents adds its whole projection (see SAEConfig.encoder_init_scale).
   c.sae.encoder_init_scale = -1.0
+  # W_dec's row norm at init; -1: 0.1 for a free (penalty) decoder (April 2024), else 1.
+  c.sae.decoder_init_norm = -1.0
   c.sae.topk_path = "auto"  # TopK training: "sparse" | "dense" | "auto" (sparse when n ≥ 32k).
   c.sae.compute_dtype = "float32"  # Matmul operands; "bfloat16": mixed precision, f32 params.
 
