@@ -119,8 +119,11 @@ def page(rows: list[dict], config: dict) -> str:
     "at jaxsae's learning rate (SAELens has no rule of its own; its default schedule, constant).",
     "- Each peer's SAE is read back from the peer's own saved format (sparsify's `cfg.json` + "
     "`sae.safetensors`, SAELens's inference folder) and evaluated by the same code as jaxsae's.",
-    "- Dead: never fired on the held-out store. Train s: wall seconds of training alone "
-    "(torch with every core for the peers).",
+    "- Dead: never fired on the held-out store. Train s: wall seconds of training alone, "
+    "measured while other jobs shared the machine (and the peers' torch threads set by "
+    "`quality.peer_threads`): a rough guide, not a speed comparison (`experiments/bench` is).",
+    "- nan: the trainer's λ ladder never reached L0 = k, so it has no value at matched L0 "
+    "(its L0s are listed).",
   ]
   for budget in sorted({r["budget"] for r in rows}):
     steps = next(r["steps"] for r in rows if r["budget"] == budget)
