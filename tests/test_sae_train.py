@@ -117,6 +117,15 @@ def test_the_compiled_step_never_gathers_the_pre_activations(topk_path):
   assert any(",64]" in g.split("all-gather(")[0] for g in _all_gathers(naive))
 
 
+def test_resume_refuses_changed_sae_settings(tmp_path):
+  # A finished run resumed under another k (or λ: same shapes) would keep its parameters under
+  # the new settings.
+  train_lib.train(tiny_config(**{"train.steps": 2}), tmp_path, data.ArraySource(ROWS))
+  changed = tiny_config(**{"train.steps": 2, "sae.k": 8})
+  with pytest.raises(JaxsaeError, match=r"sae.k 4 → 8.*new workdir"):
+    train_lib.train(changed, tmp_path, data.ArraySource(ROWS))
+
+
 def test_resume_equals_an_uninterrupted_run(tmp_path):
   overrides = {"mesh.model": 2, "train.checkpoint_every": 5}
   config = tiny_config(**overrides)

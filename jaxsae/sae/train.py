@@ -186,6 +186,30 @@ def _metric_records(groups: list[Group], metrics: dict, skipped: dict) -> tuple[
 _STEP_FLAGS = ("skipped", "nonfinite_input")  # Per-step flags read by the loop, not logged.
 
 
+def _check_same_saes(saved: list | None, current: list, directory) -> None:
+  """Refuse to resume SAEs whose settings changed: the checkpoint's parameters would be reported
+  under the new settings (a changed λ has the same shapes, so nothing else would notice). Fields
+  a checkpoint predates are not compared."""
+  if saved is None:
+    return
+  diffs = []
+  if [g["labels"] for g in saved] != [g["labels"] for g in current]:
+    diffs.append(f"SAEs {[g['labels'] for g in saved]} → {[g['labels'] for g in current]}")
+  else:
+    for old, new in zip(saved, current, strict=True):
+      for key in sorted(old["config"].keys() & new["config"].keys()):
+        if old["config"][key] != new["config"][key]:
+          diffs.append(
+            f"{old['labels'][0]}: sae.{key} {old['config'][key]!r} → {new['config'][key]!r}"
+          )
+  if diffs:
+    raise JaxsaeError(
+      f"the checkpoint in {directory} was trained with other SAE settings ({'; '.join(diffs)}); "
+      "resuming would report its SAEs under the new ones. Use a new workdir, or restore the "
+      "settings it was trained with"
+    )
+
+
 def train(
   config: ml_collections.ConfigDict,
   workdir: str | pathlib.Path,
@@ -223,25 +247,23 @@ def train(
     process_count=jax.process_count(),
   )
   checkpointer = Checkpointer.for_run(workdir, tc)
+  groups = [
+    {"config": g.config.to_dict(), "labels": list(g.labels), "members": len(g.members)}
+    for g in trainer.groups
+  ]
   if checkpointer.latest_step() is not None:
     target = sharding.with_shardings(trainer.abstract_state(), trainer.state_shardings())
     state, meta = checkpointer.restore(target, batches)
     if "scale" not in meta:
       raise JaxsaeError(f"checkpoint in {checkpointer.directory} has no input scale; retrain")
+    _check_same_saes(meta.get("groups"), groups, checkpointer.directory)
     scale = float(meta["scale"])
     skipped = dict(meta.get("skipped_batches", {}))
   else:
     skipped = {}
     scale, b_dec, fit_rows = initial_statistics(config, source)
     state = trainer.init_state(jax.random.key(config.seed), b_dec, fit_rows)
-  meta = {
-    "scale": scale,
-    "d_in": source.d_in,
-    "groups": [
-      {"config": g.config.to_dict(), "labels": list(g.labels), "members": len(g.members)}
-      for g in trainer.groups
-    ],
-  }
+  meta = {"scale": scale, "d_in": source.d_in, "groups": groups}
   if jax.process_index() == 0:
     (workdir / "saes.json").write_text(json.dumps(meta, indent=2))
 
