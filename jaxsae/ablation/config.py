@@ -35,7 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
     ("topk", w, REFERENCE_K),
     ("topk_multi", w, REFERENCE_K),
     ("batchtopk", w, REFERENCE_K),
-    ("relu", w, (0.031, 0.021, 0.014)),
+    # ReLU (decoder rows at norm 0.1 since the peer study): L0 ≈ 6, 15, 30 at these λ.
+    ("relu", w, (0.09, 0.028, 0.008)),
     ("gated", w, (0.039, 0.025, 0.016)),
     ("prolu_relu", w, (0.0245, 0.0153, 0.0091)),
     ("prolu_ste", w, (0.024, 0.0147, 0.0086)),
@@ -47,8 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
     ("topk_plain", 256, (16,)),
     ("topk_plain", w, (16,)),
     ("topk_plain", 2048, (16,)),
-    ("relu", 256, (0.021,)),
-    ("relu", 2048, (0.021,)),
+    ("relu", 256, (0.028,)),
+    ("relu", 2048, (0.028,)),
   )
   c.grid.reference_family = "topk"  # Scaling laws are fitted on this family's runs.
   c.grid.reference_width = w  # Interpretability and recovery are measured at this width,
