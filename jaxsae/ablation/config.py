@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     ("topk", w, REFERENCE_K),
     ("topk_multi", w, REFERENCE_K),
     ("batchtopk", w, REFERENCE_K),
-    # ReLU (decoder rows at norm 0.1 since the peer study): L0 ≈ 6, 15, 30 at these λ.
+    # ReLU (decoder rows at norm 0.1 since the peer study): L0 10, 15, 37 at these λ.
     ("relu", w, (0.09, 0.028, 0.008)),
     ("gated", w, (0.039, 0.025, 0.016)),
     ("prolu_relu", w, (0.0245, 0.0153, 0.0091)),
