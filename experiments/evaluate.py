@@ -3,7 +3,11 @@
   python -m experiments.evaluate                                  # the shipped SAE and model
   python -m experiments.evaluate --sae=runs/main/sae_saelens --workdir=runs/eval_saelens
   python -m experiments.evaluate --sae=PATH_OR_ID --model=gemma-3-270m --hook=blocks.9.resid_post \
-    --config.harvest.bos=True --config.harvest.skip_first=1 --config.tokens=8192
+    --config.tokens=8192
+  python -m experiments.evaluate --sae=hf:OWNER/REPO/PATH --model=... --config.harvest.bos=False
+
+For models whose tokenizer adds BOS (Gemma, Llama, Mistral) every window begins with it and its
+position is skipped (harvest.bos=True, harvest.skip_first=1) unless those fields are set.
 
 Held-out L0, FVU, dead fraction and firing density; ΔCE, CE recovered and KL with the SAE
 spliced in at the hook; N2G scores, and the probe loss on Python source; beside the main job's

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_hf_gpt2 import corpus_dir  # noqa: F401  (fixture)
 
 from conftest import REPO, load_config
 from jaxsae.evals import evaluate_any
@@ -63,6 +64,7 @@ def test_the_table_and_files_hold_every_metric_beside_the_baselines(tmp_path):
   assert sum(int(line.rsplit(",", 1)[1]) for line in density[1:]) == 1024  # Every latent.
 
 
+@pytest.mark.slow
 def test_the_command_refuses_an_sae_of_another_width_naming_both_widths_and_the_fix(tmp_path):
   result = subprocess.run(
     [sys.executable, "-m", "experiments.evaluate", "--sae=default", "--model=default",
@@ -83,3 +85,48 @@ def test_the_recorded_hook_is_read_under_each_key_in_jaxsae_naming():
   )
   assert evaluate_any.recorded_hook({"hook": None, "hook_name": HOOK}) == HOOK
   assert evaluate_any.recorded_hook({}) is None
+
+
+def test_bos_and_skip_first_follow_the_models_tokenizer_unless_set(
+  tmp_path,
+  monkeypatch,
+  corpus_dir,  # noqa: F811
+):
+  import types
+
+  from test_families import save_family
+
+  from jaxsae.errors import ConfigError
+  from jaxsae.evals import baselines
+
+  save_family("gemma3", tmp_path / "gemma")  # Its tokenizer's <bos> is id 1.
+  config, variables = baselines.random_topk(32, 64, 4, np.zeros(32, np.float32), 0)
+  export.save(tmp_path / "sae", config, variables, 1.0, {"hook": HOOK})
+  seen = []
+  original = evaluate_any.downstream.reference_losses
+
+  def spy(lm, windows, hook, skip_first, batch_size):
+    seen.append((np.asarray(windows)[:, 0], skip_first))
+    return original(lm, windows, hook, skip_first, batch_size)
+
+  monkeypatch.setattr(evaluate_any.downstream, "reference_losses", spy)
+  c = tiny_config(tmp_path / "sae")
+  c.harvest.update(model=str(tmp_path / "gemma"), corpus=str(corpus_dir), seq_len=16)
+  c.tokens = 64
+  row = evaluate_any.run(c, tmp_path / "w")[0]
+  assert (row["bos"], row["skip_first"]) == (True, 1) and np.isfinite(row["fvu"])
+  firsts, skip_first = seen[0]
+  assert skip_first == 1 and (firsts == 1).all()  # Every spliced window begins with BOS.
+
+  def resolved(model_type, **set_fields):
+    h = evaluate_any.base_config().harvest
+    h.update(set_fields)
+    evaluate_any.resolve_bos(h, types.SimpleNamespace(metadata={"model_type": model_type}))
+    return h.bos, h.skip_first
+
+  assert resolved("llama") == (True, 1) and resolved("gemma3_text") == (True, 1)
+  assert resolved("gpt2") == (False, 0) and resolved(None) == (False, 0)
+  assert resolved("gemma2", bos=False) == (False, 0)  # What the user set stays.
+  assert resolved("llama", skip_first=3) == (True, 3) and resolved("qwen2", bos=True) == (True, 1)
+  with pytest.raises(ConfigError, match="seq_len=2 must be ≥ 3 with bos"):
+    resolved("llama", seq_len=2)

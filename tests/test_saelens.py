@@ -72,9 +72,9 @@ def test_import_folds_an_uncentered_encoder_and_refuses_bad_folders(tmp_path):
   np.testing.assert_allclose(
     registry.build(back_config).apply(back, x), sae.apply(variables, x), atol=1e-5
   )
-  cfg["normalize_activations"] = "expected_average_only_in"
+  cfg["normalize_activations"] = "layer_norm"  # Per token: no weights hold it.
   (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-  with pytest.raises(CheckpointError, match="normalize_activations"):
+  with pytest.raises(CheckpointError, match="normalize_activations='layer_norm'"):
     saelens.load(tmp_path)
   with pytest.raises(CheckpointError, match="missing"):
     saelens.load(tmp_path / "nowhere")

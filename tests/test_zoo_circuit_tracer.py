@@ -215,3 +215,78 @@ def test_gemma_scope_2_clts_follow_circuit_tracers_reading_of_them(tmp_path):
     zoo.load_transcoder(folder / "params_layer_0.safetensors")
   with pytest.raises(CheckpointError, match="gemma_scope_2_clt.*load_transcoder"):
     export.load(folder)
+
+
+def published_clt(folder, x):
+  """circuit-tracer 0.5.0's CLT read straight from the files (its load_clt and forward, in
+  numpy): z_i = JumpReLU(einsum("bd,fd->bf", x_i, W_enc_i) + b_enc_i), threshold_i as the mask
+  (ReLU without one); ŷ_j = Σ_{i ≤ j} z_i W_dec_i[:, j − i] + b_dec_j."""
+  n_layers = len(list(folder.glob("W_enc_*.safetensors")))
+  enc = [load_file(str(folder / f"W_enc_{i}.safetensors")) for i in range(n_layers)]
+  dec = [load_file(str(folder / f"W_dec_{i}.safetensors"))[f"W_dec_{i}"] for i in range(n_layers)]
+  z = []
+  for i, e in enumerate(enc):
+    pre = np.einsum("bd,fd->bf", x[i], e[f"W_enc_{i}"]) + e[f"b_enc_{i}"]
+    theta = e.get(f"threshold_{i}")
+    z.append(pre * (pre > theta) if theta is not None else np.maximum(pre, 0))
+  y = [sum(z[i] @ dec[i][:, j - i] for i in range(j + 1)) + enc[j][f"b_dec_{j}"] for j in range(L)]
+  return np.stack(z), np.stack(y)
+
+
+@pytest.mark.parametrize("activation", ["jumprelu", "relu"])
+def test_a_written_clt_has_circuit_tracers_layout_and_reads_back_equal(activation, tmp_path):
+  """circuit-tracer is not installable beside this environment's transformers 5 (it pins
+  transformers <= 4.57.3 and huggingface_hub < 1), so the written folder is checked against the
+  file layout of its CrossLayerTranscoder.to_safetensors and its published formula."""
+  import dataclasses
+
+  rng = np.random.default_rng(5)
+  clt = transcoders.CrossLayerTranscoder(
+    W_enc=rng.normal(size=(L, D, N)).astype(np.float32),
+    b_enc=rng.normal(size=(L, N)).astype(np.float32) * 0.3,
+    W_dec=tuple(rng.normal(size=(N, L - i, D)).astype(np.float32) for i in range(L)),
+    b_dec=rng.normal(size=(L, D)).astype(np.float32),
+    activation=activation,
+    threshold=(np.abs(rng.normal(size=(L, N))) + 0.3).astype(np.float32)
+    if activation == "jumprelu"
+    else None,
+    input_hooks=tuple(f"blocks.{i}.resid_mid" for i in range(L)),
+    output_hooks=tuple(f"blocks.{i}.mlp.out" for i in range(L)),
+  )
+  folder = circuit_tracer.write_clt(tmp_path / "clt", clt, model_name="meta-llama/Llama-3.2-1B")
+  cfg = yaml.safe_load((folder / "config.yaml").read_text())
+  assert cfg == {
+    "model_kind": "cross_layer_transcoder",
+    "feature_input_hook": "hook_resid_mid",
+    "feature_output_hook": "hook_mlp_out",
+    "model_name": "meta-llama/Llama-3.2-1B",
+  }
+  for i in range(L):
+    enc = load_file(str(folder / f"W_enc_{i}.safetensors"))
+    names = {f"W_enc_{i}", f"b_enc_{i}", f"b_dec_{i}"} | (
+      {f"threshold_{i}"} if activation == "jumprelu" else set()
+    )
+    assert set(enc) == names and enc[f"W_enc_{i}"].shape == (N, D)
+    assert load_file(str(folder / f"W_dec_{i}.safetensors"))[f"W_dec_{i}"].shape == (N, L - i, D)
+  back = zoo.load_transcoder(folder)
+  assert (back.activation, back.input_hooks, back.output_hooks) == (
+    activation,
+    clt.input_hooks,
+    clt.output_hooks,
+  )
+  np.testing.assert_array_equal(back.W_enc, clt.W_enc)
+  x = np.stack([inputs(D, rows=5, seed=30 + i) for i in range(L)])
+  z_ref, y_ref = published_clt(folder, x)
+  z = transcoders.clt_encode(back, x)
+  assert 0 < (z != 0).mean() < 1
+  np.testing.assert_allclose(z, z_ref, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(transcoders.clt_decode(back, z), y_ref, atol=1e-4)
+  np.testing.assert_allclose(z, transcoders.clt_encode(clt, x), atol=1e-5, rtol=1e-5)
+
+  skip = dataclasses.replace(clt, W_skip=np.zeros((L, D, D), np.float32))
+  with pytest.raises(CheckpointError, match="hold no skip connection"):
+    circuit_tracer.write_clt(tmp_path / "skip", skip)
+  unnamed = dataclasses.replace(clt, input_hooks=(), output_hooks=())
+  with pytest.raises(CheckpointError, match="no TransformerLens name for hook None"):
+    circuit_tracer.write_clt(tmp_path / "unnamed", unnamed)
+  assert not (tmp_path / "skip").exists() and not (tmp_path / "unnamed").exists()

@@ -204,3 +204,76 @@ def test_a_folder_of_nothing_known_lists_the_layouts(tmp_path):
   (tmp_path / "cfg.json").write_text(json.dumps({}))
   with pytest.raises(CheckpointError, match="missing"):
     export.load(tmp_path / "nowhere")
+
+
+def _standard_sae(norm: str, seed: int = 0):
+  """A sae-lens StandardSAE with random weights whose cfg says normalize_activations=norm."""
+  from sae_lens import StandardSAE, StandardSAEConfig
+  from sae_lens.saes.sae import SAEMetadata
+
+  torch.manual_seed(seed)
+  meta = SAEMetadata(hook_name="blocks.1.hook_mlp_out")
+  sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=32, normalize_activations=norm, metadata=meta))
+  with torch.no_grad():
+    for p in sae.parameters():
+      p.copy_(torch.randn_like(p) * 0.3)
+  return sae
+
+
+def _assert_equal_to(theirs, config, variables, x):
+  z, x_hat = ours(config, variables, x)
+  z_ref, x_ref = peer(theirs, x)
+  assert 0 < (z != 0).mean() < 1
+  np.testing.assert_allclose(z, z_ref, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(x_hat, x_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_expected_average_only_in_is_folded_where_sae_lens_folds_it(tmp_path, monkeypatch):
+  """sae-lens 6.54: from_pretrained folds the release's norm_scaling_factor; load_from_disk
+  folds nothing (jaxsae warns); its trainer's activation_scaler.json is folded by jaxsae as
+  sae-lens's own fold_activation_norm_scaling_factor would."""
+  from sae_lens import SAE
+  from sae_lens.loading.pretrained_saes_directory import (
+    get_norm_scaling_factor,
+    get_pretrained_saes_directory,
+  )
+
+  release, sae_id = "gpt2-small-mlp-tm", "blocks.1.hook_mlp_out"
+  factor = get_norm_scaling_factor(release, sae_id)
+  assert factor == pytest.approx(2.3694, abs=1e-4)
+  go_offline(monkeypatch, tmp_path / "hub")
+  folder = repo_snapshot(tmp_path / "hub", "tommmcgrath/gpt2-small-mlp-out-saes")
+  folder = folder / get_pretrained_saes_directory()[release].saes_map[sae_id]
+  _standard_sae("expected_average_only_in").save_model(str(folder))
+  x = inputs(8)
+  config, variables, meta = export.load(f"saelens:{release}/{sae_id}")
+  assert meta["normalize_activations"] == "expected_average_only_in"
+  _assert_equal_to(SAE.from_pretrained(release, sae_id), config, variables, x)
+
+  with pytest.warns(UserWarning, match="normalize_activations='expected_average_only_in'"):
+    config, variables, _ = export.load(folder)
+  _assert_equal_to(SAE.load_from_disk(folder), config, variables, x)
+
+  (folder / "activation_scaler.json").write_text(json.dumps({"scaling_factor": 1.7}))
+  config, variables, _ = export.load(folder)
+  theirs = SAE.load_from_disk(folder)
+  theirs.fold_activation_norm_scaling_factor(1.7)
+  _assert_equal_to(theirs, config, variables, x)
+
+
+@pytest.mark.parametrize("norm", ["constant_norm_rescale", "layer_norm"])
+def test_per_token_normalizations_are_refused_naming_the_setting(norm, tmp_path):
+  _standard_sae(norm).save_model(str(tmp_path))
+  with pytest.raises(
+    CheckpointError, match=f"normalize_activations='{norm}'.*depends on the token"
+  ):
+    export.load(tmp_path)
+
+
+def test_covariance_whitening_reads_as_sae_lens_load_from_disk_does(tmp_path):
+  from sae_lens import SAE
+
+  _standard_sae("covariance_whitening").save_model(str(tmp_path))
+  with pytest.warns(UserWarning, match="records no factor"):
+    config, variables, _ = export.load(tmp_path)
+  _assert_equal_to(SAE.load_from_disk(tmp_path), config, variables, inputs(8))

@@ -4,8 +4,9 @@ python -m experiments.evaluate --sae=default --workdir=runs/evaluate
 python -m experiments.evaluate --sae=PATH_OR_ID --model=NAME_OR_PATH --hook=blocks.L.resid_post \
   --config.tokens=65536
 
-Every field of jaxsae/evals/evaluate_any.py's base_config can be overridden, e.g.
---config.harvest.bos=True --config.harvest.skip_first=1 for a Gemma or Llama SAE.
+Every field of jaxsae/evals/evaluate_any.py's base_config can be overridden. harvest.bos and
+harvest.skip_first default to the model's own (BOS first and its position skipped for Gemma,
+Llama and Mistral); e.g. --config.harvest.bos=False --config.harvest.skip_first=0 to turn it off.
 """
 
 from jaxsae.evals.evaluate_any import base_config

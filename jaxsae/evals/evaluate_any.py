@@ -2,7 +2,8 @@
 jaxsae export, SAELens folders and release ids, Gemma Scope, sparsify) on a model and its text.
 
   1. load the SAE (variables on raw activations) and the model; the hook is `harvest.hook`, else
-     the one the SAE's files record; the SAE's d_in must be the hook's width;
+     the one the SAE's files record; the SAE's d_in must be the hook's width; `harvest.bos` and
+     `harvest.skip_first` left unset follow the model (`resolve_bos`);
   2. harvest the hook on validation-split windows (~`tokens` positions) into a float32 store;
   3. held-out L0, FVU, dead fraction and firing density; ΔCE, CE recovered and KL with the
      reconstruction spliced into the model (`downstream.held_out_and_spliced`), beside the main
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from ml_collections import config_dict
 
 from jaxsae import config_check, main_job, tables
 from jaxsae.ablation import interpret, measure
@@ -51,6 +53,8 @@ COLUMNS = (
 PROBE_MODES = ("auto", "on", "off")
 TRAINING_ONLY = ("train_windows", "eval_windows", "dtype", "streaming")
 DENSE = 0.1  # A latent firing on more than this share of tokens counts as dense.
+# Hugging Face model_type prefixes of families whose tokenizers put a BOS before every text.
+BOS_MODEL_TYPES = ("gemma", "llama", "mistral")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -64,6 +68,11 @@ def base_config() -> ml_collections.ConfigDict:
   for key in TRAINING_ONLY:
     del c.harvest[key]
   c.harvest.hook = ""  # "": the hook the SAE's files record (jaxsae or TransformerLens names).
+  # None (unset): BOS first where the model's tokenizer adds one (Gemma, Llama, Mistral), and
+  # skip_first = 1 with a BOS (its position is an attention sink, outside what SAEs model), else 0.
+  for key, kind in (("bos", bool), ("skip_first", int)):
+    del c.harvest[key]
+    c.harvest[key] = config_dict.placeholder(kind)
   c.evals = ml_collections.ConfigDict()
   c.evals.splice_windows = 0  # Held-out windows spliced for ΔCE, CE recovered, KL (0: all).
   c.evals.batch_size = 16  # Windows per spliced forward (logits are B × T × vocab).
@@ -82,9 +91,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   config_check.require(config.tokens >= 1, p, f"tokens={config.tokens} must be at least 1")
   for name in ("seq_len", "batch_size", "chunk_rows"):
     config_check.require(h[name] >= 1, p, f"harvest.{name}={h[name]} must be at least 1")
-  config_check.require(
-    0 <= h.skip_first < h.seq_len, p, f"harvest.skip_first={h.skip_first} must be in [0, seq_len)"
-  )
+  if h.skip_first is not None:
+    config_check.require(
+      0 <= h.skip_first < h.seq_len, p, f"harvest.skip_first={h.skip_first} must be in [0, seq_len)"
+    )
+  if h.bos:
+    config_check.require(h.seq_len >= 3, p, f"harvest.seq_len={h.seq_len} must be ≥ 3 with bos")
   for name in ("splice_windows", "probe_windows", "browser_latents"):
     config_check.require(e[name] >= 0, p, f"evals.{name}={e[name]} must be ≥ 0")
   for name in ("batch_size", "baseline_windows", "baseline_rows"):
@@ -95,6 +107,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
     p.append(f"harvest.hook: {hooks_lib.name_problem(h.hook)}")
   if p:
     raise ConfigError(p)
+
+
+def adds_bos(lm) -> bool:
+  """Whether the model's tokenizer begins every text with BOS, so the model was trained with one
+  first: Gemma and Llama-family (Llama, Mistral) checkpoints, by their model_type."""
+  return str(lm.metadata.get("model_type") or "").startswith(BOS_MODEL_TYPES)
+
+
+def resolve_bos(harvest, lm) -> None:
+  """Fill `harvest.bos` and `harvest.skip_first` where unset (None): BOS first when the model's
+  tokenizer adds one, and the first position skipped when there is a BOS; set values stay."""
+  if harvest.bos is None:
+    harvest.bos = adds_bos(lm)
+  if harvest.skip_first is None:
+    harvest.skip_first = 1 if harvest.bos else 0
+  if harvest.bos and harvest.seq_len < 3:
+    raise ConfigError([f"harvest.seq_len={harvest.seq_len} must be ≥ 3 with bos"])
+  if not 0 <= harvest.skip_first < harvest.seq_len:
+    raise ConfigError([f"harvest.skip_first={harvest.skip_first} must be in [0, seq_len)"])
 
 
 def recorded_hook(metadata: dict) -> str | None:
@@ -239,6 +270,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
     print(f"[evaluate] note: the SAE's files name hook {recorded}; evaluating at {hook}")
   config.harvest.hook = hook
   lm = pretrained.load(config.harvest.model)
+  resolve_bos(config.harvest, lm)
   check_width(sae_config, lm, hook, config.sae, config.harvest.model, recorded)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +312,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
     "source_format": metadata.get("source_format", "jaxsae"),
     "model": str(h.model),
     "hook": hook,
+    "bos": bool(h.bos),
+    "skip_first": int(h.skip_first),
     "tokens": len(data.held_out),
   }
   rows = [{**r, **about} for r in rows]

@@ -85,7 +85,8 @@ def resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
 def load(path_or_id: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any], dict]:
   """(config, variables, metadata) of an SAE: a jaxsae folder or a shipped SAE's name such as
   "default", or any published format `jaxsae.sae.zoo` reads (SAELens folders and
-  saelens:RELEASE/SAE_ID, Gemma Scope 1 and 2, sparsify). The variables act on raw
+  saelens:RELEASE/SAE_ID, Gemma Scope 1 and 2, sparsify), locally or as hf:OWNER/REPO/PATH (a
+  Hub file or folder, downloaded through huggingface_hub's cache). The variables act on raw
   activations; metadata has "source_format" and "hook" (jaxsae's name, None if unknown)."""
   from jaxsae.sae import zoo  # zoo reads jaxsae folders with load_folder below.
 

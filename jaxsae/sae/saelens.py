@@ -14,12 +14,29 @@ Exported from the folded parameters (they act on raw activations). Mapping:
 
 Import maps standard/topk/gated/jumprelu back (negative JumpReLU thresholds clamped at 0, which
 is what sae-lens's ReLU before the mask does); a file with `apply_b_dec_to_input = false` has
-the centering folded into the encoder biases, and any activation normalization is refused.
+the centering folded into the encoder biases.
+
+`normalize_activations`, as sae-lens 6.54 treats it (`SAE._setup_activation_normalization`,
+`fold_activation_norm_scaling_factor`, `from_pretrained`):
+  - "expected_average_only_in" (or the old `true`): inference applies nothing; sae-lens's
+    from_pretrained folds the release's `norm_scaling_factor` s (W_enc·s, W_dec/s, b_dec/s) and
+    its trainer folds its estimate at the end of training. jaxsae folds s the same way when it is
+    known: the release table's (`norm_scaling_factor`), else a sae-lens checkpoint's
+    `activation_scaler.json` beside cfg.json (sae-lens's load_from_disk ignores that file, so
+    there jaxsae equals load_from_disk followed by sae-lens's fold). Without s the weights are
+    read as they are, as load_from_disk does, with a warning: they expect inputs scaled by s.
+  - "covariance_whitening": inference applies nothing either (sae-lens folds it at the end of
+    training); read as load_from_disk does, with a warning.
+  - "constant_norm_rescale", "layer_norm": per-token rescaling (x·√d/‖x‖, or (x − μ)/σ) before
+    encoding, undone after decoding; it depends on each token, so no weights express it and
+    `load` refuses such files.
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
+import warnings
 from typing import Any
 
 import jax.numpy as jnp
@@ -32,6 +49,14 @@ from jaxsae.sae.normalization import fold_scale
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
+SCALER_FILE = "activation_scaler.json"  # sae-lens's trainer writes it beside a checkpoint.
+NORMALIZATIONS = (
+  "none",
+  "expected_average_only_in",
+  "constant_norm_rescale",
+  "layer_norm",
+  "covariance_whitening",
+)
 
 
 def _np(x) -> np.ndarray:
@@ -94,16 +119,59 @@ def save(
   return weights_folder.write(path, cfg, tensors, CONFIG_FILE, WEIGHTS_FILE)
 
 
-def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any]]:
-  """(config, variables acting on raw activations) of a SAELens folder."""
+def normalization(cfg: dict) -> str:
+  """cfg's normalize_activations, old booleans mapped as sae-lens's handle_config_defaulting."""
+  norm = cfg.get("normalize_activations", "none")
+  if isinstance(norm, bool):
+    return "expected_average_only_in" if norm else "none"
+  return "none" if norm is None else norm
+
+
+def _scaler_factor(path: pathlib.Path) -> float | None:
+  try:
+    factor = json.loads((path / SCALER_FILE).read_text()).get("scaling_factor")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return float(factor) if isinstance(factor, (int, float)) and factor > 0 else None
+
+
+def norm_scaling_factor(
+  path: pathlib.Path, cfg: dict, release_factor: float | None
+) -> float | None:
+  """The input scale s to fold (None: none), or a CheckpointError for a per-token
+  normalization; see the module docstring."""
+  norm = normalization(cfg)
+  if norm == "none":
+    return None
+  if norm not in NORMALIZATIONS:
+    raise CheckpointError(f"{path}: normalize_activations={norm!r} is not one of {NORMALIZATIONS}")
+  if norm in ("constant_norm_rescale", "layer_norm"):
+    raise CheckpointError(
+      f"{path} uses normalize_activations={norm!r}: sae-lens rescales every token before "
+      "encoding and undoes it after decoding, which depends on the token, so no weights can "
+      "hold it and jaxsae's SAEs (acting on raw activations) cannot reproduce it. Use sae-lens "
+      "for this SAE, or apply that normalization to the activations yourself and save the SAE "
+      "with normalize_activations='none'"
+    )
+  factor = (release_factor or _scaler_factor(path)) if norm == "expected_average_only_in" else None
+  if factor is None:
+    warnings.warn(
+      f"{path} says normalize_activations={norm!r} but records no factor (no release "
+      f"norm_scaling_factor, no {SCALER_FILE}); read as sae-lens's load_from_disk reads it, "
+      "the SAE expects activations normalized as in its training",
+      stacklevel=3,
+    )
+  return factor
+
+
+def load(
+  path: str | pathlib.Path, release_factor: float | None = None
+) -> tuple[SAEConfig, dict[str, Any]]:
+  """(config, variables acting on raw activations) of a SAELens folder; `release_factor` is the
+  sae-lens release table's norm_scaling_factor for an "expected_average_only_in" SAE."""
   path = pathlib.Path(path)
   cfg, t = weights_folder.read(path, CONFIG_FILE, WEIGHTS_FILE, "SAELens")
-  norm = cfg.get("normalize_activations", "none")
-  if norm not in ("none", None):
-    raise CheckpointError(
-      f"{path} uses normalize_activations={norm!r}, which jaxsae does not fold; export it with "
-      "normalization folded into the weights"
-    )
+  scale = norm_scaling_factor(path, cfg, release_factor)
   kind = cfg.get("architecture", "standard")
   names = {"standard": "relu", "topk": "topk", "gated": "gated", "jumprelu": "jumprelu"}
   if kind not in names:
@@ -122,6 +190,8 @@ def load(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any]]:
       f"{path}: W_enc {t['W_enc'].shape}, W_dec {t['W_dec'].shape} and b_dec "
       f"{t['b_dec'].shape} do not fit together"
     )
+  if scale is not None:  # sae-lens's fold_activation_norm_scaling_factor.
+    t["W_enc"], t["W_dec"], t["b_dec"] = t["W_enc"] * scale, t["W_dec"] / scale, t["b_dec"] / scale
   if not cfg.get("apply_b_dec_to_input", True):
     # pre = x W + b  ==  (x − b_dec) W + (b + b_dec W): fold the missing centering into biases.
     shift = t["b_dec"] @ t["W_enc"]

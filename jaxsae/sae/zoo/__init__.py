@@ -6,6 +6,7 @@ raw activations, metadata) for:
   "default" (a shipped SAE) or a jaxsae folder      config.json + sae.safetensors
   a SAELens folder                                  cfg.json + sae_weights.safetensors
   saelens:RELEASE/SAE_ID                            sae-lens's pretrained table → Hub files
+  hf:OWNER/REPO/PATH                                a Hub file or folder of any format here
   a Gemma Scope params.npz (or its folder)          Gemma 2 JumpReLU SAEs
   a Gemma Scope 2 folder (params.safetensors)       resid_post / mlp_out / attn_out SAEs
   a sparsify hookpoint folder, or ROOT:HOOKPOINT    cfg.json + sae.safetensors
@@ -14,8 +15,9 @@ metadata always has "source_format" and "hook" (jaxsae's hook name, None when th
 none), plus what the source records ("model", "path", "release", "repo_id", …).
 
 Transcoders (Gemma Scope 2 `transcoder*` folders, Gemma Scope transcoders, sae-lens's
-transcoder folders, circuit-tracer per-layer files `layer_{i}.safetensors` or SET:LAYER,
-circuit-tracer and Gemma Scope 2 CLT folders) are refused by `load` and read by
+transcoder folders, sparsify folders with `transcode` or `skip_connection`, circuit-tracer
+per-layer files `layer_{i}.safetensors` or SET:LAYER, circuit-tracer and Gemma Scope 2 CLT
+folders) are refused by `load` and read by
 `load_transcoder` into `Transcoder` / `CrossLayerTranscoder` records
 (`jaxsae.sae.zoo.transcoders`). Pickle files (.pt, .pth, .bin, .ckpt) are refused unread, with
 the one-line conversion to safetensors.
@@ -40,6 +42,8 @@ def _source(found: Found) -> dict[str, Any]:
   if found.release is not None:
     r = found.release
     meta.update(release=r.release, sae_id=r.sae_id, repo_id=r.repo_id, model=r.model)
+  if found.repo_id is not None:
+    meta["repo_id"] = found.repo_id
   return meta
 
 
@@ -51,10 +55,17 @@ def _transcoder_error(found: Found) -> CheckpointError:
 
 
 def _saelens_meta(path) -> dict[str, Any]:
+  from jaxsae.sae import saelens
+
   cfg = json.loads((path / "cfg.json").read_text())
   inner = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
   hook = inner.get("hook_name", cfg.get("hook_name"))
-  return {"hook": hooknames.valid(hook), "model": inner.get("model_name", cfg.get("model_name"))}
+  norm = saelens.normalization(cfg)
+  return {
+    "hook": hooknames.valid(hook),
+    "model": inner.get("model_name", cfg.get("model_name")),
+    "normalize_activations": None if norm == "none" else norm,
+  }
 
 
 def load(path_or_id, cache_dir=None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
@@ -72,9 +83,13 @@ def load(path_or_id, cache_dir=None) -> tuple[Any, dict[str, Any], dict[str, Any
   if found.kind == "saelens" and saelens_transcoders.architecture(found.path):
     raise _transcoder_error(dataclasses.replace(found, kind="saelens_transcoder"))
   if found.kind == "saelens":
-    config, variables = saelens.load(found.path)
+    config, variables = saelens.load(
+      found.path, found.release and found.release.norm_scaling_factor
+    )
     meta = {**source, **{k: v for k, v in _saelens_meta(found.path).items() if v}}
     return config, variables, {"source_format": "saelens", "hook": None, **meta}
+  if found.kind == "sparsify" and sparsify_format.is_transcoder(found.path):
+    raise _transcoder_error(dataclasses.replace(found, kind="sparsify_transcoder"))
   if found.kind == "sparsify":
     config, variables = sparsify_format.load(found.path)
     hook = hooknames.from_sparsify_hookpoint(found.path.name)
@@ -92,12 +107,16 @@ def load(path_or_id, cache_dir=None) -> tuple[Any, dict[str, Any], dict[str, Any
 def load_transcoder(path_or_id, cache_dir=None) -> Transcoder | CrossLayerTranscoder:
   """The transcoder a path or id names (see the module docstring); a circuit-tracer set folder
   needs its layer chosen as SET:LAYER."""
+  from jaxsae.sae import sparsify_format
+
   found = locate(path_or_id, cache_dir)
   source = _source(found)
   if found.kind == "circuit_tracer_layer":
     tc = circuit_tracer.read_layer(found.path)
   elif found.kind == "saelens" and saelens_transcoders.architecture(found.path):
     tc = saelens_transcoders.read(found.path)
+  elif found.kind == "sparsify" and sparsify_format.is_transcoder(found.path):
+    tc = sparsify_format.read_transcoder(found.path)
   elif found.kind == "circuit_tracer_clt":
     tc = circuit_tracer.read_clt(found.path)
   elif found.kind == "gemma_scope_2_clt":

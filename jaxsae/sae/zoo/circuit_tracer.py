@@ -8,6 +8,11 @@ b_enc_i, b_dec_i, threshold_i) and `W_dec_{i}.safetensors` (W_dec_i [n, L − i,
 either, `config.yaml` (read with yaml.safe_load) names `model_kind`, `feature_input_hook`,
 `feature_output_hook` (TransformerLens names inside a block, e.g. mlp.hook_in), `model_name`,
 and for TopK sets `activation: topk` and `k`. Formulas: `jaxsae.sae.zoo.transcoders`.
+
+Writers follow circuit-tracer 0.5.0's own savers: `write_layer`/`write_set` its
+SingleLayerTranscoder.to_safetensors, `write_clt` its CrossLayerTranscoder.to_safetensors (which
+stores no skip connection, so CLTs with W_skip are refused), each with the config.yaml its
+`load_transcoders` reads (`model_kind`, both hooks, `model_name`).
 """
 
 from __future__ import annotations
@@ -144,6 +149,12 @@ def write_layer(file: str | pathlib.Path, tc: Transcoder) -> pathlib.Path:
   """layer_{i}.safetensors as circuit-tracer's SingleLayerTranscoder.to_safetensors writes it."""
   from safetensors.numpy import save_file
 
+  if tc.activation not in ("jumprelu", "relu", "topk"):
+    raise CheckpointError(
+      f"circuit-tracer's transcoders are JumpReLU, ReLU or TopK without a ReLU; this one's "
+      f"activation is {tc.activation!r} (sparsify's): write it with "
+      "jaxsae.sae.sparsify_format.save_transcoder"
+    )
   file = pathlib.Path(file)
   file.parent.mkdir(parents=True, exist_ok=True)
   t = {
@@ -168,30 +179,88 @@ def write_set(
 ) -> pathlib.Path:
   """A per-layer set folder: layer_{i}.safetensors for layers 0..L−1 and config.yaml (without
   a `transcoders` list, so circuit-tracer globs layer_*.safetensors, locally or on the Hub)."""
-  yaml = _yaml()
   folder = pathlib.Path(folder)
   if sorted(transcoders) != list(range(len(transcoders))):
     raise CheckpointError(
       f"circuit-tracer needs a transcoder for every layer 0..L−1; got {sorted(transcoders)}"
     )
   first = transcoders[0]
-  cfg = {"model_kind": "transcoder_set"}
-  for key, hook in (
-    ("feature_input_hook", first.input_hook),
-    ("feature_output_hook", first.output_hook),
-  ):
-    site = hooknames.to_tl_site(hook)
-    if site is None:
-      raise CheckpointError(
-        f"no TransformerLens name for hook {hook!r}; circuit-tracer's {key} needs one of "
-        f"{sorted(hooknames.TL_SITES)}"
-      )
-    cfg[key] = site
-  if model_name:
-    cfg["model_name"] = model_name
+  cfg = _config("transcoder_set", first.input_hook, first.output_hook, model_name)
   if first.activation == "topk":
     cfg.update(activation="topk", k=int(first.k))
   for layer, tc in transcoders.items():
     write_layer(folder / f"layer_{layer}.safetensors", tc)
-  (folder / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+  _write_config(folder, cfg)
   return folder
+
+
+def _config(kind: str, input_hook, output_hook, model_name: str | None) -> dict:
+  """config.yaml's fields; hooks must have TransformerLens names inside a block."""
+  cfg = {"model_kind": kind}
+  for key, hook in (("feature_input_hook", input_hook), ("feature_output_hook", output_hook)):
+    site = hooknames.to_tl_site(hook)
+    if site is None:
+      raise CheckpointError(
+        f"no TransformerLens name for hook {hook!r}; circuit-tracer's {key} needs one of "
+        f"{sorted(hooknames.TL_SITES)} (set the record's hooks with dataclasses.replace)"
+      )
+    cfg[key] = site
+  if model_name:
+    cfg["model_name"] = model_name
+  return cfg
+
+
+def _write_config(folder: pathlib.Path, cfg: dict) -> None:
+  yaml = _yaml()
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def write_clt(
+  folder: str | pathlib.Path, clt: CrossLayerTranscoder, model_name: str | None = None
+) -> pathlib.Path:
+  """A CLT folder as circuit-tracer's CrossLayerTranscoder.to_safetensors writes it:
+  W_enc_{i}.safetensors (W_enc_i [n, d], b_enc_i, b_dec_i, threshold_i if JumpReLU) and
+  W_dec_{i}.safetensors (W_dec_i [n, L − i, d]) per layer, plus config.yaml (model_kind
+  cross_layer_transcoder; hooks from layer 0's, which must name the same site on every layer)."""
+  from safetensors.numpy import save_file
+
+  folder = pathlib.Path(folder)
+  if clt.W_skip is not None:
+    raise CheckpointError(
+      "circuit-tracer's CLT files hold no skip connection (its to_safetensors drops W_skip), "
+      "so this affine CLT cannot be written in its format; drop W_skip only if you mean to"
+    )
+  d, d_out = clt.W_enc.shape[1], clt.b_dec.shape[-1]
+  if d != d_out:
+    raise CheckpointError(
+      f"circuit-tracer's CLTs read and write d_model; this one maps {d} → {d_out}"
+    )
+  hooks = [(hooknames.to_tl_site(a), hooknames.to_tl_site(b)) for a, b in _hook_pairs(clt)]
+  if len(set(hooks)) > 1:
+    raise CheckpointError(
+      f"circuit-tracer names one input and one output site for all layers; got {hooks}"
+    )
+  in0, out0 = _hook_pairs(clt)[0]
+  cfg = _config("cross_layer_transcoder", in0, out0, model_name)
+  folder.mkdir(parents=True, exist_ok=True)
+  f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+  for i in range(clt.n_layers):
+    enc = {
+      f"W_enc_{i}": f32(clt.W_enc[i].T),
+      f"b_enc_{i}": f32(clt.b_enc[i]),
+      f"b_dec_{i}": f32(clt.b_dec[i]),
+    }
+    if clt.activation == "jumprelu":
+      enc[f"threshold_{i}"] = f32(clt.threshold[i])
+    save_file(enc, str(folder / f"W_enc_{i}.safetensors"))
+    save_file({f"W_dec_{i}": f32(clt.W_dec[i])}, str(folder / f"W_dec_{i}.safetensors"))
+  _write_config(folder, cfg)
+  return folder
+
+
+def _hook_pairs(clt: CrossLayerTranscoder) -> list[tuple[str | None, str | None]]:
+  n = clt.n_layers
+  ins = clt.input_hooks or (None,) * n
+  outs = clt.output_hooks or (None,) * n
+  return list(zip(ins, outs, strict=True))

@@ -122,3 +122,17 @@ def to_tl_site(hook: str | None) -> str | None:
   if not hook or not hook.startswith("blocks."):
     return None
   return TL_SITES.get(hook.split(".", 2)[2])
+
+
+def from_sparsify_transcoder(name: str) -> tuple[str | None, str | None]:
+  """(input, output) hooks of a sparsify transcoder, which reads a module's input and predicts
+  its output: layers.N.mlp -> (blocks.N.mlp.in, blocks.N.mlp.out), layers.N -> (blocks.N.resid_pre,
+  blocks.N.resid_post); (None, None) otherwise. On post-norm models (Gemma 2, 3) the HF mlp
+  module's output is before the post-feedforward norm: jaxsae's mlp.proj, not mlp.out."""
+  m = re.fullmatch(r"(?:model\.|transformer\.|gpt_neox\.)?(?:layers|h)\.(\d+)(\.mlp)?", name)
+  if not m:
+    return None, None
+  layer = m.group(1)
+  if m.group(2):
+    return f"blocks.{layer}.mlp.in", f"blocks.{layer}.mlp.out"
+  return f"blocks.{layer}.resid_pre", f"blocks.{layer}.resid_post"

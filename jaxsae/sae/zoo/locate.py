@@ -1,9 +1,10 @@
 """What a path or id names: which dictionary format, where on disk, and which member of a
 folder holding several (`PATH:CHOICE`). Pickle files are refused here, unread.
 
-Ids: a shipped SAE's name ("default"), `saelens:RELEASE/SAE_ID` (`resolve`), or a local path,
-optionally followed by `:CHOICE` when it holds several dictionaries: a sparsify checkpoint root's
-hookpoint (`run:layers.6`) or a circuit-tracer set's layer (`tcs:3` or `tcs:layer_3`).
+Ids: a shipped SAE's name ("default"), `saelens:RELEASE/SAE_ID` (`resolve`), `hf:REPO/PATH` (a
+Hub file or folder, `hub`), or a local path, optionally followed by `:CHOICE` when it holds
+several dictionaries: a sparsify checkpoint root's hookpoint (`run:layers.6`) or a
+circuit-tracer set's layer (`tcs:3` or `tcs:layer_3`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import pathlib
 
 from jaxsae.errors import CheckpointError
-from jaxsae.sae.zoo import circuit_tracer, gemma_scope, resolve
+from jaxsae.sae.zoo import circuit_tracer, gemma_scope, hub, resolve
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 TRANSCODER_KINDS = (
@@ -37,6 +38,7 @@ class Found:
   path: pathlib.Path
   choice: str | None = None
   release: resolve.Release | None = None
+  repo_id: str | None = None  # The Hub repo of an hf: id.
 
 
 def refuse_pickle(file: pathlib.Path) -> CheckpointError:
@@ -121,11 +123,14 @@ def locate(text, cache_dir=None) -> Found:
     release = resolve.lookup(text)
     found = locate(resolve.fetch(release, cache_dir))
     return dataclasses.replace(found, release=release)
+  if hub.is_hub_id(text):
+    found = locate(hub.fetch(text, cache_dir))
+    return dataclasses.replace(found, repo_id=hub.parse(text).repo_id)
   path, choice = _split_choice(text)
   if not path.exists():
     raise CheckpointError(
       f"{path} is missing; pass a dictionary's folder or file, a shipped name "
-      f"({', '.join(export.NAMED)}) or saelens:RELEASE/SAE_ID"
+      f"({', '.join(export.NAMED)}), saelens:RELEASE/SAE_ID or hf:OWNER/REPO/PATH"
     )
   kind, where = kind_of_file(path) if path.is_file() else kind_of_folder(path)
   if kind == "sparsify_root":

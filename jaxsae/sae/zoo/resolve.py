@@ -45,6 +45,8 @@ class Release:
   path: str
   conversion: str | None
   model: str | None = None
+  # The input scale sae-lens folds into the weights of "expected_average_only_in" SAEs.
+  norm_scaling_factor: float | None = None
 
   def files(self, names: tuple[str, ...] | None = None) -> list[str]:
     """Repo paths (glob patterns allowed) of `names` (default: the files this format needs),
@@ -105,7 +107,8 @@ def lookup(text: str) -> Release:
       'read. Convert it once with sae-lens: python -c "from sae_lens import SAE; '
       f"SAE.from_pretrained('{release}', '{sae_id}').save_model('FOLDER')\" and load FOLDER"
     )
-  return Release(release, sae_id, entry.repo_id, path, conversion, entry.model)
+  factor = (getattr(entry, "norm_scaling_factor", None) or {}).get(sae_id)
+  return Release(release, sae_id, entry.repo_id, path, conversion, entry.model, factor)
 
 
 def offline() -> bool:

@@ -8,6 +8,7 @@ Per-layer transcoder (Gemma Scope 2 `transcoder*` folders, circuit-tracer `layer
 
     pre = x W_enc + b_enc          (no b_dec subtraction: b_dec lives on the output side)
     z   = pre · 1[pre > θ]  (jumprelu)  |  ReLU(pre)  (relu)  |  pre · 1[pre ∈ top-k]  (topk)
+          | TopK_k(ReLU(pre))  (relu_topk: sparsify's, which drops negative values among the k)
     ŷ   = z W_dec + b_dec (+ x W_skip)
 
 The jumprelu and topk forms are circuit-tracer's (no ReLU); sae-lens applies a ReLU before the
@@ -27,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-ACTIVATIONS = ("jumprelu", "relu", "topk")
+ACTIVATIONS = ("jumprelu", "relu", "topk", "relu_topk")
+TOPK = ("topk", "relu_topk")
 
 
 def activate(pre: np.ndarray, activation: str, threshold=None, k: int | None = None) -> np.ndarray:
@@ -40,6 +42,8 @@ def activate(pre: np.ndarray, activation: str, threshold=None, k: int | None = N
     # Ties at the k-th value keep every tied latent; random weights have none.
     kth = -np.partition(-pre, k - 1, axis=-1)[..., k - 1 : k]
     return pre * (pre >= kth)
+  if activation == "relu_topk":
+    return activate(np.maximum(pre, 0.0), "topk", k=k)
   raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
 
 
@@ -72,8 +76,8 @@ class Transcoder:
       problems.append(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
     if self.activation == "jumprelu" and np.shape(self.threshold) != (n,):
       problems.append(f"a jumprelu transcoder needs a threshold of shape ({n},)")
-    if self.activation == "topk" and not (self.k and 0 < self.k <= n):
-      problems.append(f"a topk transcoder needs k in [1, {n}], not {self.k}")
+    if self.activation in TOPK and not (self.k and 0 < self.k <= n):
+      problems.append(f"a {self.activation} transcoder needs k in [1, {n}], not {self.k}")
     if self.W_skip is not None and self.W_skip.shape != (d_in, d_out):
       problems.append(f"W_skip {self.W_skip.shape} should be ({d_in}, {d_out})")
     if problems:
