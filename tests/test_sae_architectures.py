@@ -315,13 +315,14 @@ def test_fvu_statistic_is_against_the_mean_and_sees_constant_offsets():
 
 
 def test_constraints_renormalize_the_decoder_and_clip_the_threshold():
-  sae, v, _ = make("jumprelu")
+  sae, v, _ = make("jumprelu", decoder_norm="unit")
   params = {**v["params"], "threshold": v["params"]["threshold"].at[0].set(-1.0)}
   constrained = sae.constrain(params)
   np.testing.assert_allclose(np.linalg.norm(constrained["W_dec"], axis=-1), 1.0, rtol=1e-6)
   assert float(constrained["threshold"][0]) == 0.0
-  relu, rv, _ = make("relu")  # Free decoder by default: left alone.
-  np.testing.assert_array_equal(relu.constrain(rv["params"])["W_dec"], rv["params"]["W_dec"])
+  for name in ("relu", "jumprelu"):  # Free decoders by default: left alone.
+    free, fv, _ = make(name)
+    np.testing.assert_array_equal(free.constrain(fv["params"])["W_dec"], fv["params"]["W_dec"])
 
 
 def test_bad_configs_name_the_problem_and_the_fix():
