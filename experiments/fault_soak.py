@@ -1,5 +1,5 @@
 """Kill -9 soak: many random kills of tiny LM-training, SAE-training and harvesting jobs, each
-resumed to the end and compared bitwise with an uninterrupted run (jaxsae/faults.py).
+resumed to the end and compared bitwise with an uninterrupted run (jaxsae/testing/faults.py).
 
   python -m experiments.fault_soak --trials=15 --kinds=lm,sae,harvest --workdir=runs/fault_soak
 
@@ -24,8 +24,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-from jaxsae import faults, tables
-from jaxsae.faults import KillPoint
+from jaxsae import tables
+from jaxsae.testing import faults, jobs, progress, results
+from jaxsae.testing.faults import KillPoint
 
 _TRIALS = flags.DEFINE_integer("trials", 15, "Trials in all, spread over the kinds in turn.")
 _KINDS = flags.DEFINE_list("kinds", ["lm", "sae", "harvest"], "Job kinds: lm, sae, harvest.")
@@ -38,7 +39,7 @@ _DEVICES = flags.DEFINE_integer("devices", 2, "Forced CPU devices per job.")
 def random_point(kind: str, rng: np.random.Generator, seconds: float, n_rows: int) -> KillPoint:
   """One kill point; `seconds` is the uninterrupted run's wall time, `n_rows` the store's."""
   if kind == "harvest":
-    chunk = faults.HARVEST["chunk_rows"]
+    chunk = jobs.HARVEST["chunk_rows"]
     choice = rng.choice(["time", "rows", "chunk_write", "store_complete"], p=[0.4, 0.3, 0.2, 0.1])
     if choice == "rows":
       return KillPoint("rows", int(rng.integers(1, n_rows)), float(rng.uniform(0, 0.05)))
@@ -47,7 +48,7 @@ def random_point(kind: str, rng: np.random.Generator, seconds: float, n_rows: in
     if choice == "store_complete":
       return KillPoint("store_complete")
     return KillPoint("time", delay=float(rng.uniform(0.05, 1.0) * seconds))
-  steps, writes = faults.STEPS[kind], faults.STEPS[kind] // faults.CHECKPOINT_EVERY[kind]
+  steps, writes = jobs.STEPS[kind], jobs.STEPS[kind] // jobs.CHECKPOINT_EVERY[kind]
   choice = rng.choice(["time", "step", "checkpoint_write", "save_issued"], p=[0.3, 0.3, 0.25, 0.15])
   if choice == "step":
     return KillPoint("step", int(rng.integers(1, steps)), float(rng.uniform(0, 0.2)))
@@ -59,9 +60,9 @@ def random_point(kind: str, rng: np.random.Generator, seconds: float, n_rows: in
 def main(argv):
   del argv
   kinds = [k for k in _KINDS.value if k]
-  unknown = set(kinds) - set(faults.KINDS)
+  unknown = set(kinds) - set(jobs.KINDS)
   if unknown:
-    raise app.UsageError(f"unknown kinds {sorted(unknown)}; choose from {faults.KINDS}")
+    raise app.UsageError(f"unknown kinds {sorted(unknown)}; choose from {jobs.KINDS}")
   root = pathlib.Path(_WORKDIR.value).absolute()
   shutil.rmtree(root, ignore_errors=True)
   env = faults.child_env(devices=_DEVICES.value, cache_dir=root / "jax_cache")
@@ -74,9 +75,9 @@ def main(argv):
     references[kind], again = root / "reference" / kind, root / "reference_again" / kind
     faults.run_to_end(kind, references[kind], references[kind].parent / f"{kind}.log", env)
     seconds[kind] = faults.run_to_end(kind, again, again.parent / f"{kind}.log", env)
-    repeatable[kind] = faults.compare(kind, references[kind], again) == []
+    repeatable[kind] = results.compare(kind, references[kind], again) == []
     print(f"reference {kind}: {seconds[kind]:.1f}s warm, repeatable: {repeatable[kind]}")
-  n_rows = faults.store_meta(references["harvest"]).get("n_rows", 0) if "harvest" in kinds else 0
+  n_rows = progress.store_meta(references["harvest"]).get("n_rows", 0) if "harvest" in kinds else 0
   trials, rows = [], []
   for i in range(_TRIALS.value):
     kind = kinds[i % len(kinds)]

@@ -139,6 +139,7 @@ def test_auxk_finding_compares_dead_fractions_at_the_widest_width():
   assert findings.auxk_prevents_dead(rows).verdict == "inconclusive"
 
 
+@pytest.mark.slow
 def test_the_study_runs_end_to_end_on_a_tiny_grid(tmp_path):
   config = tiny_config()
   # Every family, finding and figure, with the fewest runs (each compiles its own splice):

@@ -20,6 +20,7 @@ def _positive(value) -> bool:
   return value is not None and math.isfinite(value) and value > 0
 
 
+@pytest.mark.slow
 def test_harness_times_our_step_and_its_floor(result):
   rows = {r["architecture"]: r for r in result["rows"]}
   assert set(rows) == {"topk", "relu"}
@@ -34,6 +35,7 @@ def test_harness_times_our_step_and_its_floor(result):
   assert len(result["machine"]["load_average"]) == 2
 
 
+@pytest.mark.slow
 def test_saelens_peer_is_timed_in_the_same_run(result):
   for row in result["rows"]:
     assert _positive(row["saelens_tokens_per_s"]) and _positive(row["saelens_ratio"])
@@ -82,6 +84,7 @@ def test_floor_counts_and_target_verdicts():
     sae_step.bench_config("topk", d=16, n=64, k=100, batch=32)
 
 
+@pytest.mark.slow
 def test_json_markdown_and_readme_block(result, tmp_path):
   json_path, md_path = report.write(result, tmp_path / "out")
   assert [r["architecture"] for r in json.loads(json_path.read_text())["rows"]] == ["topk", "relu"]

@@ -11,6 +11,8 @@ from conftest import load_config
 from jaxsae.bench import lm_step, throughput, throughput_report
 from jaxsae.models import pretrained
 
+pytestmark = pytest.mark.slow  # Whole benchmark runs: the fast tier (-m "not slow") skips them.
+
 
 def _positive(row, keys):
   for key in keys:

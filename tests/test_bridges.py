@@ -150,6 +150,7 @@ def test_encode_keeps_exactly_k_by_magnitude():
   np.testing.assert_allclose(dec, z @ w["W_dec"] + w["b_dec"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(pair):
   dense, sparse = pair
   stream = np.random.default_rng(1).integers(0, 257, size=400).astype(np.uint16)
@@ -290,6 +291,7 @@ def test_bad_input_names_the_problem(pair, tokens):
   assert len(e.value.problems) == 4
 
 
+@pytest.mark.slow
 def test_experiment_quick_end_to_end(tmp_path):
   workdir = tmp_path / "run"
   result = subprocess.run(

@@ -188,6 +188,7 @@ def test_no_intact_step_names_every_problem_and_the_fix(saved, tmp_path):
   assert not (root / "corrupt").exists()  # Nothing is moved when nothing was restored.
 
 
+@pytest.mark.slow
 def test_sae_training_resumes_after_a_fallback_and_finishes_like_an_uninterrupted_run(tmp_path):
   c = train_config.base_config()
   c.sae.n_latents, c.sae.k, c.sae.k_aux = 64, 4, 0

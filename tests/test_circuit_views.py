@@ -195,12 +195,3 @@ def test_bad_input_raises_clear_errors(lm, windows):
     views.circuit_document(lm, make_circuit(), {"blocks.0.attn.in:0": []})
   with pytest.raises(JaxsaeError, match="circuit_document"):
     views.render_html({"format": "something else"})
-
-
-def test_corpus_windows_packs_a_split(lm, tmp_path):
-  for i in range(12):
-    (tmp_path / f"f{i}.txt").write_text(f"document {i} " * 20)
-  meta = {"corpus": str(tmp_path), "pattern": "*.txt", "seq_len": 16}
-  model = LanguageModel(CFG, lm.params, lm.tokenizer, meta)
-  w = views.corpus_windows(model, n=5, split="train")
-  assert w.shape == (5, 16) and w.dtype == np.int32 and w.max() <= 256

@@ -26,6 +26,7 @@ def tiny_config(sae, *, full=False):
   return c
 
 
+@pytest.mark.slow
 def test_three_formats_of_the_shipped_sae_give_the_same_metrics(tmp_path):
   config, variables, _ = export.load("default")
   saelens.save(tmp_path / "saelens", config, variables, 1.0, {"hook_name": HOOK})
@@ -47,6 +48,7 @@ def test_three_formats_of_the_shipped_sae_give_the_same_metrics(tmp_path):
       assert other[key] == pytest.approx(own[key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_the_table_and_files_hold_every_metric_beside_the_baselines(tmp_path):
   rows = evaluate_any.run(tiny_config("default", full=True), tmp_path)
   assert [r["method"] for r in rows] == ["SAE (topk)", "PCA top-16", "random TopK-16"]
@@ -87,6 +89,7 @@ def test_the_recorded_hook_is_read_under_each_key_in_jaxsae_naming():
   assert evaluate_any.recorded_hook({}) is None
 
 
+@pytest.mark.slow
 def test_bos_and_skip_first_follow_the_models_tokenizer_unless_set(
   tmp_path,
   monkeypatch,

@@ -4,9 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 from jaxsae.models import pretrained
 from jaxsae.text.corpus import stdlib_root
+
+pytestmark = pytest.mark.slow  # Subprocesses: the fast tier (-m "not slow") skips them.
 
 
 def _run(*args, timeout=600):

@@ -9,14 +9,14 @@ from jaxsae.errors import JaxsaeError
 from jaxsae.interp import explorer
 from jaxsae.models import pretrained
 from jaxsae.sae import evaluate, export
-from jaxsae.sparse import views
+from jaxsae.text import model_corpus
 
 
 @functools.cache
 def _explorer():
   lm = pretrained.load("default")
   config, variables, meta = export.load("default")
-  windows = views.corpus_windows(lm, n=8, seq_len=64, split="validation")
+  windows = model_corpus.corpus_windows(lm, n=8, seq_len=64, split="validation")
   return explorer.explore(lm, config, variables, meta["hook"], windows, batch_windows=3)
 
 

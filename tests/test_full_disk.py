@@ -9,7 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # Subprocesses: the fast tier (-m "not slow") skips them.
 
 CHILD = textwrap.dedent(
   """

@@ -32,6 +32,7 @@ def tiny_config(folder, corpus):
   return c
 
 
+@pytest.mark.slow
 def test_gemma3_study_end_to_end_on_a_tiny_gemma(tmp_path, corpus_dir):  # noqa: F811
   folder = tmp_path / "tiny_gemma3"
   save_family("gemma3", folder)

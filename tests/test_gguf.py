@@ -147,6 +147,7 @@ def gemma_hf_model(gemma_file, gemma):
   ).eval()
 
 
+@pytest.mark.slow
 def test_gemma_3_270m_matches_transformers(gemma_file, gemma_reference, gemma, gemma_hf_model):
   """Google's gemma-3-270m GGUF read by jaxsae and by transformers: tensors, config, tokenizer and
   logits. One test, since the two loads are its cost and xdist would repeat them per worker."""

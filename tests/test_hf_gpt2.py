@@ -302,6 +302,7 @@ def corpus_dir(tmp_path_factory):
   return root
 
 
+@pytest.mark.slow
 def test_sae_gpt2_config_runs_end_to_end_on_a_tiny_gpt2(tiny, corpus_dir, tmp_path):
   folder, _ = tiny
   config = load_config("sae_gpt2")

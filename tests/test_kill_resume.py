@@ -1,4 +1,4 @@
-"""Kill -9 during LM training, SAE training and harvesting (subprocesses, jaxsae/faults.py), then
+"""Kill -9 during LM training, SAE training and harvesting (subprocesses, jaxsae/testing/), then
 resume: the final train state is bitwise equal to an uninterrupted run's, and the store's rows,
 rows table, windows, store.json and chunk files are identical.
 
@@ -13,8 +13,11 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxsae import faults, run_log
-from jaxsae.faults import KillPoint
+from jaxsae import run_log
+from jaxsae.testing import faults, jobs, results
+from jaxsae.testing.faults import KillPoint
+
+pytestmark = pytest.mark.slow  # Subprocesses: the fast tier (-m "not slow") skips them.
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,7 @@ def test_harvest_killed_with_chunk_writes_in_flight_resumes_identically(referenc
     "harvest", tmp_path, [KillPoint("chunk_write", 5)], reference("harvest"), env
   )
   landing = trial.landings[0]
-  assert landing.killed and landing.rows_written == faults.HARVEST["chunk_rows"]
+  assert landing.killed and landing.rows_written == jobs.HARVEST["chunk_rows"]
   assert trial.final_resume == landing.rows_written
   assert trial.equal, _report(trial)
 
@@ -111,11 +114,11 @@ def test_the_comparison_sees_one_flipped_bit(reference, tmp_path):
   state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.int32(3)}
   for name in ("a", "b"):
     (tmp_path / name).mkdir()
-    faults._save_final(tmp_path / name, state)
-  assert faults.compare("lm", tmp_path / "a", tmp_path / "b") == []
+    results.save_final(tmp_path / name, state)
+  assert results.compare("lm", tmp_path / "a", tmp_path / "b") == []
   state["w"].view(np.uint32)[1, 2] ^= 1
-  faults._save_final(tmp_path / "b", state)
-  assert faults.compare("lm", tmp_path / "a", tmp_path / "b") == [
+  results.save_final(tmp_path / "b", state)
+  assert results.compare("lm", tmp_path / "a", tmp_path / "b") == [
     "['w']: 1 of 6 values differ (max |Δ| 4.77e-07)"
   ]
   store = reference("harvest") / "store"
@@ -124,6 +127,6 @@ def test_the_comparison_sees_one_flipped_bit(reference, tmp_path):
   data = bytearray(chunk.read_bytes())
   data[-1] ^= 1
   chunk.write_bytes(bytes(data))
-  problems = faults.compare("harvest", store.parent, tmp_path / "copy")
+  problems = results.compare("harvest", store.parent, tmp_path / "copy")
   assert f"file {chunk.relative_to(tmp_path / 'copy' / 'store')} differs" in problems, problems
   assert any(p.startswith("acts/") for p in problems), problems

@@ -32,6 +32,7 @@ def tiny(**train_overrides):
   return config
 
 
+@pytest.mark.slow
 def test_short_training_beats_the_unigram_baseline(tmp_path):
   config = tiny(steps=80, eval_sequences=128)
   config.data.corpus = "stdlib"
@@ -94,6 +95,7 @@ def test_data_parallel_step_reduces_gradients_without_gathering_parameters():
   assert "all-gather" not in hlo
 
 
+@pytest.mark.slow
 def test_stop_and_resume_gives_the_same_losses_and_resumes_on_fewer_devices(tmp_path):
   config = tiny(steps=10, log_every=1, checkpoint_every=3)
   straight = train.train_and_evaluate(config, tmp_path / "straight")
@@ -166,6 +168,7 @@ def _cli(*args):
   )
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_message_not_a_traceback(tmp_path):
   result = _cli(f"--workdir={tmp_path}", "--config.train.stepz=5")
   assert result.returncode == 2

@@ -117,6 +117,7 @@ def _sae_config(architecture="topk", n_latents=64):
   return c
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_shape_or_architecture_is_refused_not_skipped(tmp_path):
   from jaxsae.sae import data
   from jaxsae.sae import train as train_lib

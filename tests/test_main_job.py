@@ -22,6 +22,7 @@ def tiny_main_config():
   return c
 
 
+@pytest.mark.slow
 def test_main_job_pipeline_on_a_tiny_config(tmp_path):
   rows = main_job.run(tiny_main_config(), tmp_path)
   assert [r["method"] for r in rows] == ["SAE (topk)", "PCA top-8", "random TopK-8"]
@@ -67,6 +68,7 @@ def test_bad_main_config_lists_every_problem():
   assert len(info.value.problems) == 2
 
 
+@pytest.mark.slow
 def test_main_job_can_stream_instead_of_storing(tmp_path):
   config = tiny_main_config()
   config.harvest.streaming = True

@@ -56,6 +56,7 @@ def test_bfloat16_matmuls_give_float32_losses_and_gradients_close_to_float32(arc
   assert all("bf16" not in line for line in hlo.splitlines() if "top_k" in line)
 
 
+@pytest.mark.slow
 def test_a_bfloat16_run_learns_like_a_float32_run(tmp_path):
   features = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05)
   rows = data.ArraySource(features.generate(16384))

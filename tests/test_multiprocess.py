@@ -9,10 +9,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from conftest import REPO
 from jaxsae.text.corpus import stdlib_root
+
+pytestmark = pytest.mark.slow  # Subprocesses: the fast tier (-m "not slow") skips them.
 
 
 def _free_port() -> int:

@@ -61,6 +61,7 @@ def _assert_equal(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_sae_stop_names_the_batch_then_skip_resumes_and_skips_it(tmp_path):
   source = data.ArraySource(sae_rows())
   with pytest.raises(JaxsaeError) as info:
@@ -130,6 +131,7 @@ def nan_weight_in_batch_2(monkeypatch):
   monkeypatch.setattr(pipeline, "train_batches", train_batches)
 
 
+@pytest.mark.slow
 def test_lm_stop_names_the_batch_then_skip_resumes_and_skips_it(tmp_path, nan_weight_in_batch_2):
   with pytest.raises(JaxsaeError) as info:
     lm_train.train_and_evaluate(lm_tiny(), tmp_path)

@@ -39,6 +39,7 @@ def _outputs(nb, kind: str) -> list:
   return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs(name, tmp_path):
   nb = _execute(name, tmp_path)

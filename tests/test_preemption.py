@@ -1,6 +1,6 @@
 """SIGTERM (a preemption notice): the loop finishes its step, saves, exits with code 143 and a
 line naming the step and the resume command; resuming ends bitwise equal to an uninterrupted
-run. One process (tiny jobs of jaxsae/faults.py), a second SIGTERM during the save, and two
+run. One process (tiny jobs of jaxsae/testing/jobs.py), a second SIGTERM during the save, and two
 processes of which only one is signalled."""
 
 import os
@@ -13,7 +13,8 @@ import time
 import pytest
 
 from conftest import REPO
-from jaxsae import faults, preemption
+from jaxsae import preemption
+from jaxsae.testing import faults, jobs, progress, results
 from jaxsae.text.corpus import stdlib_root
 
 LINE = re.compile(
@@ -57,7 +58,7 @@ def env(tmp_path_factory):
 
 
 def _start(kind, workdir, log, env):
-  command = [sys.executable, "-m", "jaxsae.faults", f"--kind={kind}", f"--workdir={workdir}"]
+  command = faults.job_command(kind, workdir)
   with open(log, "a") as out:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -75,17 +76,17 @@ def _sigterm_after_steps(kind, workdir, log, env, steps, *, during_save=False):
   second SIGTERM while the save that follows is being written (the child is SIGSTOPped when
   Orbax's temporary directory appears, signalled, and continued). Returns (exit code, whether
   the second signal landed mid-write)."""
-  stale = set(faults.checkpoint_state(workdir)[1])
+  stale = set(progress.checkpoint_state(workdir)[1])
   proc = _start(kind, workdir, log, env)
   t0, sent, mid_write = time.monotonic(), False, False
   while proc.poll() is None and time.monotonic() - t0 < 300:
-    if not sent and len(faults.logged_steps(faults.metrics_lines(workdir))) >= steps:
+    if not sent and len(progress.logged_steps(progress.metrics_lines(workdir))) >= steps:
       proc.send_signal(signal.SIGTERM)
       sent = True
-    elif sent and during_save and set(faults.checkpoint_state(workdir)[1]) - stale:
+    elif sent and during_save and set(progress.checkpoint_state(workdir)[1]) - stale:
       proc.send_signal(signal.SIGSTOP)
-      faults._wait_stopped(proc.pid)
-      mid_write = bool(set(faults.checkpoint_state(workdir)[1]) - stale)
+      faults.wait_stopped(proc.pid)
+      mid_write = bool(set(progress.checkpoint_state(workdir)[1]) - stale)
       proc.send_signal(signal.SIGTERM)
       proc.send_signal(signal.SIGCONT)
       during_save = False
@@ -100,22 +101,24 @@ def _check_stopped(rc, log, workdir) -> int:
   step = int(match[0])
   assert f"checkpoint step {step} in {workdir / 'checkpoints'}" == match[1]
   assert "python" in text.split("Resume with the same command: ")[1].split("\n")[0]
-  steps, partial = faults.checkpoint_state(workdir)
+  steps, partial = progress.checkpoint_state(workdir)
   assert max(steps) == step and not partial, (steps, partial)
   return step
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_next_step_and_resumes_bitwise(env, tmp_path):
   reference = tmp_path / "reference"
   faults.run_to_end("lm", reference, tmp_path / "reference.txt", env)
   workdir, log = tmp_path / "job", tmp_path / "log.txt"
   rc, _ = _sigterm_after_steps("lm", workdir, log, env, steps=5)
   step = _check_stopped(rc, log, workdir)
-  assert step < faults.STEPS["lm"]
+  assert step < jobs.STEPS["lm"]
   faults.run_to_end("lm", workdir, log, env)
-  assert faults.compare("lm", reference, workdir) == []
+  assert results.compare("lm", reference, workdir) == []
 
 
+@pytest.mark.slow
 def test_second_sigterm_during_the_save_is_deferred(env, tmp_path):
   reference = tmp_path / "reference"
   faults.run_to_end("sae", reference, tmp_path / "reference.txt", env)
@@ -124,9 +127,10 @@ def test_second_sigterm_during_the_save_is_deferred(env, tmp_path):
   _check_stopped(rc, log, workdir)
   assert mid_write, log.read_text()[-3000:]  # The second signal did land during the write.
   faults.run_to_end("sae", workdir, log, env)
-  assert faults.compare("sae", reference, workdir) == []
+  assert results.compare("sae", reference, workdir) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_harvest_writes_the_chunk_and_resumes_identically(env, tmp_path):
   reference = tmp_path / "reference"
   faults.run_to_end("harvest", reference, tmp_path / "reference.txt", env)
@@ -134,7 +138,7 @@ def test_sigterm_during_a_harvest_writes_the_chunk_and_resumes_identically(env, 
   proc = _start("harvest", workdir, log, env)
   t0 = time.monotonic()
   while proc.poll() is None and time.monotonic() - t0 < 300:
-    if faults.store_meta(workdir).get("rows_written", 0) >= faults.HARVEST["chunk_rows"]:
+    if progress.store_meta(workdir).get("rows_written", 0) >= jobs.HARVEST["chunk_rows"]:
       proc.send_signal(signal.SIGTERM)
       break
     time.sleep(0.002)
@@ -142,14 +146,15 @@ def test_sigterm_during_a_harvest_writes_the_chunk_and_resumes_identically(env, 
   text = log.read_text()
   assert rc == 143, text[-3000:]
   (match,) = LINE.findall(text)
-  meta = faults.store_meta(workdir)
+  meta = progress.store_meta(workdir)
   assert match[1] == f"{meta['rows_written']} of {meta['n_rows']} rows in {workdir / 'store'}"
-  assert not meta["complete"] and meta["rows_written"] % faults.HARVEST["chunk_rows"] == 0
+  assert not meta["complete"] and meta["rows_written"] % jobs.HARVEST["chunk_rows"] == 0
   faults.run_to_end("harvest", workdir, log, env)
-  assert faults.compare("harvest", reference, workdir) == []
+  assert results.compare("harvest", reference, workdir) == []
 
 
 # ---- two processes -------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("service", [True, False], ids=["preemption_service", "flag_allgather"])
 def test_two_processes_one_signalled_both_save_the_same_step(tmp_path, service):
   """jax.distributed on localhost (gloo); SIGTERM reaches process 1 only. JAX's preemption
@@ -180,7 +185,7 @@ def test_two_processes_one_signalled_both_save_the_same_step(tmp_path, service):
       )
   t0 = time.monotonic()
   while procs[1].poll() is None and time.monotonic() - t0 < 300:
-    if len(faults.logged_steps(faults.metrics_lines(workdir))) >= 3:
+    if len(progress.logged_steps(progress.metrics_lines(workdir))) >= 3:
       procs[1].send_signal(signal.SIGTERM)
       break
     time.sleep(0.01)
@@ -189,4 +194,4 @@ def test_two_processes_one_signalled_both_save_the_same_step(tmp_path, service):
   assert codes == [143, 143], "\n\n".join(t[-3000:] for t in texts)
   steps = [int(LINE.findall(t)[0][0]) for t in texts]
   assert steps[0] == steps[1] < 400, steps
-  assert faults.checkpoint_state(workdir) == ([steps[0]], [])
+  assert progress.checkpoint_state(workdir) == ([steps[0]], [])

@@ -93,6 +93,7 @@ def test_sampling_is_seeded_and_edits_steer_it(saved):
   assert steered == "z" * 20
 
 
+@pytest.mark.slow
 def test_the_shipped_model_beats_the_bigram_baseline_on_the_test_split():
   lm = pretrained.load("default")
   corpus = corpus_lib.discover()

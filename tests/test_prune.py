@@ -358,6 +358,7 @@ def test_edge_ratio_is_the_geometric_mean_over_tasks_both_reached():
   assert "Nonsense controls reaching the target: **1 of 1**" in text
 
 
+@pytest.mark.slow
 def test_prune_experiment_end_to_end(tmp_path, monkeypatch, lm):
   """experiments/prune.py on a small saved model: circuits for a task and its control, tables,
   the frontier figure."""

@@ -205,6 +205,7 @@ def test_channel_statistics_save_load_and_percentiles(tmp_path):
     np.testing.assert_array_equal(loaded.absmax[hook], stats.absmax[hook])
 
 
+@pytest.mark.slow
 def test_study_writes_tables_and_figures_for_ours_and_a_gpt2(tiny, corpus_dir, tmp_path):  # noqa: F811
   folder, _ = tiny
   config = load_config("smoothquant")

@@ -33,6 +33,7 @@ def test_every_architecture_config_loads_and_validates(name):
   main_job.validate(config)
 
 
+@pytest.mark.slow
 def test_synthetic_benchmark_trains_evaluates_and_exports_every_architecture(tmp_path):
   from jaxsae.sae import experiment
 
@@ -55,6 +56,7 @@ def test_synthetic_benchmark_trains_evaluates_and_exports_every_architecture(tmp
     assert meta["steps"] == 20
 
 
+@pytest.mark.slow
 def test_cli_prints_the_table_and_refuses_bad_overrides(tmp_path):
   base = [
     sys.executable,

@@ -131,6 +131,7 @@ def test_the_compiled_step_never_gathers_the_pre_activations(topk_path):
   assert any(",64]" in g.split("all-gather(")[0] for g in _all_gathers(naive))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_sae_settings(tmp_path):
   # A finished run resumed under another k (or λ: same shapes) would keep its parameters under
   # the new settings.
@@ -212,6 +213,7 @@ def test_aux_k_lowers_the_dead_fraction_of_a_too_wide_dictionary(tmp_path):
   assert with_aux < 0.75 * without, (with_aux, without)  # …and AuxK revives a good share.
 
 
+@pytest.mark.slow
 def test_nan_in_the_activations_stops_with_the_step_and_last_checkpoint(tmp_path):
   rows = ROWS.copy()
   rows[::7] = np.nan

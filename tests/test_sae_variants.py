@@ -95,6 +95,7 @@ def test_decoder_init_norm_is_small_only_where_the_decoder_is_free(
   np.testing.assert_allclose(w_enc, w_dec.T, rtol=1e-6)  # Tied: the encoder is as small.
 
 
+@pytest.mark.slow
 def test_variants_of_several_widths_train_in_one_pass(tmp_path):
   rows = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05).generate(4096)
   result = train_lib.train(variant_config(), tmp_path, data.ArraySource(rows))

@@ -37,6 +37,7 @@ def tiny_sparse_config():
   return c
 
 
+@pytest.mark.slow
 def test_sparse_training_reaches_the_target_fractions_and_logs_them(tmp_path):
   result = lm_train.train_and_evaluate(tiny_sparse_config(), tmp_path)
   params = result.state.params

@@ -85,6 +85,7 @@ def test_auto_picks_the_sparse_path_for_wide_dictionaries():
   assert not registry.build(SAEConfig("batchtopk", d_in=D, n_latents=16384, k=32)).sparse_path
 
 
+@pytest.mark.slow
 def test_latent_sharded_sparse_run_equals_a_single_device_dense_run(tmp_path):
   features = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05)
   rows = data.ArraySource(features.generate(4096))

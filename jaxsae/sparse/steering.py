@@ -24,7 +24,8 @@ from jaxsae.errors import JaxsaeError
 from jaxsae.models.config import TransformerConfig
 from jaxsae.models.transformer import Transformer, run
 from jaxsae.sparse import tasks as tasks_lib
-from jaxsae.sparse.bridges import Bridges, check_pair, check_sites, decode
+from jaxsae.sparse.bridges.config import check_sites
+from jaxsae.sparse.bridges.weights import Bridges, check_pair, decode
 
 
 def _check_prompts(lm, tokens, last) -> tuple[np.ndarray, np.ndarray]:

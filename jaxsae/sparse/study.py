@@ -24,6 +24,7 @@ from jaxsae.sparse.circuit import Circuit
 from jaxsae.sparse.prune import PruneConfig, prune
 from jaxsae.sparse.tasks import NONSENSE_SUFFIX, TASK_NAMES, build_suite
 from jaxsae.text import corpus as corpus_lib
+from jaxsae.text.model_corpus import corpus_windows
 from jaxsae.text.pipeline import load_split
 
 
@@ -175,7 +176,7 @@ def write_views(
       continue
     lm = load_model(model_name, config.model_dir)
     circuit = Circuit.load(path)
-    windows = views.corpus_windows(lm, config.view_windows, config.mean_seq_len)
+    windows = corpus_windows(lm, config.view_windows, config.mean_seq_len)
     contexts = views.node_contexts(lm, circuit, windows, top=config.view_contexts)
     doc = views.circuit_document(lm, circuit, contexts)
     stem = workdir / "views" / f"{model_name}_{task_name}"
