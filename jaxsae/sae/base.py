@@ -144,7 +144,7 @@ class SparseAutoencoder(nn.Module):
     self.setup_encoder()
     if cfg.skip:  # Last, so the other parameters' init keys are those of a skipless SAE.
       self.W_skip = self.param(
-        "W_skip", _partitioned(nn.initializers.zeros, ("embed", "embed")), (cfg.d_in, d_out)
+        "W_skip", _partitioned(nn.initializers.zeros, ("embed", "embed_out")), (cfg.d_in, d_out)
       )
 
   def setup_encoder(self):
