@@ -57,6 +57,7 @@ def one_device(tmp_path_factory):
   return run(path, "run", **{"mesh.data": 1, "sweep.architecture": ("topk", "batchtopk")})
 
 
+@pytest.mark.slow
 def test_latents_sharded_over_8_devices_equal_the_unsharded_model(one_device, tmp_path):
   sharded = run(tmp_path, "m8", **{"mesh.model": 8, "sweep.architecture": ("topk", "batchtopk")})
   assert_params_close(one_device, sharded)
@@ -67,6 +68,7 @@ def test_latents_sharded_over_8_devices_equal_the_unsharded_model(one_device, tm
     )
 
 
+@pytest.mark.slow
 def test_data_and_latent_parallel_equals_one_device(one_device, tmp_path):
   mixed = run(tmp_path, "d4m2", **{"mesh.model": 2, "sweep.architecture": ("topk", "batchtopk")})
   assert_params_close(one_device, mixed)
@@ -75,6 +77,18 @@ def test_data_and_latent_parallel_equals_one_device(one_device, tmp_path):
     one_device.state.extras["batchtopk"]["buffers"]["threshold"],
     rtol=1e-5,
   )
+
+
+@pytest.mark.slow
+def test_jumprelu_target_penalty_sharded_over_latents_equals_one_device(tmp_path):
+  """The target penalty squares each token's L0 summed over every latent shard."""
+  settings = {"sae.architecture": "jumprelu", "sae.jumprelu_penalty": "target"}
+  settings |= {"sae.sparsity_coefficient": 0.05, "sae.jumprelu_bandwidth": 0.5}
+  one = run(tmp_path, "one", **{"mesh.data": 1, **settings})
+  sharded = run(tmp_path, "d2m4", **{"mesh.model": 4, **settings})
+  assert_params_close(one, sharded)
+  threshold = np.asarray(one.state.params["jumprelu"]["threshold"])
+  assert np.ptp(threshold) > 0  # θ starts as one constant: the penalty's gradient moved it.
 
 
 def test_dead_counters_count_tokens(one_device):
@@ -126,6 +140,7 @@ def test_resume_refuses_changed_sae_settings(tmp_path):
     train_lib.train(changed, tmp_path, data.ArraySource(ROWS))
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(tmp_path):
   overrides = {"mesh.model": 2, "train.checkpoint_every": 5}
   config = tiny_config(**overrides)
@@ -143,6 +158,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
   assert resumed.scale == full.scale
 
 
+@pytest.mark.slow
 def test_sweep_members_equal_saes_trained_one_at_a_time(tmp_path):
   sweep = run(tmp_path, "sweep", **{"sweep.k": (2, 4), "sweep.seed": (0, 3)})
   assert sweep.groups[0].labels == (
@@ -156,6 +172,7 @@ def test_sweep_members_equal_saes_trained_one_at_a_time(tmp_path):
     np.testing.assert_allclose(sweep.member_params("topk", 1)[name], value, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_topk_recovers_known_features(tmp_path):
   features = synthetic.SyntheticFeatures(d=32, n_features=64, active=3, noise=0.05)
   rows = features.generate(1 << 15)
@@ -171,6 +188,7 @@ def test_topk_recovers_known_features(tmp_path):
   assert result.history[-1]["fvu"] < 0.25
 
 
+@pytest.mark.slow
 def test_aux_k_lowers_the_dead_fraction_of_a_too_wide_dictionary(tmp_path):
   """A wide dictionary trained at a high learning rate loses latents; AuxK brings many back."""
   features = synthetic.SyntheticFeatures(d=32, n_features=512, active=3, noise=0.05)
@@ -228,6 +246,7 @@ def test_bad_configs_fail_before_any_compute(tmp_path):
     data.ArraySource(ROWS.reshape(2, -1, 16))
 
 
+@pytest.mark.slow
 def test_a_grain_dataset_trains_like_the_same_array(tmp_path):
   import grain
 

@@ -25,22 +25,21 @@ def base_config() -> ml_collections.ConfigDict:
   c.harvest.eval_windows = 256  # Held-out windows: metrics, ΔCE, contexts and N2G.
 
   c.grid = ml_collections.ConfigDict()
-  # (family, width, values): values are k for topk/batchtopk families and λ for the others.
-  # λ values put the penalty families near L0 ≈ 8, 16, 32 on the shipped model's
-  # blocks.1.resid_post, interpolated from a 4-value λ ladder trained with these train settings;
-  # retune them for another model, hook or training length. (JumpReLU's L0 moves little with λ
-  # over this many steps: its thresholds start at θ₀ and learn slowly.)
+  # (family, width, values): values are k for topk/batchtopk families and for JumpReLU (its
+  # recipe targets an L0 of k), λ for the others. The λ ladders are four wide so that they
+  # bracket L0 ≈ 8–32 on the shipped model's blocks.1.resid_post at the default learning rate
+  # (6e-4/√(n/2¹⁴)), set from the peer study's ladders at that rate (ReLU: λ 0.021 → L0 9.4;
+  # Gated: 0.025 → 9.4, 0.016 → 18.8); retune them for another model, hook or training length.
   w = 1024
   c.grid.runs = (
     ("topk", w, REFERENCE_K),
     ("topk_multi", w, REFERENCE_K),
     ("batchtopk", w, REFERENCE_K),
-    # ReLU (decoder rows at norm 0.1 since the peer study): L0 10, 15, 37 at these λ.
-    ("relu", w, (0.09, 0.028, 0.008)),
-    ("gated", w, (0.039, 0.025, 0.016)),
-    ("prolu_relu", w, (0.0245, 0.0153, 0.0091)),
-    ("prolu_ste", w, (0.024, 0.0147, 0.0086)),
-    ("jumprelu", w, (1.0, 0.1, 0.01)),
+    ("relu", w, (0.03, 0.015, 0.008, 0.004)),
+    ("gated", w, (0.03, 0.018, 0.01, 0.006)),
+    ("prolu_relu", w, (0.02, 0.012, 0.007, 0.004)),
+    ("prolu_ste", w, (0.02, 0.012, 0.007, 0.004)),
+    ("jumprelu", w, REFERENCE_K),
     # Widths for the scaling laws (TopK at every k) and dead latents against width.
     ("topk", 256, REFERENCE_K),
     ("topk", 512, (16,)),
@@ -48,8 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
     ("topk_plain", 256, (16,)),
     ("topk_plain", w, (16,)),
     ("topk_plain", 2048, (16,)),
-    ("relu", 256, (0.028,)),
-    ("relu", 2048, (0.028,)),
+    ("relu", 256, (0.015,)),
+    ("relu", 2048, (0.015,)),
   )
   c.grid.reference_family = "topk"  # Scaling laws are fitted on this family's runs.
   c.grid.reference_width = w  # Interpretability and recovery are measured at this width,

@@ -2,8 +2,9 @@
 turned into one SAE training config whose variant groups train together in one pass.
 
 A *run* is (family, width, values): the family's SAEs at that width, one per value — k for the
-TopK-style families (topk, batchtopk), λ for the penalty families. Each run becomes a variant
-group `<family>_n<width>` whose members are vmapped (one compiled step trains the whole grid).
+TopK-style families (topk, batchtopk) and a JumpReLU that targets an L0, λ for the penalty
+families. Each run becomes a variant group `<family>_n<width>` whose members are vmapped (one
+compiled step trains the whole grid).
 """
 
 from __future__ import annotations
@@ -49,7 +50,11 @@ class Run:
 
   @property
   def swept(self) -> str:
-    return "k" if self.architecture in K_ARCHITECTURES else "sparsity_coefficient"
+    """ "k" for the TopK-style families and for a JumpReLU that targets an L0 (its recipe's
+    `jumprelu_penalty="target"`: k is the target), else the λ of the penalty."""
+    fields = {**train_config.RECIPES.get(self.architecture, {}), **FAMILIES[self.family]}
+    targets = fields.get("jumprelu_penalty") == "target"
+    return "k" if self.architecture in K_ARCHITECTURES or targets else "sparsity_coefficient"
 
 
 def runs_of(grid: ml_collections.ConfigDict) -> list[Run]:

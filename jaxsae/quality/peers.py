@@ -151,18 +151,33 @@ def train_saelens(
   sparsity_coefficient: float | None = None,
   seed: int = 0,
   threads: int | None = None,
+  sae_options: dict | None = None,
+  norm_batches: Iterator[np.ndarray] | None = None,
 ) -> PeerRun:
   """SAELens's `SAETrainer.fit()` on `steps` batches of `batch_size` rows, its defaults
-  otherwise (constant learning rate, no warmup)."""
+  otherwise (constant learning rate, no warmup).
+
+  `sae_options`: more fields of the SAELens training config (e.g. its JumpReLU's
+  `jumprelu_sparsity_loss_mode`). With `normalize_activations="expected_average_only_in"`,
+  SAELens estimates its input scale from 100 batches of `norm_batches` (other rows, so the
+  training batches are the same as every other trainer's) and folds it into the saved SAE."""
   torch = _torch(threads)
+  import itertools
+
   import sae_lens
   from sae_lens.config import LoggingConfig, SAETrainerConfig
 
   sae_class, config_class, coefficient = SAELENS[architecture]
   extra = {"k": k} if coefficient is None else {coefficient: sparsity_coefficient}
+  extra.update(sae_options or {})
   torch.manual_seed(seed)
   cfg = getattr(sae_lens, config_class)(d_in=d, d_sae=n, dtype="float32", device="cpu", **extra)
   sae = getattr(sae_lens, sae_class)(cfg)
+  norm_estimate = 100
+  if cfg.normalize_activations != "none":
+    if norm_batches is None:
+      raise ValueError(f"normalize_activations={cfg.normalize_activations!r} needs norm_batches")
+    batches = itertools.chain(itertools.islice(norm_batches, norm_estimate), batches)
   provider = (torch.from_numpy(np.asarray(b, np.float32)) for b in batches)
   trainer = sae_lens.SAETrainer(
     cfg=SAETrainerConfig(
@@ -172,6 +187,7 @@ def train_saelens(
       lr_end=lr,
       device="cpu",
       logger=LoggingConfig(log_to_wandb=False),
+      n_batches_for_norm_estimate=norm_estimate,
     ),
     sae=sae,
     data_provider=provider,

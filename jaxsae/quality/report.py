@@ -15,7 +15,7 @@ from jaxsae import tables
 from jaxsae.ablation import findings
 from jaxsae.quality.study import TRAINERS
 
-COLUMNS = ("architecture", "trainer", "what", "seeds", "FVU (mean)", "FVU (each seed)", "ΔCE", "CE recovered", "L0",
+COLUMNS = ("architecture", "trainer", "what", "lr", "seeds", "FVU (mean)", "FVU (each seed)", "ΔCE", "CE recovered", "L0",
            "dead", "train s")  # fmt: skip
 COMMAND = "python -m experiments.peer_quality --workdir=runs/peer_quality --publish=docs/quality"
 
@@ -41,8 +41,8 @@ def summary_rows(rows: list[dict], budget: int, k: int) -> list[dict]:
   FVU) first within each. λ trainers are read at L0 = k from each seed's ladder."""
   out = []
   at = [r for r in rows if r["budget"] == budget]
-  for name in dict.fromkeys(r["trainer"] for r in at):
-    mine = [r for r in at if r["trainer"] == name]
+  for name, lr in dict.fromkeys((r["trainer"], r.get("lr")) for r in at):
+    mine = [r for r in at if r["trainer"] == name and r.get("lr") == lr]
     seeds = sorted({r["seed"] for r in mine})
     per_seed = [[r for r in mine if r["seed"] == s] for s in seeds]
 
@@ -55,6 +55,7 @@ def summary_rows(rows: list[dict], budget: int, k: int) -> list[dict]:
       "architecture": mine[0].get("architecture", "topk"),
       "trainer": name,
       "what": TRAINERS[name][3] if name in TRAINERS else "",
+      "lr": "" if lr is None else f"{lr:.2g}",
       "seeds": ",".join(map(str, seeds)),
       "FVU (mean)": mean("fvu"),
       "FVU (each seed)": " ".join(f"{_matched(runs, 'fvu', k):.4f}" for runs in per_seed),
@@ -83,7 +84,7 @@ def figure(rows: list[dict], k: int, path: pathlib.Path) -> None:
         color="C0" if "jaxsae" in summary["trainer"] else "C1",
       )
       ax.plot([summary["FVU (mean)"]] * 2, [y - 0.3, y + 0.3], color="k")
-      labels.append(f"{summary['trainer']} ({budget}×)")
+      labels.append(f"{summary['trainer']} lr {summary['lr']} ({budget}×)")
       y += 1
   ax.set_yticks(range(len(labels)), labels)
   ax.set_xlabel(f"held-out FVU at L0 = {k} (dots: seeds; bar: mean)")

@@ -49,6 +49,35 @@ TRAINERS = {
     for arch in ("batchtopk", "relu", "gated", "jumprelu")
     for peer, label in (("jaxsae", "jaxsae's default"), ("saelens", "SAELens"))
   },
+  # jaxsae's JumpReLU recipe targets an L0 (`sae.jumprelu_penalty="target"`, target k): its
+  # ladder is of targets, each run with sae.k set to it.
+  "jaxsae-jumprelu": (
+    "jaxsae",
+    "jumprelu",
+    {"ladder": "target_l0"},
+    "jaxsae's default jumprelu (L0 target)",
+  ),
+  "jaxsae-jumprelu-l0": (
+    "jaxsae",
+    "jumprelu",
+    {"sae": {"jumprelu_penalty": "l0"}},
+    "jaxsae jumprelu with the paper's λ·L0 penalty",
+  ),
+  # Gemma Scope 2's JumpReLU recipe in SAELens: inputs scaled to E‖x‖² = d (what its default
+  # θ₀ = 0.01 and bandwidth 0.05 assume) and the quadratic penalty 2/T·(L0 − T)² around a target
+  # L0 T. Its ladder is of targets T, not λ (λ = 1, SAELens's default).
+  "saelens-jumprelu-target": (
+    "saelens",
+    "jumprelu",
+    {
+      "ladder": "target_l0",
+      "sae_options": {
+        "jumprelu_sparsity_loss_mode": "quadratic",
+        "normalize_activations": "expected_average_only_in",
+      },
+    },
+    "SAELens JumpReLU, Gemma Scope 2's L0 target, normalized inputs",
+  ),
 }
 LAMBDA_ARCHITECTURES = ("relu", "gated", "jumprelu")
 RESULTS = "results.jsonl"
@@ -66,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Each trainer's λ means its own penalty on its own input scale, so each has its own ladder
   # bracketing L0 = k.
   c.quality.lambdas = ml_collections.ConfigDict(
-    {lambdas_key(f"{p}-{a}"): "" for a in LAMBDA_ARCHITECTURES for p in ("jaxsae", "saelens")}
+    {lambdas_key(name): "" for name, t in TRAINERS.items() if t[1] in LAMBDA_ARCHITECTURES}
   )
   return c
 
@@ -108,7 +137,18 @@ def runs_of(config) -> list[tuple[str, float | None]]:
 
 
 def _key(r: dict) -> tuple:
-  return r["trainer"], r["budget"], r["seed"], r.get("sparsity_coefficient")
+  return r["trainer"], r["budget"], r["seed"], r.get("sparsity_coefficient"), r.get("lr")
+
+
+def learning_rate(name: str, config) -> float:
+  """The peak learning rate `name` trains at: `optim.lr` where set, else jaxsae's default rule
+  (`optim.default_learning_rate`), which SAELens and sparsify's Adam are given too (SAELens has
+  no rule of its own); sparsify's signum keeps its own (5e-3/√(n/2¹⁴))."""
+  n = config.sae.n_latents
+  peer, _, options, _ = TRAINERS[name]
+  if peer == "sparsify" and options.get("optimizer") == "signum":
+    return 5e-3 / (n / 2**14) ** 0.5
+  return config.optim.lr if config.optim.lr > 0 else optim.default_learning_rate(n)
 
 
 def _done(path: pathlib.Path) -> set[tuple]:
@@ -123,14 +163,20 @@ def train_one(
   """(SAEConfig, raw variables, training wall seconds, version) of one trainer's run."""
   peer, architecture, options, _ = TRAINERS[name]
   steps = config.train.steps * budget
-  folder = workdir / "runs" / (f"{name}_b{budget}_s{seed}" + (f"_l{lam:g}" if lam else ""))
+  lr = learning_rate(name, config)
+  run_name = f"{name}_b{budget}_s{seed}" + (f"_l{lam:g}" if lam else "") + f"_lr{lr:g}"
+  folder = workdir / "runs" / run_name
   if peer == "jaxsae":
     run = copy.deepcopy(config)
     run.seed, run.train.steps = seed, steps
     run.train.checkpoint_every = steps  # Only the final state: the comparison is of recipes.
     run.sae.architecture = architecture
     run.sae.update(train_config.RECIPES[architecture])
-    if lam is not None:
+    for key, value in options.get("sae", {}).items():  # The trainer's own settings win.
+      run.sae[key] = run.overrides[architecture][key] = value
+    if options.get("ladder") == "target_l0":
+      run.sae.k = int(lam)
+    elif lam is not None:
       # Both: the per-architecture overrides (which hold each recipe's own λ) win over `sae`.
       run.sae.sparsity_coefficient = lam
       run.overrides[architecture].sparsity_coefficient = lam
@@ -150,10 +196,12 @@ def train_one(
   n, k = config.sae.n_latents, config.sae.k
   if peer == "sparsify":
     run = peers.train_sparsify(
-      batches, folder, n=n, k=k, steps=steps, seed=seed, threads=threads or None, **options
+      batches, folder, n=n, k=k, steps=steps, seed=seed, threads=threads or None, lr=lr, **options
     )
   else:
-    lr = optim.default_learning_rate(n) if config.optim.lr <= 0 else config.optim.lr
+    sae_options = dict(options.get("sae_options", {}))
+    if options.get("ladder") == "target_l0":  # The ladder holds targets T; λ stays SAELens's.
+      sae_options["target_l0"], lam = lam, 1.0
     run = peers.train_saelens(
       architecture,
       batches,
@@ -167,6 +215,8 @@ def train_one(
       sparsity_coefficient=lam,
       seed=seed,
       threads=threads or None,
+      sae_options=sae_options,
+      norm_batches=iter(data_lib.train_batches(data.train, batch, seed=seed + 1000)),
     )
   return run.config, run.variables, run.wall_s, run.version
 
@@ -189,7 +239,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   for budget in _numbers(config.quality.budgets):
     for seed in _numbers(config.quality.seeds):
       for name, lam in runs:
-        if (name, budget, seed, lam) in done:
+        lr = learning_rate(name, job)
+        if (name, budget, seed, lam, lr) in done:
           continue
         print(
           f"[quality] {name}, budget {budget}× ({config.train.steps * budget} steps), seed {seed}"
@@ -208,6 +259,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
           "seed": seed,
           "architecture": TRAINERS[name][1],
           "sparsity_coefficient": lam,
+          "lr": lr,
           **{k: measured[k] for k in ("fvu", "l0", "dead_fraction", "delta_ce", "ce_recovered")},
           "train_s": wall,
           "version": version,

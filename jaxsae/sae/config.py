@@ -18,6 +18,7 @@ from jaxsae.errors import ConfigError
 DECODER_NORMS = ("auto", "unit", "penalty")
 PROLU_GRADIENTS = ("relu", "ste")
 PROLU_PENALTIES = ("l1", "sqrt_l1")
+JUMPRELU_PENALTIES = ("l0", "target")
 TOPK_PATHS = ("auto", "sparse", "dense")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -48,11 +49,15 @@ class SAEConfig:
   sparsity_coefficient: λ of the L1 (relu, gated, prolu) or L0 (jumprelu) penalty.
   decoder_norm:     "unit": decoder rows kept at norm 1 (gradient projection + renormalization);
                     "penalty": decoder free, the L1 penalty weighted by ‖w_i‖ (Anthropic, April
-                    2024); "auto": the architecture's paper (relu → penalty, others → unit).
+                    2024); "auto": the architecture's recipe (relu → penalty; jumprelu →
+                    free, as SAELens trains it, no penalty to weight; others → unit).
   prolu_penalty:    "l1" or "sqrt_l1" (ProLU paper's √L1 variant).
   jumprelu_bandwidth: ε of the rectangle kernel. The paper's 0.001 is for E‖x̃‖² = 1; here
                     -1 means 0.001·√d, the same value on our E‖x̃‖² = d scale.
   jumprelu_init_threshold: θ₀, with the same convention (-1 means 0.001·√d).
+  jumprelu_penalty: "l0": λ·L0 (the paper's eq. 10); "target": λ·(2/k)·(L0 − k)² per token,
+                    Gemma Scope 2's quadratic penalty around a target L0 of k (as SAELens's
+                    "quadratic" mode), so k sets the L0 and λ how firmly.
   batchtopk_momentum: EMA decay of the inference threshold (smallest kept activation). 0.99
                     (SAELens's threshold rate, 0.01) forgets the first batches' thresholds
                     within a few hundred steps; at 0.999 a 1,500-step run keeps 22% of its
@@ -103,6 +108,7 @@ class SAEConfig:
   prolu_penalty: str = "l1"
   jumprelu_bandwidth: float = -1.0
   jumprelu_init_threshold: float = -1.0
+  jumprelu_penalty: str = "l0"
   batchtopk_momentum: float = 0.99
   tied_init: bool = True
   encoder_init_scale: float = -1.0
@@ -205,6 +211,9 @@ class SAEConfig:
     )
     config_check.require_choice(self.decoder_norm, DECODER_NORMS, "sae.decoder_norm", p)
     config_check.require_choice(self.prolu_penalty, PROLU_PENALTIES, "sae.prolu_penalty", p)
+    config_check.require_choice(
+      self.jumprelu_penalty, JUMPRELU_PENALTIES, "sae.jumprelu_penalty", p
+    )
     config_check.require_choice(self.topk_path, TOPK_PATHS, "sae.topk_path", p)
     config_check.require_choice(self.compute_dtype, COMPUTE_DTYPES, "sae.compute_dtype", p)
     config_check.require(
