@@ -286,7 +286,8 @@ def test_the_fitted_encoder_scale_is_the_least_squares_first_reconstruction():
   (a unit-norm tied encoder overshoots); a fixed scale is used as given."""
   config = tiny_config(**{"mesh.data": 1})
   trainer = train_lib.SAETrainer.build(config, 16)
-  _, b_dec, rows = train_lib.initial_statistics(config, data.ArraySource(ROWS))
+  init = train_lib.initial_statistics(config, data.ArraySource(ROWS))
+  b_dec, rows = init.b_dec, init.fit_rows
   fitted = trainer.init_state(jax.random.key(0), b_dec, rows).params["topk"]
   plain = trainer.init_state(jax.random.key(0), b_dec).params["topk"]
   w_dec, w_plain = np.asarray(plain["W_dec"][0]), np.asarray(plain["W_enc"][0])

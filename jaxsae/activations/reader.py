@@ -7,6 +7,10 @@ its rows are permuted in memory (the shuffle buffer). Batch b of the epoch is ro
 batch of an epoch is dropped). The dataset is a grain MapDataset over the global batch index,
 so its iterator state is one integer, saved with the train state; process p of n reads its
 slice of each global batch. One background thread reads a few batches ahead, in order.
+
+A transcoder's (input, target) pairs are two hooks of one store, or hooks of two stores
+harvested from the same windows (same rows, same chunks): `paired_batches` reads both in the
+same order, so row i of a batch's inputs and of its targets is the same token.
 """
 
 from __future__ import annotations
@@ -45,6 +49,41 @@ class StoreSource:
   def train_batches(
     self, batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
   ) -> grain.DatasetIterator:
+    order = EpochOrder(self.store, self.hook, seed, self.shuffle_chunks)
+    return self._batches(batch_size, order.rows, process_index, process_count)
+
+  def paired_batches(
+    self,
+    targets: StoreSource,
+    batch_size: int,
+    *,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+  ) -> grain.DatasetIterator:
+    """Batches of (this hook's rows, `targets`' rows of the same tokens), in one order."""
+    if not isinstance(targets, StoreSource):
+      raise JaxsaeError(
+        f"a store's inputs pair with another store hook's targets, not {type(targets).__name__}"
+      )
+    problem = alignment_problem(self.store, targets.store)
+    if problem:
+      raise JaxsaeError(
+        f"{self.hook} of {self.store.directory} and {targets.hook} of "
+        f"{targets.store.directory} are not the same tokens ({problem}); harvest both hooks "
+        "in one pass, or from the same windows with the same settings"
+      )
+    inputs = EpochOrder(self.store, self.hook, seed, self.shuffle_chunks)
+    outputs = EpochOrder(targets.store, targets.hook, seed, self.shuffle_chunks)
+
+    def both(epoch: int, start: int, stop: int):
+      return inputs.rows(epoch, start, stop), outputs.rows(epoch, start, stop)
+
+    return self._batches(batch_size, both, process_index, process_count)
+
+  def _batches(self, batch_size, read, process_index, process_count) -> grain.DatasetIterator:
+    """Global batch b is rows [b·B, (b+1)·B) of its epoch's order; this process reads its slice
+    with `read(epoch, start, stop)`."""
     if batch_size % process_count:
       raise JaxsaeError(
         f"batch size {batch_size} is not divisible by the {process_count} processes"
@@ -54,17 +93,34 @@ class StoreSource:
         f"the store holds {len(self)} rows, fewer than one batch of {batch_size}; harvest more "
         "or lower train.batch_size"
       )
-    order = EpochOrder(self.store, self.hook, seed, self.shuffle_chunks)
     local = batch_size // process_count
     per_epoch = len(self) // batch_size
 
-    def batch(index: int) -> np.ndarray:
+    def batch(index: int):
       epoch, b = divmod(int(index), per_epoch)
       start = b * batch_size + process_index * local
-      return order.rows(epoch, start, start + local)
+      return read(epoch, start, start + local)
 
     dataset = grain.MapDataset.range(_EPOCHS * per_epoch).map(batch)
     return iter(dataset.to_iter_dataset(READ_OPTIONS))
+
+
+# Store metadata that decides which token each row is (jaxsae.activations.harvest's fingerprint).
+_ROW_KEYS = ("n_rows", "chunk_rows", "windows_sha256", "skip_separator", "skip_first")
+
+
+def alignment_problem(a: ActivationStore, b: ActivationStore) -> str | None:
+  """Why rows of stores `a` and `b` may be different tokens, or None when they are the same:
+  one store, or equal row counts, chunking and harvest fingerprints (stores without
+  fingerprints: equal row tables)."""
+  if a.directory.resolve() == b.directory.resolve():
+    return None
+  differ = [k for k in _ROW_KEYS if a.meta.get(k) != b.meta.get(k)]
+  if differ:
+    return "their " + ", ".join(differ) + " differ"
+  if "windows_sha256" not in a.meta and not np.array_equal(a.rows_table(), b.rows_table()):
+    return "their row tables differ"
+  return None
 
 
 class EpochOrder:

@@ -1,19 +1,27 @@
-"""The interface every sparse autoencoder speaks, and the parts they share.
+"""The interface every sparse dictionary speaks, and the parts they share.
 
-    pre = (x̃ − b_dec) W_enc + b_enc ;   z = f(pre) ;   x̂ = z W_dec + b_dec
+    SAE:         pre = (x̃ − b_dec) W_enc + b_enc ;   z = f(pre) ;   x̂ = z W_dec + b_dec
+    transcoder:  pre = x̃ W_enc + b_enc            ;   z = f(pre) ;   ŷ = z W_dec + b_dec
+    either, with `skip`:                                             ŷ += x̃ W_skip
+
+A dictionary is trained on (input x̃, target ỹ) pairs: `loss(x, target=y)`. An SAE is the case
+y = x (`target=None`, the same computation as before targets existed). A transcoder
+(`config.transcode`) maps one site to another, e.g. an MLP's input to its output (Dunefsky et
+al. 2024); b_dec is then the output's bias only, so the encoder does not subtract it. The
+reconstruction term, FVU, AuxK's residual and the dead statistics are all measured against ỹ.
 
 An architecture is one subclass of `SparseAutoencoder` in its own file plus a registry entry.
 It implements `encode` (and, if it has one, a sparsity penalty or auxiliary losses); the base
 class gives it the parameters, `decode`, the reconstruction term (Matryoshka included), the
 statistics the trainer tracks, and `loss`, which returns the total and every named term.
 
-Parameters use the names of the SAELens format (W_enc d×n, b_enc n, W_dec n×d, b_dec d), with
-logical axes ("embed", "latents") so the trainer can split the latents over the `model` mesh
+Parameters use the names of the SAELens format (W_enc d×n, b_enc n, W_dec n×d_out, b_dec d_out,
+W_skip d×d_out), with logical axes ("embed", "latents") so the trainer can split the latents over the `model` mesh
 axis. Inside `jax.shard_map` the module sees its shard of the latents and `axes` names the mesh
 axes; every cross-shard reduction goes through `jaxsae.sae.collectives`.
 
-Reconstruction error is ‖x̃ − x̂‖²/d averaged over tokens: with inputs scaled to E‖x̃‖² = d
-it reads as a fraction of the input's energy, the scale on which the TopK paper's AuxK
+Reconstruction error is ‖ỹ − ŷ‖²/d_out averaged over tokens: with targets scaled to
+E‖ỹ‖² = d_out it reads as a fraction of the input's energy, the scale on which the TopK paper's AuxK
 coefficient α = 1/32 (a ratio of normalized errors) was set.
 """
 
@@ -116,23 +124,28 @@ class SparseAutoencoder(nn.Module):
     def decoder_init(key, shape, dtype=jnp.float32):
       return unit_rows(key, shape, dtype) * norm
 
+    d_out = cfg.d_target
     self.W_dec = self.param(
-      "W_dec", _partitioned(decoder_init, ("latents", "embed")), (self.n_local, cfg.d_in)
+      "W_dec", _partitioned(decoder_init, ("latents", "embed")), (self.n_local, d_out)
     )
-    self.b_dec = self.param("b_dec", _partitioned(nn.initializers.zeros, ("embed",)), (cfg.d_in,))
+    self.b_dec = self.param("b_dec", _partitioned(nn.initializers.zeros, ("embed",)), (d_out,))
 
     # W_enc = s·W_decᵀ at init (TopK paper), or s times independent unit directions when
-    # untied; s = encoder_init_scale, or 1 until the trainer fits it (`fitted_encoder_scale`).
-    # Initializers run only at init time.
+    # untied or a transcoder; s = encoder_init_scale, or 1 until the trainer fits it
+    # (`fitted_encoder_scale`). Initializers run only at init time.
     scale = cfg.encoder_init_scale if cfg.encoder_init_scale > 0 else 1.0
 
     def encoder_init(key, shape):
-      if cfg.tied_init:
+      if cfg.tied_init and not cfg.transcode:
         return self.W_dec.T * scale
       return unit_rows(key, (self.n_local, cfg.d_in)).T * scale
 
     self.W_enc = self.param("W_enc", _partitioned(encoder_init, ("embed", "latents")), (0,))
     self.setup_encoder()
+    if cfg.skip:  # Last, so the other parameters' init keys are those of a skipless SAE.
+      self.W_skip = self.param(
+        "W_skip", _partitioned(nn.initializers.zeros, ("embed", "embed_out")), (cfg.d_in, d_out)
+      )
 
   def setup_encoder(self):
     """Architecture parameters beyond W_enc, W_dec, b_dec (default: b_enc = 0)."""
@@ -171,7 +184,8 @@ class SparseAutoencoder(nn.Module):
     return jnp.matmul(a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
 
   def centered_matmul(self, x_BxD: jax.Array, W_DxN: jax.Array) -> jax.Array:
-    """(x̃ − b_dec) W, with b_dec's gradient through it as one 1×n·n×d product.
+    """(x̃ − b_dec) W, with b_dec's gradient through it as one 1×n·n×d product; x̃ W for a
+    transcoder, whose b_dec is on the output side.
 
     Autodiff of the formula would compute d(x̃ − b_dec) = g Wᵀ, a B×n·n×d matmul (a sixth of a
     ReLU SAE's step), only to sum it over the batch for b_dec: x̃ is data. Here b_dec enters
@@ -179,6 +193,8 @@ class SparseAutoencoder(nn.Module):
     is −(Σ_b g_b) Wᵀ. Values are bitwise the formula's; x̃'s own gradient, if asked for, is
     unchanged.
     """
+    if self.config.transcode:
+      return self.matmul(x_BxD, W_DxN)
     centered = x_BxD - jax.lax.stop_gradient(self.b_dec)
     return self.matmul(centered, W_DxN) + self.b_dec_shift(W_DxN)
 
@@ -192,13 +208,22 @@ class SparseAutoencoder(nn.Module):
     """pre = (x̃ − b_dec) W_enc + b_enc."""
     return self.centered_matmul(x_BxD, self.W_enc) + self.b_enc
 
-  def decode(self, z_BxN: jax.Array) -> jax.Array:
-    """x̂ = z W_dec + b_dec (partial products summed over latent shards)."""
-    return self.axes.sum_latents(self.matmul(z_BxN, self.W_dec)) + self.b_dec
+  def output_bias(self, x_BxD: jax.Array | None = None) -> jax.Array:
+    """The part of ŷ the latents do not write: b_dec, plus x̃ W_skip with a skip connection."""
+    if not self.config.skip:
+      return self.b_dec
+    if x_BxD is None:
+      raise ValueError("this dictionary has a skip connection: decode(z, x) needs the input x")
+    return self.matmul(x_BxD, self.W_skip) + self.b_dec
+
+  def decode(self, z_BxN: jax.Array, x_BxD: jax.Array | None = None) -> jax.Array:
+    """ŷ = z W_dec + b_dec (+ x̃ W_skip, which needs the input x̃); partial products summed
+    over latent shards."""
+    return self.axes.sum_latents(self.matmul(z_BxN, self.W_dec)) + self.output_bias(x_BxD)
 
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
-    """The reconstruction at inference."""
-    return self.decode(self.encode(x_BxD).latents)
+    """The reconstruction (an SAE) or prediction (a transcoder) at inference."""
+    return self.decode(self.encode(x_BxD).latents, x_BxD)
 
   # ---- loss ---------------------------------------------------------------------------------
   def global_index(self) -> jax.Array:
@@ -211,22 +236,22 @@ class SparseAutoencoder(nn.Module):
     n_tokens = per_token_B.shape[0] * self.axes.batch_shards()
     return self.axes.sum_batch(per_token_B.sum()) / n_tokens
 
-  def reconstruction_error(self, x_BxD: jax.Array, x_hat_BxD: jax.Array) -> jax.Array:
-    """mean over tokens of ‖x̃ − x̂‖² / d."""
-    return self.mean_over_tokens(jnp.sum((x_BxD - x_hat_BxD) ** 2, axis=-1)) / x_BxD.shape[-1]
+  def reconstruction_error(self, y_BxO: jax.Array, y_hat_BxO: jax.Array) -> jax.Array:
+    """mean over tokens of ‖ỹ − ŷ‖² / d_out."""
+    return self.mean_over_tokens(jnp.sum((y_BxO - y_hat_BxO) ** 2, axis=-1)) / y_BxO.shape[-1]
 
   def reconstruction_term(
-    self, x_BxD: jax.Array, z_BxN: jax.Array, x_hat_BxD: jax.Array | None = None
+    self, x_BxD: jax.Array, y_BxO: jax.Array, z_BxN: jax.Array, y_hat_BxO: jax.Array | None = None
   ) -> jax.Array:
-    """The reconstruction error, or with Matryoshka Σ_m error(z[:m] W_dec[:m] + b_dec).
-    (`x_hat_BxD`: decode(z) if already computed.)"""
+    """The error of ŷ against ỹ, or with Matryoshka Σ_m error(z[:m] W_dec[:m] + b_dec [+ x̃
+    W_skip]). (`y_hat_BxO`: decode(z, x) if already computed.)"""
     prefixes = self.config.prefixes
     if len(prefixes) == 1:
-      x_hat = self.decode(z_BxN) if x_hat_BxD is None else x_hat_BxD
-      return self.reconstruction_error(x_BxD, x_hat)
+      y_hat = self.decode(z_BxN, x_BxD) if y_hat_BxO is None else y_hat_BxO
+      return self.reconstruction_error(y_BxO, y_hat)
     index = self.global_index()
     return sum(
-      self.reconstruction_error(x_BxD, self.decode(jnp.where(index < m, z_BxN, 0.0)))
+      self.reconstruction_error(y_BxO, self.decode(jnp.where(index < m, z_BxN, 0.0), x_BxD))
       for m in prefixes
     )
 
@@ -241,13 +266,14 @@ class SparseAutoencoder(nn.Module):
   def extra_terms(
     self,
     x_BxD: jax.Array,
-    x_hat_BxD: jax.Array,
+    y_BxO: jax.Array,
+    y_hat_BxO: jax.Array,
     enc: Encoding,
     hyper: Hyper,
     dead_N: jax.Array | None,
   ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Architecture-specific (terms, stats): sparsity penalties, AuxK, Gated's aux loss…
-    (dead_N None: no latent is dead.)"""
+    (x̃ the input, ỹ the target, ŷ the output; dead_N None: no latent is dead.)"""
     return {}, {}
 
   def loss(
@@ -256,8 +282,10 @@ class SparseAutoencoder(nn.Module):
     hyper: Hyper | None = None,
     dead_N: jax.Array | None = None,
     train: bool = True,
+    target: jax.Array | None = None,
   ) -> LossOutput:
-    """The training loss on a batch of normalized inputs x̃, its named terms, and statistics.
+    """The training loss on a batch of normalized inputs x̃ (and targets ỹ), its named terms,
+    and statistics.
 
     Args:
       x_BxD: inputs scaled to E‖x̃‖² = d (this shard's rows).
@@ -265,18 +293,22 @@ class SparseAutoencoder(nn.Module):
       dead_N: bool per latent, True for latents dead by the trainer's token window (AuxK);
         None when none is: AuxK is then 0 and its top-k is skipped (`has_aux_k`).
       train: BatchTopK selects over the batch when training, by its threshold otherwise.
+      target: ỹ (B×d_out), the same tokens' activations at the site a transcoder writes,
+        scaled to E‖ỹ‖² = d_out; None: x̃ itself (an SAE).
     """
     hyper = Hyper.of(self.config) if hyper is None else hyper
+    y = x_BxD if target is None else target
     enc = self.encode(x_BxD, hyper, train=train)
-    x_hat = self.decode(enc.latents)
-    terms = {"reconstruction": self.reconstruction_term(x_BxD, enc.latents, x_hat)}
-    extra_terms, extra_stats = self.extra_terms(x_BxD, x_hat, enc, hyper, dead_N)
+    y_hat = self.decode(enc.latents, x_BxD)
+    terms = {"reconstruction": self.reconstruction_term(x_BxD, y, enc.latents, y_hat)}
+    extra_terms, extra_stats = self.extra_terms(x_BxD, y, y_hat, enc, hyper, dead_N)
     terms.update(extra_terms)
-    stats = {**self.statistics(x_BxD, x_hat, enc.latents), **extra_stats}
+    stats = {**self.statistics(y, y_hat, enc.latents), **extra_stats}
     return LossOutput(sum(terms.values()), terms, stats)
 
-  def statistics(self, x_BxD, x_hat_BxD, z_BxN, fired_N=None) -> dict[str, jax.Array]:
-    """l0, batch FVU (against the batch mean), and per-latent firing counts (k-set only).
+  def statistics(self, y_BxO, y_hat_BxO, z_BxN, fired_N=None) -> dict[str, jax.Array]:
+    """l0, batch FVU of ŷ against the target ỹ (and its batch mean), and per-latent firing
+    counts (k-set only).
 
     z may be any code whose nonzeros are the active latents (B×n, or B×k with `fired_N`, this
     shard's firing counts, given)."""
@@ -284,26 +316,30 @@ class SparseAutoencoder(nn.Module):
     l0 = self.mean_over_tokens(self.axes.sum_latents(jnp.sum(z != 0, -1).astype(jnp.float32)))
     if fired_N is None:
       fired_N = jnp.sum(z > FIRE_THRESHOLD, axis=0, dtype=jnp.int32)
-    fvu = self.batch_fvu(x_BxD, x_hat_BxD)
+    fvu = self.batch_fvu(y_BxO, y_hat_BxO)
     return {"l0": l0, "fvu": fvu, "fired": self.axes.sum_batch(fired_N)}
 
-  def batch_fvu(self, x_BxD, x_hat_BxD) -> jax.Array:
-    """Σ‖x̃ − x̂‖² / Σ‖x̃ − mean(x̃)‖² over the global batch."""
-    x, x_hat = jax.lax.stop_gradient((x_BxD, x_hat_BxD))
+  def batch_fvu(self, y_BxO, y_hat_BxO) -> jax.Array:
+    """Σ‖ỹ − ŷ‖² / Σ‖ỹ − mean(ỹ)‖² over the global batch."""
+    x, x_hat = jax.lax.stop_gradient((y_BxO, y_hat_BxO))
     n_tokens = x.shape[0] * self.axes.batch_shards()
     mean_D = self.axes.sum_batch(x.sum(0)) / n_tokens
     err = self.axes.sum_batch(jnp.sum((x - x_hat) ** 2))
     var = self.axes.sum_batch(jnp.sum((x - mean_D) ** 2))
     return err / var
 
-  def fitted_encoder_scale(self, x_BxD: jax.Array, hyper: Hyper | None = None) -> jax.Array:
-    """The s minimizing Σ‖x̃ − b_dec − s·y‖² with y = x̂ − b_dec of the current parameters:
-    s = Σ⟨x̃ − b_dec, y⟩ / Σ‖y‖². With z linear in W_enc's scale (b_enc = 0, a top-k
-    selection), W_enc ← s·W_enc makes the reconstruction s·y: the least-squares initial one.
-    1 when that is not a positive number (nothing reconstructed)."""
-    y = self.decode(self.encode(x_BxD, hyper, train=True).latents) - self.b_dec
+  def fitted_encoder_scale(
+    self, x_BxD: jax.Array, hyper: Hyper | None = None, target: jax.Array | None = None
+  ) -> jax.Array:
+    """The s minimizing Σ‖ỹ − c − s·y‖² with y = ŷ − c, c = b_dec (+ x̃ W_skip), of the
+    current parameters: s = Σ⟨ỹ − c, y⟩ / Σ‖y‖² (ỹ = `target`, or x̃ for an SAE). With z
+    linear in W_enc's scale (b_enc = 0, a top-k selection), W_enc ← s·W_enc makes the output
+    c + s·y: the least-squares initial one. 1 when that is not a positive number."""
+    target = x_BxD if target is None else target
+    bias = self.output_bias(x_BxD)
+    y = self.decode(self.encode(x_BxD, hyper, train=True).latents, x_BxD) - bias
     yy = jnp.sum(y * y)
-    xy = jnp.sum((x_BxD - self.b_dec) * y)
+    xy = jnp.sum((target - bias) * y)
     ok = (yy > 0) & (xy > 0)
     return jnp.where(ok, xy / jnp.where(ok, yy, 1.0), 1.0)
 

@@ -42,8 +42,8 @@ class BatchTopKSAE(TopKSAE):
     kth = collectives.kth_largest_over_batch(acts, k * tokens, self.config.k * tokens, self.axes)
     return Encoding(jnp.where((acts >= kth) & (acts > 0), acts, 0.0), pre)
 
-  def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
-    terms, stats = super().extra_terms(x_BxD, x_hat_BxD, enc, hyper, dead_N)
+  def extra_terms(self, x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N):
+    terms, stats = super().extra_terms(x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N)
     kept = jnp.where(enc.latents > 0, jax.lax.stop_gradient(enc.latents), jnp.inf)
     stats["batch_threshold"] = self.axes.min_all(jnp.min(kept))
     return terms, stats

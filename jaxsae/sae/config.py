@@ -25,10 +25,19 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
-  """A sparse autoencoder x̂ = f(x W_enc + b_enc) W_dec + b_dec (see jaxsae/sae/*.py).
+  """A sparse dictionary ŷ = f(x W_enc + b_enc) W_dec + b_dec (+ x W_skip) (jaxsae/sae/*.py):
+  an SAE (ŷ reconstructs x) or a transcoder (ŷ predicts another site's activations y).
 
   architecture:     registry name: relu, topk, batchtopk, gated, prolu_relu, prolu_ste, jumprelu.
-  d_in:             width of the activations.
+  d_in:             width of the activations (the input x).
+  d_out:            width of the target y the decoder writes; -1 means d_in (`d_target`).
+  transcode:        the target is another site (a transcoder, e.g. MLP input → MLP output): the
+                    encoder reads x as it is, pre = x W_enc + b_enc, since b_dec is the output's
+                    bias (an SAE subtracts it first); W_enc starts independent of W_decᵀ (they
+                    live in different spaces). The trainer sets it (and d_out) when it is fed
+                    (input, target) pairs (`data.target`).
+  skip:             a skip connection ŷ += x W_skip (d_in × d_out, zero at init): a skip
+                    transcoder (Paulo et al. 2025, "Transcoders beat sparse autoencoders").
   n_latents:        dictionary size n.
   k:                active latents per token (topk; batchtopk keeps k·B over a batch of B).
   k_aux:            AuxK: how many dead latents reconstruct the residual; 0 turns AuxK off;
@@ -106,6 +115,9 @@ class SAEConfig:
   decoder_init_norm: float = -1.0
   topk_path: str = "auto"
   compute_dtype: str = "float32"
+  d_out: int = -1
+  transcode: bool = False
+  skip: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "matryoshka", tuple(int(m) for m in self.matryoshka))
@@ -114,6 +126,11 @@ class SAEConfig:
       raise ConfigError(problems)
 
   # ---- derived values -------------------------------------------------------------------------
+  @property
+  def d_target(self) -> int:
+    """Width of the decoder's output: d_out, or d_in for an SAE."""
+    return self.d_in if self.d_out == -1 else self.d_out
+
   @property
   def aux_k(self) -> int:
     return self.d_in // 2 if self.k_aux == -1 else self.k_aux
@@ -147,6 +164,17 @@ class SAEConfig:
       )
     if p:
       return p
+    config_check.require(
+      self.d_out == -1 or (isinstance(self.d_out, int) and self.d_out > 0),
+      p,
+      f"sae.d_out={self.d_out!r} must be a positive int, or -1 (d_in)",
+    )
+    config_check.require(
+      self.transcode or self.d_target == self.d_in,
+      p,
+      f"sae.d_out={self.d_out} differs from d_in={self.d_in}: an SAE's encoder subtracts b_dec "
+      "from its input, so a dictionary writing another width needs sae.transcode=True",
+    )
     n = self.n_latents
     config_check.require(
       0 < self.k <= n,

@@ -5,6 +5,10 @@ A source is anything with `__len__`, `d_in` and `rows(indices) -> float32 (len, 
 language-model pipeline speak the same protocol. `train_batches` shuffles row indices with grain
 and gathers each batch's rows in one call, so it is checkpointable (the iterator's position is
 saved with the train state) and fast for in-memory data.
+
+A transcoder trains on pairs: a `PairSource` holds an input source and a target source aligned
+row by row (row i of both is the same token: two hooks of one store, or two stores harvested
+from the same windows), and its batches are (input rows, target rows) tuples.
 """
 
 from __future__ import annotations
@@ -65,6 +69,44 @@ class SequenceSource:
     return np.stack([np.asarray(self.rows_of[int(i)], np.float32) for i in indices])
 
 
+class PairSource:
+  """(input, target) rows for a transcoder: `rows` are the inputs (d_in wide), `target_rows`
+  the same tokens' targets (d_out wide)."""
+
+  def __init__(self, inputs, targets):
+    self.inputs, self.targets = as_source(inputs), as_source(targets)
+    if len(self.inputs) != len(self.targets):
+      raise JaxsaeError(
+        f"the input source has {len(self.inputs)} rows and the target source "
+        f"{len(self.targets)}; a transcoder needs both sites of the same tokens, row by row"
+      )
+    self.d_in, self.d_out = self.inputs.d_in, self.targets.d_in
+
+  def __len__(self) -> int:
+    return len(self.inputs)
+
+  def rows(self, indices: np.ndarray) -> np.ndarray:
+    return self.inputs.rows(indices)
+
+  def target_rows(self, indices: np.ndarray) -> np.ndarray:
+    return self.targets.rows(indices)
+
+  def train_batches(
+    self, batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
+  ) -> grain.DatasetIterator:
+    """(input rows, target rows) of each global batch: the inputs' own paired reader (an
+    activation store's, which reads both in the same shuffled blocks), else shuffled indices."""
+    kw = dict(seed=seed, process_index=process_index, process_count=process_count)
+    if hasattr(self.inputs, "paired_batches"):
+      return self.inputs.paired_batches(self.targets, batch_size, **kw)
+    return _index_batches(self, batch_size, lambda i: (self.rows(i), self.target_rows(i)), **kw)
+
+
+def is_paired(source) -> bool:
+  """Whether `source` yields (input, target) pairs (a transcoder's) rather than rows."""
+  return hasattr(source, "target_rows")
+
+
 def as_source(data) -> ActivationSource:
   """An ActivationSource for a source, a 2-D array, or a sequence of rows (grain MapDataset)."""
   if hasattr(data, "rows") and hasattr(data, "d_in"):
@@ -79,11 +121,16 @@ def as_source(data) -> ActivationSource:
   )
 
 
-def sample(source: ActivationSource, count: int, seed: int) -> np.ndarray:
-  """`count` distinct rows (all if the source is smaller), drawn reproducibly."""
+def sample_indices(source: ActivationSource, count: int, seed: int) -> np.ndarray:
+  """`count` distinct row indices (all if the source is smaller), drawn reproducibly, sorted."""
   rng = np.random.default_rng(seed)
   count = min(count, len(source))
-  return source.rows(np.sort(rng.choice(len(source), size=count, replace=False)))
+  return np.sort(rng.choice(len(source), size=count, replace=False))
+
+
+def sample(source: ActivationSource, count: int, seed: int) -> np.ndarray:
+  """`count` distinct rows (all if the source is smaller), drawn reproducibly."""
+  return source.rows(sample_indices(source, count, seed))
 
 
 def train_batches(
@@ -103,6 +150,12 @@ def train_batches(
     return source.train_batches(
       batch_size, seed=seed, process_index=process_index, process_count=process_count
     )
+  kw = dict(seed=seed, process_index=process_index, process_count=process_count)
+  return _index_batches(source, batch_size, source.rows, **kw)
+
+
+def _index_batches(source, batch_size, read, *, seed, process_index, process_count):
+  """Shuffled row indices, batched, each batch read with `read(indices)`."""
   if batch_size % process_count:
     raise JaxsaeError(
       f"batch size {batch_size} is not divisible by the {process_count} processes; use a "
@@ -116,4 +169,4 @@ def train_batches(
   local = batch_size // process_count
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
   ds = ds[process_index::process_count].batch(local, drop_remainder=True)
-  return iter(ds.map(source.rows).to_iter_dataset())
+  return iter(ds.map(read).to_iter_dataset())

@@ -7,6 +7,8 @@
 
 The SAE sees c·x (it was trained on that scale) and x̂ is scaled back, so FVU is in raw units
 (it does not depend on c). BatchTopK runs in inference mode (its threshold), like an exported SAE.
+A transcoder's metrics compare its output ŷ (scaled back by its target scale) with the target
+rows of a `data.PairSource`: x above is then the target y.
 """
 
 from __future__ import annotations
@@ -21,16 +23,19 @@ from jaxsae.evals.metrics import ReconstructionSums
 from jaxsae.sae import registry
 from jaxsae.sae.base import FIRE_THRESHOLD
 from jaxsae.sae.config import SAEConfig
-from jaxsae.sae.data import ActivationSource
+from jaxsae.sae.data import ActivationSource, is_paired
 
 
-def encode_decode(config: SAEConfig, scale: float = 1.0):
-  """`(variables, raw x) -> (latents, x̂ in raw units)` for an SAE trained on scale·x."""
+def encode_decode(config: SAEConfig, scale: float = 1.0, target_scale: float | None = None):
+  """`(variables, raw x) -> (latents, x̂ in raw units)` for an SAE trained on scale·x (a
+  transcoder's ŷ, trained on target_scale·y)."""
   sae = registry.build(config)
+  out_scale = scale if target_scale is None else target_scale
 
   def fn(variables, x):
-    z = sae.apply(variables, x * scale, method="encode").latents
-    return z, sae.apply(variables, z, method="decode") / scale
+    x = x * scale
+    z = sae.apply(variables, x, method="encode").latents
+    return z, sae.apply(variables, z, x, method="decode") / out_scale
 
   return fn
 
@@ -47,21 +52,24 @@ def reconstruction_metrics(
   scale: float,
   source: ActivationSource,
   batch_size: int = 4096,
+  target_scale: float | None = None,
 ) -> dict[str, float]:
-  """L0, FVU and dead fraction of an SAE (trained on scale·x) on raw rows from `source`."""
-  return metrics_of(encode_decode(config, scale), variables, source, batch_size)
+  """L0, FVU and dead fraction of an SAE (trained on scale·x) on raw rows from `source`; of a
+  transcoder (targets scaled by target_scale) on a PairSource's raw pairs."""
+  fn = encode_decode(config, scale, target_scale)
+  return metrics_of(fn, variables, source, batch_size)
 
 
 def metrics_of(encode_decode, variables: Any, source: ActivationSource, batch_size: int = 4096):
   """The metrics above for any `encode_decode(variables, x) -> (codes, x̂)` (SAEs, baselines).
 
   Per-batch sums are reduced on the device; the FVU comes from `evals.metrics` over the
-  whole set.
+  whole set. With a PairSource the outputs are compared with its target rows.
   """
 
   @jax.jit
-  def batch_sums(variables, x):
-    z, x_hat = encode_decode(variables, x)
+  def batch_sums(variables, inputs, x):
+    z, x_hat = encode_decode(variables, inputs)
     return {
       "sum_x": x.sum(0),
       "sum_sq_x": jnp.sum(x**2),
@@ -75,11 +83,11 @@ def metrics_of(encode_decode, variables: Any, source: ActivationSource, batch_si
   n = len(source)
   sums, nonzero, fired = ReconstructionSums(), 0.0, None
   for start in range(0, n, batch_size):
-    rows = source.rows(np.arange(start, min(start + batch_size, n)))
-    out = {
-      k: np.asarray(v, np.float64)
-      for k, v in jax.device_get(batch_sums(variables, jnp.asarray(rows))).items()
-    }
+    index = np.arange(start, min(start + batch_size, n))
+    rows = source.rows(index)
+    targets = source.target_rows(index) if is_paired(source) else rows
+    sums_of = batch_sums(variables, jnp.asarray(rows), jnp.asarray(targets))
+    out = {k: np.asarray(v, np.float64) for k, v in jax.device_get(sums_of).items()}
     nonzero += float(out.pop("nonzero"))
     fired = out["fired"] if fired is None else fired + out["fired"]
     out.pop("fired")

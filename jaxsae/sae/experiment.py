@@ -34,7 +34,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
     for index, label in enumerate(group.labels):
       variables = result.member_variables(group.name, index)
       member_config = group.member_config(index)
-      metrics = evaluate.reconstruction_metrics(member_config, variables, result.scale, held_out)
+      metrics = evaluate.reconstruction_metrics(
+        member_config, variables, result.scale, held_out, target_scale=result.target_scale
+      )
       row = {"sae": label or group.name, **metrics}
       prefix = f"{label}/" if f"{label}/fvu" in final else ""
       row["train_fvu"] = final.get(f"{prefix}fvu", float("nan"))
@@ -48,6 +50,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
           variables,
           result.scale,
           {"steps": int(result.state.step), "metrics": metrics},
+          target_scale=result.target_scale,
         )
   if jax.process_index() == 0:
     columns = [c for c in COLUMNS if any(c in r for r in rows)]

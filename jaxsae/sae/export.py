@@ -1,6 +1,7 @@
 """Trained SAEs on disk: `config.json` + `sae.safetensors`, input scale folded into the weights.
 
-An exported SAE takes raw activations (`normalization.fold_scale`). Tensors are named
+An exported SAE takes raw activations (`normalization.fold_scale`); an exported transcoder takes
+raw inputs and writes raw targets (both its scales folded). Tensors are named
 "params/<name>" and "buffers/<name>" (BatchTopK's threshold); nothing is pickled. `load`
 checks the format, the config and every tensor's shape before returning anything. The SAELens
 format (for SAEBench, SAE-Vis, Neuronpedia) is written from the same folded parameters.
@@ -49,19 +50,28 @@ def save(
   variables: dict[str, Any],
   scale: float,
   metadata: dict | None = None,
+  target_scale: float | None = None,
 ) -> pathlib.Path:
-  """Write one SAE (trained on scale·x) so that it acts on raw x."""
+  """Write one SAE (trained on scale·x) so that it acts on raw x; a transcoder (trained on
+  targets target_scale·y) so that it also writes raw y."""
   from safetensors.numpy import save_file
 
+  if target_scale is not None and target_scale != scale and not config.transcode:
+    raise ValueError(
+      "an SAE subtracts b_dec from its input, so its input and target must share one scale"
+    )
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
-  folded = fold_scale(variables["params"], scale)
+  folded = fold_scale(variables["params"], scale, target_scale)
   tensors = {f"params/{k}": np.asarray(v, np.float32) for k, v in folded.items()}
   tensors.update(
     {f"buffers/{k}": np.asarray(v, np.float32) for k, v in variables.get("buffers", {}).items()}
   )
   save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": FORMAT})
-  doc = {"format": FORMAT, "sae": config.to_dict(), "folded_scale": scale, **(metadata or {})}
+  doc = {"format": FORMAT, "sae": config.to_dict(), "folded_scale": scale}
+  if target_scale is not None:
+    doc["folded_target_scale"] = target_scale
+  doc.update(metadata or {})
   (path / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
   return path
 

@@ -5,6 +5,8 @@
     z      = 1[π_gate > 0] ⊙ ReLU(π_mag)
     L = ‖x̃ − x̂‖² + λ ‖ReLU(π_gate)‖₁ + ‖x̃ − (ReLU(π_gate) sg(W_dec) + sg(b_dec))‖²   (eq. 7)
 
+As a transcoder the errors are against the target ỹ, and a skip term x̃ W_skip joins sg(b_dec).
+
 The indicator has no gradient; the auxiliary term (with stop-gradients on the decoder) is what
 trains the gate path. With a free decoder (`decoder_norm="penalty"`) the L1 term is weighted by
 ‖w_i‖. Default: unit-norm decoder, as in the paper's experiments.
@@ -33,11 +35,11 @@ class GatedSAE(SparseAutoencoder):
     z = (pi_gate > 0).astype(pi_mag.dtype) * jax.nn.relu(pi_mag)
     return Encoding(z, pi_mag, gate=pi_gate)
 
-  def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
+  def extra_terms(self, x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N):
     gate_acts = jax.nn.relu(enc.gate)
-    frozen = jax.lax.stop_gradient((self.W_dec, self.b_dec))
-    x_via_gate = self.axes.sum_latents(self.matmul(gate_acts, frozen[0])) + frozen[1]
+    frozen = jax.lax.stop_gradient((self.W_dec, self.output_bias(x_BxD)))
+    y_via_gate = self.axes.sum_latents(self.matmul(gate_acts, frozen[0])) + frozen[1]
     return {
       "sparsity": hyper.sparsity_coefficient * self.l1_penalty(gate_acts),
-      "gate_aux": self.reconstruction_error(x_BxD, x_via_gate),
+      "gate_aux": self.reconstruction_error(y_BxO, y_via_gate),
     }, {}

@@ -36,7 +36,7 @@ class JumpReLUSAE(SparseAutoencoder):
     pre = self.pre_activations(x_BxD)
     return Encoding(nonlinearities.jumprelu(pre, self.threshold, self.config.bandwidth), pre)
 
-  def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
+  def extra_terms(self, x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N):
     steps = nonlinearities.heaviside_step(enc.pre, self.threshold, self.config.bandwidth)
     l0_B = self.axes.sum_latents(jnp.sum(steps, -1))  # Every latent shard's count: the L0.
     if self.config.jumprelu_penalty == "target":

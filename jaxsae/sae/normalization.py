@@ -7,7 +7,11 @@ the weights so an exported SAE takes raw activations:
     pre = (c x − b_dec) W_enc + b_enc = (x − b_dec/c)(c W_enc) + b_enc
     x̂_raw = x̂/c = z (W_dec/c) + b_dec/c
 
-Thresholds (JumpReLU θ, BatchTopK θ) live in pre-activation space and do not change.
+Thresholds (JumpReLU θ, BatchTopK θ) live in pre-activation space and do not change. A
+transcoder has a second scale c_y for its targets (ỹ = c_y·y) and no b_dec on its input side:
+
+    pre = (c x) W_enc + b_enc = x (c W_enc) + b_enc
+    ŷ_raw = ŷ/c_y = z (W_dec/c_y) + b_dec/c_y + x (c/c_y · W_skip)
 """
 
 from __future__ import annotations
@@ -52,10 +56,16 @@ def geometric_median(points_NxD: jax.Array, iterations: int = 100, eps: float = 
   return median
 
 
-def fold_scale(params: dict[str, Any], scale: float) -> dict[str, Any]:
-  """Parameters that act on raw activations x, given ones trained on x̃ = scale·x."""
+def fold_scale(
+  params: dict[str, Any], scale: float, target_scale: float | None = None
+) -> dict[str, Any]:
+  """Parameters that act on raw activations x, given ones trained on x̃ = scale·x (and, for a
+  transcoder, targets ỹ = target_scale·y; None: the inputs' scale)."""
+  out_scale = scale if target_scale is None else target_scale
   folded = dict(params)
   folded["W_enc"] = params["W_enc"] * scale
-  folded["W_dec"] = params["W_dec"] / scale
-  folded["b_dec"] = params["b_dec"] / scale
+  folded["W_dec"] = params["W_dec"] / out_scale
+  folded["b_dec"] = params["b_dec"] / out_scale
+  if "W_skip" in params:
+    folded["W_skip"] = params["W_skip"] * (scale / out_scale)
   return folded

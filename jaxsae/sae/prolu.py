@@ -33,7 +33,7 @@ class ProLUSAE(SparseAutoencoder):
     m = self.centered_matmul(x_BxD, self.W_enc)
     return Encoding(self.activation(m, self.b_enc), m)
 
-  def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
+  def extra_terms(self, x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N):
     z = enc.latents if self.config.prolu_penalty == "l1" else sqrt_abs(enc.latents)
     return {"sparsity": hyper.sparsity_coefficient * self.l1_penalty(z)}, {}
 

@@ -22,5 +22,5 @@ class ReLUSAE(SparseAutoencoder):
     pre = self.pre_activations(x_BxD)
     return Encoding(jax.nn.relu(pre), pre)
 
-  def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
+  def extra_terms(self, x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N):
     return {"sparsity": hyper.sparsity_coefficient * self.l1_penalty(enc.latents)}, {}

@@ -65,6 +65,11 @@ def _np(x) -> np.ndarray:
 
 def to_saelens(config: SAEConfig, variables: dict[str, Any], scale: float) -> tuple[dict, dict]:
   """(cfg, tensors) in the SAELens layout for an SAE trained on scale·x."""
+  if config.transcode or config.skip:
+    raise CheckpointError(
+      "this is a transcoder or has a skip connection, which SAELens's SAE format does not "
+      "hold; write it with jaxsae.sae.transcoder_format (circuit-tracer) or export.save"
+    )
   p = {k: _np(v) for k, v in fold_scale(variables["params"], scale).items()}
   arch = config.architecture
   tensors = {"W_enc": p["W_enc"], "W_dec": p["W_dec"], "b_dec": p["b_dec"]}

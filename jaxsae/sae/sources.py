@@ -1,6 +1,7 @@
 """Open the activation source a config names: synthetic known features, or rows in a .npy file.
 
 Every source returns (training rows, held-out rows); the held-out rows are for evaluation only.
+With `data.target` set (a transcoder's targets) both are `PairSource`s of (input, target) rows.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from jaxsae.errors import JaxsaeError
-from jaxsae.sae.data import ArraySource
+from jaxsae.sae.data import ArraySource, PairSource
 from jaxsae.sae.synthetic import SyntheticFeatures
 
 
@@ -22,9 +23,18 @@ def synthetic_features(data: ml_collections.ConfigDict) -> SyntheticFeatures:
   )
 
 
-def open_source(data: ml_collections.ConfigDict) -> tuple[ArraySource, ArraySource]:
-  """(train, held-out) sources for `config.data`."""
-  source = str(data.source)
+def open_source(data: ml_collections.ConfigDict):
+  """(train, held-out) sources for `config.data`: ArraySources, or PairSources of (input,
+  target) rows when `data.target` names a transcoder's targets."""
+  train, held_out = _open(str(data.source), data)
+  target = str(data.get("target", ""))
+  if not target:
+    return train, held_out
+  train_y, held_out_y = _open(target, data)
+  return PairSource(train, train_y), PairSource(held_out, held_out_y)
+
+
+def _open(source: str, data: ml_collections.ConfigDict) -> tuple[ArraySource, ArraySource]:
   if source == "synthetic":
     features = synthetic_features(data)
     tokens = data.synthetic.tokens
@@ -34,7 +44,7 @@ def open_source(data: ml_collections.ConfigDict) -> tuple[ArraySource, ArraySour
     )
   path = pathlib.Path(source.removeprefix("npy:")).expanduser()
   if not path.is_file():
-    raise JaxsaeError(f"activation file {path} does not exist; check data.source")
+    raise JaxsaeError(f"activation file {path} does not exist; check data.source/target")
   try:
     rows = np.load(path, mmap_mode="r", allow_pickle=False)
   except ValueError as e:

@@ -55,6 +55,11 @@ def save(
       f"sparsify stores TopK SAEs; this one is {config.architecture}: export it with "
       "jaxsae.sae.saelens.save instead"
     )
+  if config.transcode or config.skip:
+    raise CheckpointError(
+      "this is a transcoder or has a skip connection: write its Transcoder record "
+      "(jaxsae.sae.transcoder_format.to_record) with save_transcoder instead"
+    )
   p = {k: np.asarray(v, np.float32) for k, v in fold_scale(variables["params"], scale).items()}
   tensors = {
     "encoder.weight": p["W_enc"].T,

@@ -8,7 +8,8 @@ own shardings; nothing n-wide is ever gathered. (Under plain jit, `lax.top_k` on
 batch-sharded input all-gathers the whole B×n pre-activation matrix; a test checks the HLO.)
 
 The optimizer update, constraints and counters then run under jit on the sharded arrays,
-vmapped over the members of each sweep group.
+vmapped over the members of each sweep group. A transcoder's step takes the batch's targets
+beside its inputs, sharded alike (`loss(x, target=y)`); an SAE's passes none.
 
 Dead latents (TopK paper): a latent is dead when it has not fired (activation > 1e-3) in the
 last `dead_window_tokens` tokens. Counters count tokens, and fire counts are summed over the
@@ -50,6 +51,7 @@ class StepSettings:
   sparsity_warmup_fraction: float
   log_every: int
   scale: float
+  target_scale: float | None = None  # A transcoder's targets' c (E‖c·y‖² = d_out); SAEs: None.
 
 
 class GroupTrainer:
@@ -108,13 +110,18 @@ class GroupTrainer:
     return sharding.fit_spec(P(sharding.MODEL), (self.group.config.n_latents,), self.mesh)[0]
 
   def init(
-    self, rng: jax.Array, b_dec: jax.Array, sample_BxD: jax.Array | None = None
+    self,
+    rng: jax.Array,
+    b_dec: jax.Array,
+    sample_BxD: jax.Array | None = None,
+    target_BxO: jax.Array | None = None,
   ) -> tuple[Any, Any, Any]:
     """(params, opt_state, extras) for all members; member i initialized from seed_i.
 
     `sample_BxD` (scaled rows): where `encoder_init_scale` is -1 and the architecture fits it,
     each member's W_enc is scaled to the least-squares fit of its initial reconstruction of
-    these rows (`SparseAutoencoder.fitted_encoder_scale`); without it W_enc keeps scale 1."""
+    these rows, or of their targets `target_BxO` (a transcoder's)
+    (`SparseAutoencoder.fitted_encoder_scale`); without it W_enc keeps scale 1."""
     x = jnp.zeros((1, self.group.config.d_in), jnp.float32)
 
     def one(seed):
@@ -129,7 +136,7 @@ class GroupTrainer:
       # One member at a time (lax.map): each holds a rows×n pre-activation matrix.
       def scale(args):
         member, hyper = args
-        return self.sae.apply(member, sample_BxD, hyper, method="fitted_encoder_scale")
+        return self.sae.apply(member, sample_BxD, hyper, target_BxO, method="fitted_encoder_scale")
 
       scales = jax.lax.map(scale, (variables, self.group.hyper()))
       params = variables["params"]
@@ -144,16 +151,17 @@ class GroupTrainer:
     return variables["params"], opt_state, extras
 
   # ---- loss ---------------------------------------------------------------------------------
-  def loss(self, params, buffers, x_BxD, hyper, dead_SxN):
+  def loss(self, params, buffers, x_BxD, hyper, dead_SxN, target_BxO=None):
     """Σ over members of each member's global loss, and per-member (terms, stats, fired).
 
-    dead_SxN None: no latent of any member is dead (AuxK is 0 and skipped)."""
+    dead_SxN None: no latent of any member is dead (AuxK is 0 and skipped). target_BxO: a
+    transcoder's targets (None: an SAE's, the inputs)."""
     sae = self.sharded_sae
 
-    def per_device(params, buffers, x, hyper, dead):
+    def per_device(params, buffers, x, hyper, dead, target):
       def member(params, buffers, hyper, dead):
         variables = {"params": params, **({"buffers": buffers} if buffers else {})}
-        out = sae.apply(variables, x, hyper, dead, True, method="loss")
+        out = sae.apply(variables, x, hyper, dead, True, target=target, method="loss")
         stats = dict(out.stats)
         fired = stats.pop("fired")
         return out.total, (out.terms, stats, fired)
@@ -167,6 +175,7 @@ class GroupTrainer:
       P(sharding.DATA),
       P(),
       None if dead_SxN is None else P(None, self._latent_axis()),
+      None if target_BxO is None else P(sharding.DATA),
     )
     fn = jax.shard_map(
       per_device,
@@ -174,27 +183,30 @@ class GroupTrainer:
       in_specs=in_specs,
       out_specs=(P(), (P(), P(), P(None, self._latent_axis()))),
     )
-    return fn(params, buffers, x_BxD, hyper, dead_SxN)
+    return fn(params, buffers, x_BxD, hyper, dead_SxN, target_BxO)
 
-  def loss_skipping_aux_k(self, params, buffers, x_BxD, hyper, dead_SxN):
+  def loss_skipping_aux_k(self, params, buffers, x_BxD, hyper, dead_SxN, target_BxO=None):
     """`loss`, skipping AuxK's top-k over the dead latents while none is dead (a `lax.cond`
     outside the member vmap, so only the branch taken runs; SAELens skips it the same way)."""
     if not self.sae.has_aux_k:
-      return self.loss(params, buffers, x_BxD, hyper, dead_SxN)
+      return self.loss(params, buffers, x_BxD, hyper, dead_SxN, target_BxO)
     return jax.lax.cond(
       jnp.any(dead_SxN),
-      lambda: self.loss(params, buffers, x_BxD, hyper, dead_SxN),
-      lambda: self.loss(params, buffers, x_BxD, hyper, None),
+      lambda: self.loss(params, buffers, x_BxD, hyper, dead_SxN, target_BxO),
+      lambda: self.loss(params, buffers, x_BxD, hyper, None, target_BxO),
     )
 
   # ---- step ---------------------------------------------------------------------------------
-  def step(self, params, opt_state, extras, x_BxD, step, settings: StepSettings):
-    """One update of every member. Returns (params, opt_state, extras, metrics per member)."""
+  def step(self, params, opt_state, extras, x_BxD, step, settings: StepSettings, target_BxO=None):
+    """One update of every member (on scaled inputs, and a transcoder's scaled targets).
+    Returns (params, opt_state, extras, metrics per member)."""
     warm = optim.sparsity_warmup(step, settings.steps, settings.sparsity_warmup_fraction)
     hyper = self.group.hyper(warm)
     dead = extras["tokens_since_fired"] >= settings.dead_window_tokens
     grad_fn = jax.value_and_grad(self.loss_skipping_aux_k, has_aux=True)
-    (_, (terms, stats, fired)), grads = grad_fn(params, extras["buffers"], x_BxD, hyper, dead)
+    (_, (terms, stats, fired)), grads = grad_fn(
+      params, extras["buffers"], x_BxD, hyper, dead, target_BxO
+    )
     updates, opt_state = jax.vmap(self.optimizer.update)(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
 

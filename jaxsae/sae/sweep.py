@@ -90,8 +90,11 @@ def plan(
   d_in: int,
   overrides: Mapping[str, Mapping[str, Any]] | None = None,
   variants: Mapping[str, Mapping[str, Any]] | None = None,
+  d_out: int | None = None,
 ) -> list[Group]:
   """Groups for the base SAE settings `sae` and the lists in `sweep` (empty lists: base value).
+
+  `d_out`: the width of a transcoder's targets (its SAEs get transcode=True); None: SAEs.
 
   `overrides[arch]` replaces fields of `sae` for that architecture (e.g. its own λ).
   `variants[name]` = {"architecture": arch, <sae field>: value, ..., "sweep": {<list>: (...)}}
@@ -131,6 +134,8 @@ def plan(
       for k, lam, alpha, s in itertools.product(*(axes[field][name] for field in SWEEPABLE))
     )
     fields = {**bases[name], "d_in": d_in}
+    if d_out is not None:
+      fields.update(d_out=d_out, transcode=True)
     fields["k"] = max(m.k for m in members)
     fields["matryoshka"] = tuple(fields.get("matryoshka") or ())
     config = SAEConfig(**fields)

@@ -4,9 +4,10 @@
     L = ‖x̃ − x̂‖² [+ L(4k)/8 with Multi-TopK] [+ α L_aux]
 
 AuxK (section A.2): with e = sg(x̃ − x̂) and z_aux = ReLU(TopK_{k_aux}(pre on dead latents)),
-    ê = z_aux W_dec            (no b_dec: it is already in x̂)
+    ê = z_aux W_dec            (no b_dec, nor a transcoder's skip term: they are already in x̂)
     L_aux = ‖e − ê‖² / ‖e − ē‖²  (sums over the batch; ē the batch mean of e)
 It is zero when no latent is dead. Dead statistics count the k-set only, never the 4k set.
+For a transcoder every x̂ above is its output ŷ and every x̃ its target ỹ.
 The top-k is exact when latents are split across devices (`collectives.top_k_over_latents`).
 
 Training runs one of two paths with the same numbers (tested within 1e-5):
@@ -56,17 +57,20 @@ class SparseCode(NamedTuple):
 
 class _Encoder(NamedTuple):
   """What the sparse path's selections share: centered inputs, encoder weights, `pre`, and the
-  zero row carrying b_dec's encoder-side gradient (`SparseAutoencoder.centered_matmul`)."""
+  zero row carrying b_dec's encoder-side gradient (`SparseAutoencoder.centered_matmul`; None
+  for a transcoder, whose input is not centered)."""
 
   centered: jax.Array
   W_enc: jax.Array
   b_enc: jax.Array
   pre: jax.Array
-  b_dec_shift: jax.Array
+  b_dec_shift: jax.Array | None
 
   def select(self, idx_BxK: jax.Array) -> jax.Array:
     """ReLU(pre) at idx, with the sparse gradient."""
     values = sparse_topk.select_pre(self.centered, self.W_enc, self.b_enc, idx_BxK, self.pre)
+    if self.b_dec_shift is None:
+      return jax.nn.relu(values)
     return jax.nn.relu(values + sparse_topk.gather_shift(self.b_dec_shift, idx_BxK))
 
 
@@ -88,13 +92,13 @@ class TopKSAE(SparseAutoencoder):
   def has_aux_k(self) -> bool:
     return self.config.aux_k > 0
 
-  def extra_terms(self, x_BxD, x_hat_BxD, enc, hyper, dead_N):
+  def extra_terms(self, x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N):
     terms, stats = {}, {}
     if self.config.multi_topk:
       z4 = top_k_latents(enc.pre, 4 * self.config.k, 4 * hyper.k, self.axes)
-      terms["multi_topk"] = self.reconstruction_term(x_BxD, z4) / 8
+      terms["multi_topk"] = self.reconstruction_term(x_BxD, y_BxO, z4) / 8
     if self.has_aux_k:
-      aux_k = functools.partial(self.aux_k_loss, x_BxD, x_hat_BxD, enc.pre)
+      aux_k = functools.partial(self.aux_k_loss, y_BxO, y_hat_BxO, enc.pre)
       self._add_aux_k(terms, stats, hyper, aux_k, dead_N)
     return terms, stats
 
@@ -141,59 +145,64 @@ class TopKSAE(SparseAutoencoder):
     k_max = 4 * cfg.k if cfg.multi_topk else cfg.k
     return cfg.topk_path == "sparse" or cfg.n_latents >= SPARSE_MIN_RATIO * k_max
 
-  def loss(self, x_BxD, hyper=None, dead_N=None, train=True) -> LossOutput:
+  def loss(self, x_BxD, hyper=None, dead_N=None, train=True, target=None) -> LossOutput:
     if not self.sparse_path:
-      return super().loss(x_BxD, hyper, dead_N, train)
+      return super().loss(x_BxD, hyper, dead_N, train, target)
     cfg, axes = self.config, self.axes
     hyper = Hyper.of(cfg) if hyper is None else hyper
+    y = x_BxD if target is None else target
     encoder = self._sparse_encoder(x_BxD)
     k_max = 4 * cfg.k if cfg.multi_topk else cfg.k
     _, idx = collectives.top_k_over_latents(encoder.pre, k_max, axes)
     z_all = encoder.select(idx)
     rank = jnp.arange(k_max)
     code = SparseCode(jnp.where(rank < hyper.k, z_all, 0.0)[:, : cfg.k], idx[:, : cfg.k])
-    x_hat = self.decode_sparse(code)
-    terms = {"reconstruction": self.sparse_reconstruction_term(x_BxD, code, x_hat)}
+    y_hat = self.decode_sparse(code, x_BxD)
+    terms = {"reconstruction": self.sparse_reconstruction_term(x_BxD, y, code, y_hat)}
     if cfg.multi_topk:
       code4 = SparseCode(jnp.where(rank < 4 * hyper.k, z_all, 0.0), idx)
-      terms["multi_topk"] = self.sparse_reconstruction_term(x_BxD, code4) / 8
-    stats = self.sparse_statistics(x_BxD, x_hat, code)
+      terms["multi_topk"] = self.sparse_reconstruction_term(x_BxD, y, code4) / 8
+    stats = self.sparse_statistics(y, y_hat, code)
     if self.has_aux_k:
-      aux_k = functools.partial(self._sparse_aux_k_loss, x_BxD, x_hat, encoder)
+      aux_k = functools.partial(self._sparse_aux_k_loss, y, y_hat, encoder)
       self._add_aux_k(terms, stats, hyper, aux_k, dead_N)
     return LossOutput(sum(terms.values()), terms, stats)
 
   def _sparse_encoder(self, x_BxD) -> _Encoder:
     vary = self.axes.vary
-    centered = vary(x_BxD - jax.lax.stop_gradient(self.b_dec))
+    if self.config.transcode:  # No b_dec on the input side (base.centered_matmul).
+      centered, shift = vary(x_BxD), None
+    else:
+      centered = vary(x_BxD - jax.lax.stop_gradient(self.b_dec))
+      shift = self.b_dec_shift(self.W_enc)[0]
     W_enc, b_enc = vary(self.W_enc), vary(self.b_enc)
     pre = jax.lax.stop_gradient(self.matmul(centered, W_enc) + b_enc)
-    return _Encoder(centered, W_enc, b_enc, pre, self.b_dec_shift(self.W_enc)[0])
+    return _Encoder(centered, W_enc, b_enc, pre, shift)
 
-  def decode_sparse(self, code: SparseCode) -> jax.Array:
-    """x̂ = Σ_j z_j W_dec[i_j] + b_dec, partial sums added over latent shards."""
+  def decode_sparse(self, code: SparseCode, x_BxD=None) -> jax.Array:
+    """ŷ = Σ_j z_j W_dec[i_j] + b_dec (+ x̃ W_skip), partial sums added over latent shards."""
     partial = sparse_topk.combine_rows(code.z, code.idx, self.axes.vary(self.W_dec))
-    return self.axes.sum_latents(partial) + self.b_dec
+    return self.axes.sum_latents(partial) + self.output_bias(x_BxD)
 
-  def sparse_reconstruction_term(self, x_BxD, code: SparseCode, x_hat_BxD=None) -> jax.Array:
+  def sparse_reconstruction_term(self, x_BxD, y_BxO, code: SparseCode, y_hat=None) -> jax.Array:
     """`reconstruction_term` on a sparse code (Matryoshka: latents of global index < m)."""
     prefixes = self.config.prefixes
     if len(prefixes) == 1:
-      x_hat = self.decode_sparse(code) if x_hat_BxD is None else x_hat_BxD
-      return self.reconstruction_error(x_BxD, x_hat)
+      y_hat = self.decode_sparse(code, x_BxD) if y_hat is None else y_hat
+      return self.reconstruction_error(y_BxO, y_hat)
     index = self.axes.latent_offset(self.W_dec.shape[0]) + code.idx
     return sum(
       self.reconstruction_error(
-        x_BxD, self.decode_sparse(SparseCode(jnp.where(index < m, code.z, 0.0), code.idx))
+        y_BxO, self.decode_sparse(SparseCode(jnp.where(index < m, code.z, 0.0), code.idx), x_BxD)
       )
       for m in prefixes
     )
 
-  def sparse_statistics(self, x_BxD, x_hat_BxD, code: SparseCode) -> dict[str, jax.Array]:
+  def sparse_statistics(self, y_BxO, y_hat_BxO, code: SparseCode) -> dict[str, jax.Array]:
     """`statistics` from a sparse code: l0, batch FVU, per-latent firing counts."""
     fires = (jax.lax.stop_gradient(code.z) > FIRE_THRESHOLD).astype(jnp.int32)
     fired = sparse_topk.scatter_sum(self.W_dec.shape[0], code.idx, fires, jnp.int32)
-    return self.statistics(x_BxD, x_hat_BxD, code.z, fired)
+    return self.statistics(y_BxO, y_hat_BxO, code.z, fired)
 
   def _sparse_aux_k_loss(self, x_BxD, x_hat_BxD, encoder: _Encoder, dead_N):
     """`aux_k_loss` from the same pre-activations, decoding only the k_aux chosen dead latents."""

@@ -7,6 +7,10 @@ position and c), trains with a progress bar, and writes metrics to JSONL and Ten
 batch whose activations, loss or gradients are not finite stops the run or is skipped
 (`train.on_nonfinite`, see jaxsae.nonfinite). On SIGTERM it saves at the next step every process
 agrees on and exits with code 143 (jaxsae.preemption).
+
+Fed (input, target) pairs (a `data.PairSource`) it trains transcoders: the same step, sweeps,
+checkpoints and resume, with a second scale c_y (E‖c_y·y‖² = d_out) for the targets, b_dec
+initialized on the scaled targets (it is the output's bias), and both scales in the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import dataclasses
 import json
 import pathlib
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,14 +46,17 @@ class SAETrainer:
   trainers: dict[str, GroupTrainer]
 
   @classmethod
-  def build(cls, config: ml_collections.ConfigDict, d_in: int, mesh=None) -> SAETrainer:
-    train_config.validate(config, n_devices=jax.device_count(), d_in=d_in)
+  def build(
+    cls, config: ml_collections.ConfigDict, d_in: int, mesh=None, d_out: int | None = None
+  ) -> SAETrainer:
+    """`d_out`: the width of a transcoder's targets; None trains SAEs."""
+    train_config.validate(config, n_devices=jax.device_count(), d_in=d_in, d_out=d_out)
     mesh = mesh or sharding.make_mesh(config.mesh.data, config.mesh.model)
-    groups = train_config.plan(config, d_in)
+    groups = train_config.plan(config, d_in, d_out)
     trainers = {g.name: GroupTrainer(g, mesh, config.optim, config.train.steps) for g in groups}
     return cls(config, mesh, groups, trainers)
 
-  def settings(self, scale: float) -> StepSettings:
+  def settings(self, scale: float, target_scale: float | None = None) -> StepSettings:
     t = self.config.train
     return StepSettings(
       steps=t.steps,
@@ -58,6 +65,7 @@ class SAETrainer:
       sparsity_warmup_fraction=t.sparsity_warmup_fraction,
       log_every=t.log_every,
       scale=scale,
+      target_scale=target_scale,
     )
 
   def state_shardings(self) -> TrainState:
@@ -70,13 +78,11 @@ class SAETrainer:
     )
 
   def abstract_state(self) -> TrainState:
-    return jax.eval_shape(lambda: self._init(jax.random.key(0), jnp.zeros(self._d_in())))
+    b_dec = jnp.zeros(self.groups[0].config.d_target)  # The output's width.
+    return jax.eval_shape(lambda: self._init(jax.random.key(0), b_dec))
 
-  def _d_in(self) -> int:
-    return self.groups[0].config.d_in
-
-  def _init(self, rng, b_dec, sample=None) -> TrainState:
-    parts = {name: t.init(rng, b_dec, sample) for name, t in self.trainers.items()}
+  def _init(self, rng, b_dec, sample=None, target=None) -> TrainState:
+    parts = {name: t.init(rng, b_dec, sample, target) for name, t in self.trainers.items()}
     return TrainState(
       step=jnp.zeros((), jnp.int32),
       params={name: p[0] for name, p in parts.items()},
@@ -85,29 +91,39 @@ class SAETrainer:
     )
 
   def init_state(
-    self, rng: jax.Array, b_dec: np.ndarray, sample: np.ndarray | None = None
+    self,
+    rng: jax.Array,
+    b_dec: np.ndarray,
+    sample: np.ndarray | None = None,
+    target: np.ndarray | None = None,
   ) -> TrainState:
     """A fresh state, created directly in its sharded layout. `sample`: scaled rows the
-    encoder's init scale is fitted on (`sae.encoder_init_scale`; None: scale 1)."""
-    sample = None if sample is None else jnp.asarray(sample, jnp.float32)
+    encoder's init scale is fitted on (`sae.encoder_init_scale`; None: scale 1), and `target`
+    their scaled targets (a transcoder's)."""
+    sample, target = (None if a is None else jnp.asarray(a, jnp.float32) for a in (sample, target))
     init = jax.jit(self._init, out_shardings=self.state_shardings())
-    return init(rng, jnp.asarray(b_dec), sample)
+    return init(rng, jnp.asarray(b_dec), sample, target)
 
-  def make_step(self, scale: float):
+  def make_step(self, scale: float, target_scale: float | None = None):
     """The jitted (state, raw batch) -> (state, {group: metrics}) step. Donates the state.
+    A transcoder's batch (`target_scale` given) is a pair (raw inputs, raw targets).
 
     Members whose batch, loss or gradients are not finite keep their state; metrics "skipped"
     flags them (and "nonfinite_input" a non-finite batch)."""
-    settings = self.settings(scale)
+    settings = self.settings(scale, target_scale)
 
-    def train_step(state: TrainState, x_raw_BxD: jax.Array):
+    def train_step(state: TrainState, batch):
+      x_raw_BxD, y = (batch, None) if target_scale is None else batch
       x = x_raw_BxD.astype(jnp.float32) * settings.scale
       step = state.step + 1
       finite_x = jnp.all(jnp.isfinite(x))
+      if y is not None:
+        y = y.astype(jnp.float32) * target_scale
+        finite_x &= jnp.all(jnp.isfinite(y))
       params, opt_state, extras, metrics = {}, {}, {}, {}
       for name, trainer in self.trainers.items():
         old = (state.params[name], state.opt_state[name], state.extras[name])
-        *new, metrics[name] = trainer.step(*old, x, step, settings)
+        *new, metrics[name] = trainer.step(*old, x, step, settings, y)
         # A member whose loss or gradients are not finite keeps its state (nonfinite.py).
         ok = finite_x & jnp.isfinite(metrics[name]["loss/total"])
         ok &= jnp.isfinite(metrics[name]["grad_norm"])
@@ -130,24 +146,44 @@ class SAETrainer:
 ENCODER_FIT_ROWS = 1024
 
 
+class InitialStatistics(NamedTuple):
+  """What a fresh run starts from: the scales, b_dec, and scaled rows (and targets) to fit the
+  encoder's init scale on. An SAE's targets are its inputs: target_scale and fit_targets None."""
+
+  scale: float
+  b_dec: np.ndarray
+  fit_rows: np.ndarray
+  target_scale: float | None = None
+  fit_targets: np.ndarray | None = None
+
+
 def initial_statistics(
   config: ml_collections.ConfigDict, source: data_lib.ActivationSource
-) -> tuple[float, np.ndarray, np.ndarray]:
-  """(scale c, b_dec init on the scaled inputs, scaled rows to fit the encoder's init scale
-  on) from a reproducible sample of the source."""
-  sample = data_lib.sample(source, config.data.normalization_samples, config.seed)
+) -> InitialStatistics:
+  """Input scale c (E‖c x‖² = d), b_dec init on the scaled outputs (the inputs for an SAE, the
+  targets for a transcoder, with their own c_y), and scaled rows to fit the encoder's init
+  scale on, from one reproducible sample of the source."""
+  index = data_lib.sample_indices(source, config.data.normalization_samples, config.seed)
+  sample = source.rows(index)
   scale = normalization.estimate_scale(sample)
-  scaled = sample[: config.data.b_dec_samples] * scale
   # Strided: the sample's rows are in store order.
-  fit_rows = sample[:: max(1, len(sample) // ENCODER_FIT_ROWS)][:ENCODER_FIT_ROWS]
-  fit_rows = (fit_rows * scale).astype(np.float32)
+  stride = max(1, len(sample) // ENCODER_FIT_ROWS)
+  fit_rows = (sample[::stride][:ENCODER_FIT_ROWS] * scale).astype(np.float32)
+  stats = InitialStatistics(scale, np.zeros(0), fit_rows)
+  outputs, out_scale = sample, scale
+  if data_lib.is_paired(source):
+    outputs = source.target_rows(index)
+    out_scale = normalization.estimate_scale(outputs)
+    fit_targets = (outputs[::stride][:ENCODER_FIT_ROWS] * out_scale).astype(np.float32)
+    stats = stats._replace(target_scale=out_scale, fit_targets=fit_targets)
+  scaled = outputs[: config.data.b_dec_samples] * out_scale
   if config.data.b_dec_init == "geometric_median":
     b_dec = np.asarray(normalization.geometric_median(scaled))
   elif config.data.b_dec_init == "mean":
     b_dec = scaled.mean(0)
   else:
     b_dec = np.zeros(scaled.shape[-1], np.float32)
-  return scale, b_dec.astype(np.float32), fit_rows
+  return stats._replace(b_dec=b_dec.astype(np.float32))
 
 
 @dataclasses.dataclass
@@ -156,6 +192,7 @@ class TrainResult:
   scale: float
   groups: list[Group]
   history: list[dict]  # Train records, as in metrics.jsonl.
+  target_scale: float | None = None  # A transcoder's targets' scale; None for SAEs.
 
   def member_variables(self, group: str, index: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """{"params", "buffers"?} of one SAE (on the scaled-input convention), as numpy arrays."""
@@ -226,13 +263,15 @@ def train(
     workdir: checkpoints, metrics.jsonl, TensorBoard events and config.json go here. If it
       holds a checkpoint, training resumes from it, data position included.
     source: the raw (unscaled) activations: an ActivationSource, an (N, d) array, or a
-      sequence of (d,) rows such as a grain MapDataset.
+      sequence of (d,) rows such as a grain MapDataset; or a `data.PairSource` of (input,
+      target) rows, which trains transcoders.
     stop_at_step: end this process early at that step (after saving), as a preemption would.
     mesh: a mesh to use instead of the config's.
   """
   sharding.initialize_distributed(config.mesh.distributed)
   source = data_lib.as_source(source)
-  trainer = SAETrainer.build(config, source.d_in, mesh)
+  paired = data_lib.is_paired(source)
+  trainer = SAETrainer.build(config, source.d_in, mesh, source.d_out if paired else None)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
@@ -257,17 +296,25 @@ def train(
     if "scale" not in meta:
       raise JaxsaeError(f"checkpoint in {checkpointer.directory} has no input scale; retrain")
     _check_same_saes(meta.get("groups"), groups, checkpointer.directory)
+    if paired and "target_scale" not in meta:
+      raise JaxsaeError(f"checkpoint in {checkpointer.directory} has no target scale; retrain")
     scale = float(meta["scale"])
+    target_scale = float(meta["target_scale"]) if paired else None
     skipped = dict(meta.get("skipped_batches", {}))
   else:
     skipped = {}
-    scale, b_dec, fit_rows = initial_statistics(config, source)
-    state = trainer.init_state(jax.random.key(config.seed), b_dec, fit_rows)
+    init = initial_statistics(config, source)
+    scale, target_scale = init.scale, init.target_scale
+    state = trainer.init_state(
+      jax.random.key(config.seed), init.b_dec, init.fit_rows, init.fit_targets
+    )
   meta = {"scale": scale, "d_in": source.d_in, "groups": groups}
+  if paired:
+    meta.update(target_scale=target_scale, d_out=source.d_out)
   if jax.process_index() == 0:
     (workdir / "saes.json").write_text(json.dumps(meta, indent=2))
 
-  train_step = trainer.make_step(scale)
+  train_step = trainer.make_step(scale, target_scale)
   start = int(jax.device_get(state.step))
   stop = tc.steps if stop_at_step is None else min(stop_at_step, tc.steps)
   history, previous = [], None
@@ -335,7 +382,12 @@ def train(
   guard = preemption.Guard("SAE training")
   with guard, log, checkpointer, bar:  # Closed on errors too; the guard last, after the save.
     for step in range(start + 1, stop + 1):
-      batch = sharding.global_batch({"x": next(batches)}, trainer.mesh)["x"]
+      rows = next(batches)
+      if paired:
+        both = sharding.global_batch({"x": rows[0], "y": rows[1]}, trainer.mesh)
+        batch = (both["x"], both["y"])
+      else:
+        batch = sharding.global_batch({"x": rows}, trainer.mesh)["x"]
       state, metrics = train_step(state, batch)
       # Step n-1's flags are read once step n is dispatched: the device never waits on the host.
       if previous is not None:
@@ -353,4 +405,4 @@ def train(
         break
     if previous is not None:
       finish(*previous, log, bar)
-  return TrainResult(state, scale, trainer.groups, history)
+  return TrainResult(state, scale, trainer.groups, history, target_scale)

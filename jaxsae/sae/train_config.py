@@ -83,6 +83,7 @@ def _defaults() -> ml_collections.ConfigDict:
   c.sae.decoder_init_norm = -1.0
   c.sae.topk_path = "auto"  # TopK training: "sparse" | "dense" | "auto" (sparse when n ≥ 32k).
   c.sae.compute_dtype = "float32"  # Matmul operands; "bfloat16": mixed precision, f32 params.
+  c.sae.skip = False  # Skip connection ŷ += x W_skip (a skip transcoder; zero at init).
 
   # Lists to sweep over; their product is trained in one pass (empty: the value above).
   c.sweep = ml_collections.ConfigDict()
@@ -104,6 +105,11 @@ def _defaults() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   # "synthetic" (known features, below) or "npy:/path/rows.npy" (a (tokens, d) float array).
   c.data.source = "synthetic"
+  # A transcoder's targets: "npy:/path/rows.npy", the same tokens as data.source's rows, row by
+  # row, at the site it writes (e.g. blocks.L.mlp.out for inputs at blocks.L.mlp.in), each site
+  # with its own scale. Empty: the inputs themselves (an SAE). Code that calls train() directly
+  # passes a jaxsae.sae.data.PairSource (e.g. two hooks of one activation store) instead.
+  c.data.target = ""
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.d = 64  # Activation width.
   c.data.synthetic.n_features = 256  # Known unit directions.
@@ -167,8 +173,11 @@ def _placeholders(sae: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   )
 
 
-def plan(config: ml_collections.ConfigDict, d_in: int) -> list[sweep.Group]:
-  """The sweep groups of a validated config, for activations of width `d_in`."""
+def plan(
+  config: ml_collections.ConfigDict, d_in: int, d_out: int | None = None
+) -> list[sweep.Group]:
+  """The sweep groups of a validated config, for activations of width `d_in` (and a
+  transcoder's targets of width `d_out`; None: SAEs)."""
   overrides = {
     arch: {k: v for k, v in fields.items() if v is not None}
     for arch, fields in config.overrides.to_dict().items()
@@ -180,6 +189,7 @@ def plan(config: ml_collections.ConfigDict, d_in: int) -> list[sweep.Group]:
     d_in,
     overrides,
     _variants(config),
+    d_out,
   )
 
 
@@ -225,7 +235,7 @@ def _variant_problems(c: ml_collections.ConfigDict) -> list[str]:
   return p
 
 
-def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) -> None:
+def _check_values(c, p: list[str], d_in: int | None, d_out: int | None = None) -> None:
   req = config_check.require
   for name in ("steps", "batch_size", "log_every", "checkpoint_every", "dead_window_tokens"):
     req(c.train[name] >= 1, p, f"train.{name}={c.train[name]} must be at least 1")
@@ -264,6 +274,13 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) 
     p,
     f"data.source={source!r} must be 'synthetic' or 'npy:/path/to/rows.npy'",
   )
+  target = str(c.data.target)
+  req(
+    not target or (target.startswith("npy:") and source.startswith("npy:")),
+    p,
+    f"data.target={target!r} must be empty (an SAE) or 'npy:/path/to/target_rows.npy' beside "
+    "an npy data.source (the same tokens, row by row)",
+  )
   sweep_problems: list[str] = []
   for name in sweep.SWEEPABLE + ("architecture",):
     values = c.sweep[name]
@@ -280,7 +297,7 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) 
   if sweep_problems:
     return
   # Every SAE the sweep would build, checked as an SAEConfig (k ≤ n, known architecture, …).
-  for group in _groups_or_problems(c, d_in or 1, p):
+  for group in _groups_or_problems(c, d_in or 1, p, d_out):
     for i in range(group.size):
       try:
         group.member_config(i)
@@ -288,19 +305,22 @@ def _check_values(c: ml_collections.ConfigDict, p: list[str], d_in: int | None) 
         p.extend(q for q in getattr(e, "problems", [str(e)]) if q not in p)
 
 
-def _groups_or_problems(c, d_in: int, p: list[str]) -> list[sweep.Group]:
+def _groups_or_problems(c, d_in: int, p: list[str], d_out=None) -> list[sweep.Group]:
   try:
-    return plan(c, d_in)
+    return plan(c, d_in, d_out)
   except ValueError as e:
     p.extend(q for q in getattr(e, "problems", [str(e)]) if q not in p)
     return []
 
 
 def validate(
-  config: ml_collections.ConfigDict, n_devices: int | None = None, d_in: int | None = None
+  config: ml_collections.ConfigDict,
+  n_devices: int | None = None,
+  d_in: int | None = None,
+  d_out: int | None = None,
 ) -> None:
   """Raise one ConfigError listing every problem of `config`, including the batch's split over
-  `n_devices` and the latents' split over the model axis."""
+  `n_devices` and the latents' split over the model axis (`d_out`: a transcoder's)."""
 
   def check_devices(c, p):
     if n_devices is None:
@@ -323,4 +343,6 @@ def validate(
   schema = _defaults()
   if "variants" in config:  # Variants are free-form; `_variant_problems` checks them.
     schema.variants = config.variants
-  config_check.validate(config, schema, [lambda c, p: _check_values(c, p, d_in), check_devices])
+  config_check.validate(
+    config, schema, [lambda c, p: _check_values(c, p, d_in, d_out), check_devices]
+  )
