@@ -118,6 +118,10 @@ def page(rows: list[dict], config: dict) -> str:
     "`SparseCoder` and its trainer's per-step recipe with each of its optimizers "
     "(`jaxsae/quality/peers.py` says exactly what is run). SAELens: `SAETrainer.fit()` itself, "
     "at jaxsae's learning rate (SAELens has no rule of its own; its default schedule, constant).",
+    "- lr: each run's peak learning rate. SAELens and sparsify's Adam are given jaxsae's default "
+    "rate, and their runs at jaxsae's earlier default (the TopK paper's 2e-4/√(n/2¹⁴), 8e-4 "
+    "here) stay on the page, so each peer's best rate is shown (sparsify's signum keeps its "
+    "own). The JumpReLU ladders are of target L0s (Gemma Scope 2's quadratic penalty), not λ.",
     "- Each peer's SAE is read back from the peer's own saved format (sparsify's `cfg.json` + "
     "`sae.safetensors`, SAELens's inference folder) and evaluated by the same code as jaxsae's.",
     "- Dead: never fired on the held-out store. Train s: wall seconds of training alone, "
