@@ -40,6 +40,9 @@ SAELENS = {
 }
 
 
+SIGNUM_LR = 5e-3  # sparsify's signum rate at n = 2¹⁴ (its default, scaled by 1/√(n/2¹⁴)).
+
+
 @dataclasses.dataclass(frozen=True)
 class PeerRun:
   """A trained peer SAE as jaxsae variables acting on raw activations."""
@@ -96,7 +99,7 @@ def train_sparsify(
     from sparsify.sign_sgd import SignSGD
 
     opt = ScheduleFreeWrapper(
-      SignSGD([{"params": sae.parameters(), "lr": lr or 5e-3 / scale}]), momentum=0.95
+      SignSGD([{"params": sae.parameters(), "lr": lr or SIGNUM_LR / scale}]), momentum=0.95
     )
     opt.train()
   elif optimizer == "adam":

@@ -147,7 +147,7 @@ def learning_rate(name: str, config) -> float:
   n = config.sae.n_latents
   peer, _, options, _ = TRAINERS[name]
   if peer == "sparsify" and options.get("optimizer") == "signum":
-    return 5e-3 / (n / 2**14) ** 0.5
+    return peers.SIGNUM_LR / (n / 2**14) ** 0.5
   return config.optim.lr if config.optim.lr > 0 else optim.default_learning_rate(n)
 
 
@@ -216,7 +216,10 @@ def train_one(
       seed=seed,
       threads=threads or None,
       sae_options=sae_options,
-      norm_batches=iter(data_lib.train_batches(data.train, batch, seed=seed + 1000)),
+      # Other rows for SAELens's input-scale estimate, only where it normalizes.
+      norm_batches=iter(data_lib.train_batches(data.train, batch, seed=seed + 1000))
+      if sae_options.get("normalize_activations", "none") != "none"
+      else None,
     )
   return run.config, run.variables, run.wall_s, run.version
 
