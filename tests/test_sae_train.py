@@ -310,6 +310,34 @@ def test_the_fitted_encoder_scale_is_the_least_squares_first_reconstruction():
   np.testing.assert_allclose(np.asarray(w), 0.5 * w_plain, rtol=1e-5, atol=1e-7)
 
 
+def test_gated_fits_its_encoder_scale_and_jumprelu_and_relu_keep_theirs():
+  """Gated's gate is unchanged by W_enc ← s·W_enc (b_gate = b_mag = 0), so its first
+  reconstruction 1[π_g > 0]·ReLU(π_m)·W_dec is fitted like TopK's; JumpReLU (θ₀ > 0 makes the
+  chosen set depend on s) and ReLU (free decoder, encoder already at 0.1) keep theirs."""
+
+  def gated_error(scale, rows, b_dec, w_enc, w_dec):  # b_gate = b_mag = r_mag = 0 at init:
+    z = np.maximum((rows - b_dec) @ (scale * w_enc), 0)  # z = 1[π > 0]·ReLU(π) = ReLU(π).
+    return float(np.sum((rows - b_dec - z @ w_dec) ** 2))
+
+  scales = {}
+  for architecture in ("gated", "jumprelu", "relu"):
+    config = tiny_config(**{"mesh.data": 1, "sae.architecture": architecture})
+    config.sae.update(train_config.RECIPES[architecture])
+    trainer = train_lib.SAETrainer.build(config, 16)
+    init = train_lib.initial_statistics(config, data.ArraySource(ROWS))
+    b_dec, rows = init.b_dec, init.fit_rows
+    fitted = trainer.init_state(jax.random.key(0), b_dec, rows).params[architecture]
+    plain = trainer.init_state(jax.random.key(0), b_dec).params[architecture]
+    w_plain, w_dec = np.asarray(plain["W_enc"][0]), np.asarray(plain["W_dec"][0])
+    scales[architecture] = s = float(np.asarray(fitted["W_enc"][0])[0, 0] / w_plain[0, 0])
+    np.testing.assert_allclose(np.asarray(fitted["W_enc"][0]), s * w_plain, rtol=1e-5, atol=1e-7)
+    if architecture == "gated":
+      errors = [gated_error(c * s, rows, b_dec, w_plain, w_dec) for c in (1, 0.9, 1.1, 1 / s)]
+      assert errors[0] < min(errors[1:]), errors  # Least squares, and far below s = 1's.
+  assert 0.05 < scales["gated"] < 0.8, scales  # About half the gates open: s = 1 overshoots.
+  assert scales["jumprelu"] == scales["relu"] == 1.0, scales
+
+
 def test_warmup_is_a_share_of_the_run_unless_given_in_steps():
   from jaxsae.sae import optim
 

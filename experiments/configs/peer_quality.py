@@ -23,7 +23,7 @@ from jaxsae.quality.study import base_config
 LAMBDAS = {
   "jaxsae_relu": "0.031,0.021,0.012,0.007",
   "saelens_relu": "3.5,2.3,1.5,1.0",
-  "jaxsae_gated": "0.039,0.025,0.016",
+  "jaxsae_gated": "0.02,0.014,0.01",
   "saelens_gated": "4.2,2.7,1.8",
   "jaxsae_jumprelu": "12,16,24",
   "saelens_jumprelu_target": "12,16,22",

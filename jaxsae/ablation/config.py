@@ -29,14 +29,15 @@ def base_config() -> ml_collections.ConfigDict:
   # recipe targets an L0 of k), λ for the others. The λ ladders are four wide so that they
   # bracket L0 ≈ 8–32 on the shipped model's blocks.1.resid_post at the default learning rate
   # (6e-4/√(n/2¹⁴)), set from the peer study's ladders at that rate (ReLU: λ 0.021 → L0 9.4;
-  # Gated: 0.025 → 9.4, 0.016 → 18.8); retune them for another model, hook or training length.
+  # Gated, its encoder scale fitted at init and β1 0.9: 0.025 → 8.2, 0.02 → 10.8, 0.012 → 21);
+  # retune them for another model, hook or training length.
   w = 1024
   c.grid.runs = (
     ("topk", w, REFERENCE_K),
     ("topk_multi", w, REFERENCE_K),
     ("batchtopk", w, REFERENCE_K),
     ("relu", w, (0.03, 0.015, 0.008, 0.004)),
-    ("gated", w, (0.03, 0.018, 0.01, 0.006)),
+    ("gated", w, (0.028, 0.018, 0.012, 0.007)),
     ("prolu_relu", w, (0.02, 0.012, 0.007, 0.004)),
     ("prolu_ste", w, (0.02, 0.012, 0.007, 0.004)),
     ("jumprelu", w, REFERENCE_K),

@@ -94,19 +94,24 @@ def figure(rows: list[dict], k: int, path: pathlib.Path) -> None:
 
 def page(rows: list[dict], config: dict) -> str:
   h, t, s = config["harvest"], config["train"], config["sae"]
+  command = config.get("quality", {}).get("command", COMMAND)
+  ce_windows = config.get("quality", {}).get("delta_ce_windows", 0)
+  old_lr = 2e-4 / (s["n_latents"] / 2**14) ** 0.5  # The TopK paper's rule, jaxsae's earlier one.
   lines = [
-    "# SAE quality against the peers, on identical activations and budget",
+    f"# SAE quality against the peers on `{h['model']}`, on identical activations and budget",
     "",
-    f"Every number comes from one run of `{COMMAND}` on "
+    f"Every number comes from one run of `{command}` on "
     f"{jax.device_count()} {jax.default_backend()} device(s) (JAX {jax.__version__}); "
     f"`--report_only` rebuilds this page from the workdir. Generated {datetime.date.today()}.",
     "",
     "## Setup",
     "",
-    f"- Activations: the main job's stores: `{h['hook']}` of the `{h['model']}` model on "
+    f"- Activations: `{h['hook']}` of the `{h['model']}` model on "
     f"{h['train_windows']:,} training-split windows of {h['seq_len']} tokens (the train store), "
     f"and {h['eval_windows']} validation-split windows (held-out FVU, L0, dead fraction; ΔCE "
-    "and CE recovered by splicing into the model).",
+    "and CE recovered by splicing into the model"
+    + (f", on the first {ce_windows} of them" if ce_windows else "")
+    + ").",
     f"- Every trainer: n = {s['n_latents']:,}, batches of {t['batch_size']:,} rows taken from "
     "the train store in the same order (`jaxsae.sae.data.train_batches` with the run's seed), "
     f"the same number of steps. TopK and BatchTopK at k = {s['k']}; ReLU, Gated and JumpReLU "
@@ -119,9 +124,10 @@ def page(rows: list[dict], config: dict) -> str:
     "(`jaxsae/quality/peers.py` says exactly what is run). SAELens: `SAETrainer.fit()` itself, "
     "at jaxsae's learning rate (SAELens has no rule of its own; its default schedule, constant).",
     "- lr: each run's peak learning rate. SAELens and sparsify's Adam are given jaxsae's default "
-    "rate, and their runs at jaxsae's earlier default (the TopK paper's 2e-4/√(n/2¹⁴), 8e-4 "
-    "here) stay on the page, so each peer's best rate is shown (sparsify's signum keeps its "
-    "own). The JumpReLU ladders are of target L0s (Gemma Scope 2's quadratic penalty), not λ.",
+    "rate; where their runs at jaxsae's earlier default (the TopK paper's 2e-4/√(n/2¹⁴), "
+    f"{old_lr:.2g} here) were made they stay on the page, so each peer's best rate is shown "
+    "(sparsify's signum keeps its own). The JumpReLU ladders are of target L0s (Gemma Scope "
+    "2's quadratic penalty), not λ.",
     "- Each peer's SAE is read back from the peer's own saved format (sparsify's `cfg.json` + "
     "`sae.safetensors`, SAELens's inference folder) and evaluated by the same code as jaxsae's.",
     "- Dead: never fired on the held-out store. Train s: wall seconds of training alone, "
@@ -134,8 +140,7 @@ def page(rows: list[dict], config: dict) -> str:
     steps = next(r["steps"] for r in rows if r["budget"] == budget)
     lines += [
       "",
-      f"## {budget}× the main job's budget ({steps:,} steps, {steps * t['batch_size']:,} "
-      "activations)",
+      f"## {budget}× the base budget ({steps:,} steps, {steps * t['batch_size']:,} activations)",
       "",
       tables.markdown(summary_rows(rows, budget, s["k"]), COLUMNS),
     ]

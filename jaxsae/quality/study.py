@@ -4,7 +4,9 @@ same n, k, batch and number of steps, every SAE evaluated by the same code on th
 store and spliced into the same model.
 
 Each trainer is one row per (budget, seed) in <workdir>/results.jsonl, appended as it finishes,
-so a rerun skips what is done. Budgets are multiples of the main job's `train.steps`.
+so a rerun skips what is done. Budgets are multiples of the main job's `train.steps`. A run
+without a row resumes from its folder (<workdir>/runs/<trainer>_b…_s…[_l…]_lr…), finished or
+not: to retrain after a change of code, move its row and its folder away.
 """
 
 from __future__ import annotations
@@ -90,6 +92,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.quality.budgets = "1"  # Multiples of train.steps, comma-separated (e.g. "1,10").
   c.quality.trainers = "jaxsae,sparsify-signum,sparsify-adam,sparsify-adam-constant,saelens"
   c.quality.peer_threads = 0  # torch threads for the peers; 0: every usable core.
+  # Held-out windows spliced for ΔCE and CE recovered (0: all of harvest.eval_windows; L0, FVU
+  # and dead fraction always use the whole held-out store), and windows per spliced forward
+  # (its logits are B × T × vocabulary: lower it for large vocabularies).
+  c.quality.delta_ce_windows = 0
+  c.quality.eval_batch_size = 16
+  # SAELens's `normalize_activations` for every SAELens run ("": each trainer's own, raw inputs
+  # unless it says otherwise). Raw activations far from E‖x‖² = d (Gemma's residual stream:
+  # ‖x‖ in the thousands) leave SAELens's init and learning rate far off, so studies of such
+  # models give it its own scaling: "expected_average_only_in".
+  c.quality.saelens_normalize = ""
+  # The command the published page names as its source (each study config sets its own).
+  c.quality.command = (
+    "python -m experiments.peer_quality --workdir=runs/peer_quality --publish=docs/quality"
+  )
   # λ ladders (comma-separated) of the λ trainers named in `trainers`, keyed by the trainer's
   # name with "_" for "-" (a flag path cannot hold "-"): --config.quality.lambdas.saelens_relu=…
   # Each trainer's λ means its own penalty on its own input scale, so each has its own ladder
@@ -158,9 +174,18 @@ def _done(path: pathlib.Path) -> set[tuple]:
 
 
 def train_one(
-  name: str, lam, config, data: main_job.Harvested, workdir: pathlib.Path, budget, seed, threads=0
+  name: str,
+  lam,
+  config,
+  data: main_job.Harvested,
+  workdir: pathlib.Path,
+  budget,
+  seed,
+  threads=0,
+  saelens_normalize: str = "",
 ):
-  """(SAEConfig, raw variables, training wall seconds, version) of one trainer's run."""
+  """(SAEConfig, raw variables, training wall seconds, version) of one trainer's run;
+  `saelens_normalize`: SAELens's `normalize_activations` where set (`quality.saelens_normalize`)."""
   peer, architecture, options, _ = TRAINERS[name]
   steps = config.train.steps * budget
   lr = learning_rate(name, config)
@@ -200,6 +225,8 @@ def train_one(
     )
   else:
     sae_options = dict(options.get("sae_options", {}))
+    if saelens_normalize:
+      sae_options["normalize_activations"] = saelens_normalize
     if options.get("ladder") == "target_l0":  # The ladder holds targets T; λ stays SAELens's.
       sae_options["target_l0"], lam = lam, 1.0
     run = peers.train_saelens(
@@ -236,7 +263,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   lm = pretrained.load(config.harvest.model)
   data = main_job.harvest_stores(job, lm, workdir / "stores")
   h = job.harvest
-  reference = downstream.reference_losses(lm, data.eval_windows, h.hook, h.skip_first)
+  q = config.quality
+  windows = data.eval_windows[: q.delta_ce_windows or None]
+  reference = downstream.reference_losses(lm, windows, h.hook, h.skip_first, q.eval_batch_size)
   out = workdir / RESULTS
   done = _done(out)
   for budget in _numbers(config.quality.budgets):
@@ -249,11 +278,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
           f"[quality] {name}, budget {budget}× ({config.train.steps * budget} steps), seed {seed}"
         )
         sae_config, variables, wall, version = train_one(
-          name, lam, job, data, workdir, budget, seed, config.quality.peer_threads
-        )
+          name, lam, job, data, workdir, budget, seed, config.quality.peer_threads,
+          config.quality.saelens_normalize,
+        )  # fmt: skip
         measured = downstream.held_out_and_spliced(
-          lm, data.eval_windows, h.hook, evaluate.encode_decode(sae_config), variables,
-          data.held_out, reference, h.skip_first,
+          lm, windows, h.hook, evaluate.encode_decode(sae_config), variables,
+          data.held_out, reference, h.skip_first, q.eval_batch_size,
         )  # fmt: skip
         row = {
           "trainer": name,

@@ -108,10 +108,11 @@ class SparseAutoencoder(nn.Module):
   has_l1_penalty = False
   # Whether `loss` has a term that needs the dead-latent mask (TopK's AuxK).
   has_aux_k = False
-  # Adam β1 when optim.b1 = -1 (dictionary_learning trains Gated and JumpReLU with β1 = 0).
+  # Adam β1 when optim.b1 = -1 (dictionary_learning trains JumpReLU and Gated with β1 = 0; jaxsae
+  # keeps 0 for JumpReLU only, see gated.py).
   default_b1 = 0.9
   # Whether encoder_init_scale = -1 fits W_enc's scale at init (`fitted_encoder_scale`): only
-  # where z scales with W_enc (TopK, BatchTopK); others keep s = 1.
+  # where z scales with W_enc (TopK, BatchTopK, Gated); others keep s = 1.
   fits_encoder_scale = False
 
   # ---- parameters -----------------------------------------------------------------------------

@@ -67,11 +67,13 @@ class SAEConfig:
   tied_init:        W_enc = W_decᵀ at init (TopK paper); False draws W_enc independently (for
                     the paper's ablation of tied init against dead latents).
   encoder_init_scale: W_enc is s times those unit directions at init. -1 ("fit"): for
-                    architectures whose code scales with W_enc (TopK, BatchTopK: a positive
-                    scale does not change which latents are chosen), s is the least-squares
-                    scale of the initial reconstruction on the init sample,
+                    architectures whose code scales with W_enc (TopK, BatchTopK, Gated: a
+                    positive scale does not change which latents are chosen), s is the
+                    least-squares scale of the initial reconstruction on the init sample,
                     s = Σ⟨x̃ − b_dec, y⟩ / Σ‖y‖² with y = f(x̃ W) W_dec (`fitted_encoder_scale`);
-                    1 for the others (their λ recipes were set with it). Why: with s = 1 the k
+                    1 for the others: JumpReLU's θ₀ makes the chosen set depend on s, and
+                    ReLU's free decoder already starts the encoder at 0.1, where fitting cost
+                    FVU (0.121 → 0.133 at L0 16 on the main job). Why: with s = 1 the k
                     chosen latents each add their full projection, and their directions, all
                     close to x̃, overlap, so the first reconstructions overshoot (initial FVU
                     0.80 at n=1024, k=16, d=128; 7.7 at n=4096, k=64), and the run spends its

@@ -150,7 +150,7 @@ def _defaults() -> ml_collections.ConfigDict:
   c.optim.warmup_fraction = 0.0  # Share of training over which lr rises linearly from 0.
   c.optim.warmup_steps = -1  # ≥ 0: this many warmup steps instead of warmup_fraction.
   c.optim.decay_fraction = 0.2  # Share of training at the end over which lr decays to 0.
-  c.optim.b1 = -1.0  # -1: the architecture's (0.9; 0 for gated and jumprelu).
+  c.optim.b1 = -1.0  # -1: the architecture's (0.9; 0 for jumprelu).
   c.optim.b2 = 0.999
   c.optim.eps = 6.25e-10  # OpenAI's TopK code.
   c.optim.clip_norm = 1.0  # Per-SAE global gradient-norm clip (0: none).
