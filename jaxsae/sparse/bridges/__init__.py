@@ -35,7 +35,7 @@ constants; they are still reported. Training jointly would need the weight-spars
 as the least-squares linear map between the two residuals (`BridgeConfig.init`), so that a few
 hundred CPU steps suffice.
 
-Steering through a bridge is `jaxsae.sparse.steering`.
+Steering through a bridge is `jaxsae.sparse.bridge_steering`.
 
 The package, one module per job:
   config    the bridge sites and `BridgeConfig` (how to build and train bridges)
