@@ -15,7 +15,7 @@ from jaxsae.models.pretrained import LanguageModel
 from jaxsae.sparse import edges as edges_lib
 from jaxsae.sparse import nodes as nodes_lib
 from jaxsae.sparse import views
-from jaxsae.sparse.circuit import Circuit
+from jaxsae.sparse.pruned_circuit import Circuit
 from jaxsae.text.tokenizer import ByteTokenizer
 
 CFG = tiny_circuit_config()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxsae import tables
-from jaxsae.sparse.circuit import Circuit
+from jaxsae.sparse.pruned_circuit import Circuit
 from jaxsae.sparse.tasks import NONSENSE_SUFFIX
 
 COLUMNS = (

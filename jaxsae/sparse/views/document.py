@@ -20,7 +20,7 @@ from jaxsae.interp.contexts import Context, token_text
 from jaxsae.models.transformer import SPARSE_SITES, Transformer, run
 from jaxsae.sparse import edges as edges_lib
 from jaxsae.sparse import nodes as nodes_lib
-from jaxsae.sparse.circuit import Circuit, json_ready
+from jaxsae.sparse.pruned_circuit import Circuit, json_ready
 
 FORMAT = "jaxsae.circuit_view"
 FORMAT_VERSION = 1
