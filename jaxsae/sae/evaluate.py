@@ -23,7 +23,7 @@ from jaxsae.evals.metrics import ReconstructionSums
 from jaxsae.sae import registry
 from jaxsae.sae.base import FIRE_THRESHOLD
 from jaxsae.sae.config import SAEConfig
-from jaxsae.sae.data import ActivationSource, is_paired
+from jaxsae.sae.row_sources import ActivationSource, is_paired
 
 
 def encode_decode(config: SAEConfig, scale: float = 1.0, target_scale: float | None = None):
