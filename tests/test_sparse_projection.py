@@ -55,7 +55,7 @@ def _all_masks(ws, cases):
 
   def masks(ws, ks):
     pairs = zip(ws, ks, cases, strict=True)
-    return [P.topk_mask(w, k, j, axes) for w, k, (_, axes, _, j) in pairs]
+    return [P.magnitude_mask(w, k, j, axes) for w, k, (_, axes, _, j) in pairs]
 
   static = jax.jit(lambda ws: masks(ws, [c[2] for c in cases]))
   traced = jax.jit(masks)
@@ -113,7 +113,9 @@ def test_ties_are_broken_by_lower_index_identically_in_both_paths():
 def test_bfloat16_weights_keep_their_dtype_and_the_float32_selection():
   w16 = jnp.asarray(np.random.default_rng(5).standard_normal((16, 8)), jnp.bfloat16)
   w32 = np.asarray(w16.astype(jnp.float32))
-  out, mask = jax.jit(lambda w: (P.topk_magnitude(w, 40, 2, 0), P.topk_mask(w32, 40, 2, 0)))(w16)
+  out, mask = jax.jit(lambda w: (P.topk_magnitude(w, 40, 2, 0), P.magnitude_mask(w32, 40, 2, 0)))(
+    w16
+  )
   assert out.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(out != 0), np.asarray(mask))
 
@@ -122,7 +124,7 @@ def test_k_below_the_floor_raises_with_the_fix():
   with pytest.raises(
     ConfigError, match="min_per_neuron=4 forces 64 nonzeros but k keeps only 10 of 128"
   ):
-    P.topk_mask(np.ones((8, 16), np.float32), 10, 4, 1)
+    P.magnitude_mask(np.ones((8, 16), np.float32), 10, 4, 1)
 
 
 def test_annealing_is_dense_then_linear_in_nonzeros_then_the_target():

@@ -9,8 +9,8 @@ k = round(f · n) (round half to even):
 with a floor of j = min_per_neuron nonzeros per neuron slice: the j largest |w| of every slice
 are kept first (min(j, slice size) for tiny slices), then the remaining k − j·S (S slices) go to
 the largest of the rest, so the total is still exactly k. If j·S > k no such projection exists:
-`check_budget`, `project` and a static `topk_mask` raise a ConfigError naming the matrix and the
-fix (lower min_per_neuron or raise the fraction). Gradients and Adam moments stay dense, so a
+`check_budget`, `project` and a static `magnitude_mask` raise a ConfigError naming the matrix and
+the fix (lower min_per_neuron or raise the fraction). Gradients and Adam moments stay dense, so a
 pruned weight regrows as soon as its update lifts it into the top k.
 
 The kept fraction anneals linearly in the number of nonzeros (so linearly in f, not in log f, as
@@ -62,9 +62,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae import config_check
-from jaxsae import topk_mask as topk_mask_lib
 from jaxsae.errors import ConfigError, JaxsaeError
 from jaxsae.models import weights
+from jaxsae.topk_mask import topk_mask
 
 HIDDEN = "hidden"
 EMBEDDING = "embedding"
@@ -264,7 +264,7 @@ def _slice_floor(a: jax.Array, j: int, axes: tuple[int, ...]) -> jax.Array:
   if j == per_slice:
     return jnp.ones(a.shape, bool)
   a_SxM = jnp.transpose(a, perm).reshape(n_slices, per_slice)
-  forced = topk_mask_lib.topk_mask(a_SxM, j).reshape(tuple(a.shape[i] for i in perm))
+  forced = topk_mask(a_SxM, j).reshape(tuple(a.shape[i] for i in perm))
   return jnp.transpose(forced, tuple(np.argsort(perm)))
 
 
@@ -276,7 +276,7 @@ def _budget_problem(name: str, k: int, forced: int, numel: int, j: int, what: st
   )
 
 
-def topk_mask(
+def magnitude_mask(
   w: jax.Array, k, min_per_slice: int = 0, slice_axis: int | Sequence[int] | None = None
 ) -> jax.Array:
   """Bool mask of exactly k entries of `w`: each slice's min_per_slice largest |w|, then the largest.
@@ -307,14 +307,14 @@ def topk_mask(
       return jnp.ones(a.shape, bool)
     if k == 0:
       return jnp.zeros(a.shape, bool)
-  return topk_mask_lib.topk_mask(score.reshape(-1), k).reshape(a.shape)
+  return topk_mask(score.reshape(-1), k).reshape(a.shape)
 
 
 def topk_magnitude(
   w: jax.Array, k, min_per_slice: int = 0, slice_axis: int | Sequence[int] | None = None
 ) -> jax.Array:
-  """w with all but the k entries of `topk_mask` zeroed (same dtype)."""
-  return jnp.where(topk_mask(w, k, min_per_slice, slice_axis), w, jnp.zeros((), w.dtype))
+  """w with all but the k entries of `magnitude_mask` zeroed (same dtype)."""
+  return jnp.where(magnitude_mask(w, k, min_per_slice, slice_axis), w, jnp.zeros((), w.dtype))
 
 
 def _projected_leaves(params: Any):
