@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from sae_helpers import tiny_train_config as tiny_config
 
 from jaxsae import sharding
 from jaxsae.errors import ConfigError, JaxsaeError
@@ -15,24 +16,6 @@ from jaxsae.sae import train as train_lib
 
 SYNTH = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05)
 ROWS = SYNTH.generate(8192)
-
-
-def tiny_config(**overrides):
-  c = train_config.base_config()
-  c.sae.n_latents = 64
-  c.sae.k = 4
-  c.train.batch_size = 128
-  c.train.steps = 12
-  c.train.log_every = 4
-  c.train.checkpoint_every = 1000
-  c.train.dead_window_tokens = 512  # Short, so AuxK and the dead counters are exercised.
-  c.optim.warmup_steps = 2
-  c.optim.lr = 3e-3
-  c.data.normalization_samples = 2048
-  c.data.b_dec_samples = 512
-  for key, value in overrides.items():
-    c[key.split(".")[0]][key.split(".")[1]] = value
-  return c
 
 
 def run(tmp_path, name, **overrides):

@@ -4,6 +4,7 @@ from arrays and from activation stores, a scale per site folded at export, exact
 import jax
 import numpy as np
 import pytest
+import sae_helpers
 
 from jaxsae.activations.reader import StoreSource
 from jaxsae.activations.store import ActivationStore
@@ -24,20 +25,15 @@ def pairs():
 
 
 def tiny_config(**overrides):
-  c = train_config.base_config()
-  c.sae.n_latents = 64
-  c.sae.k = 4
-  c.train.batch_size = 128
-  c.train.steps = 10
-  c.train.log_every = 5
-  c.train.checkpoint_every = 1000
-  c.train.dead_window_tokens = 512
-  c.optim.lr = 3e-3
-  c.data.normalization_samples = 1024
-  c.data.b_dec_samples = 256
-  for key, value in overrides.items():
-    c[key.split(".")[0]][key.split(".")[1]] = value
-  return c
+  """`sae_helpers.tiny_train_config` with fewer steps and samples (and the default warmup)."""
+  fewer = {
+    "train.steps": 10,
+    "train.log_every": 5,
+    "optim.warmup_steps": train_config.base_config().optim.warmup_steps,
+    "data.normalization_samples": 1024,
+    "data.b_dec_samples": 256,
+  }
+  return sae_helpers.tiny_train_config(**{**fewer, **overrides})
 
 
 @pytest.fixture(scope="module")
