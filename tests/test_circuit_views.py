@@ -171,6 +171,12 @@ def test_html_draws_only_the_strongest_edges_when_asked(doc):
   assert f"{drawn} of {doc['n_edges']} edges are drawn" in page
 
 
+def test_a_document_with_the_old_format_tag_renders_the_same_page(doc):
+  assert doc["format"] == "jaxsae-circuit-view/1" and "format_version" not in doc
+  old = {**doc, "format": "jaxsae.circuit_view", "format_version": 1}
+  assert views.render_html(old) == views.render_html(doc)
+
+
 def test_show_returns_inline_html(doc, tmp_path):
   shown = views.show(doc)
   assert "<svg" in shown.data and shown.data.count("<circle") == doc["n_nodes"]

@@ -66,7 +66,6 @@ from jaxsae.sparse.bridges.losses import (
 from jaxsae.sparse.bridges.saving import (
   CONFIG_FILE,
   FORMAT,
-  FORMAT_VERSION,
   WEIGHTS_FILE,
   load_bridges,
   save_bridges,
@@ -86,7 +85,6 @@ __all__ = [
   "CONFIG_FILE",
   "DEFAULT_TOPK_FRACTION",
   "FORMAT",
-  "FORMAT_VERSION",
   "INITS",
   "TERMS",
   "WEIGHTS_FILE",
