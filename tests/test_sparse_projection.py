@@ -273,26 +273,3 @@ def test_project_raises_when_the_floor_exceeds_the_target_budget():
   assert "lower sparsity.min_per_neuron, or raise the fraction to at least 0.125" in text
   with pytest.raises(ConfigError):
     P.project(params, config.fractions(0, 10), config)
-
-
-def test_nonzero_stats_count_entries_fractions_and_dead_neurons():
-  _, params = _params("gpt2", n_layers=1)
-  flat = _flat(params)
-  fc_in = flat["blocks_0/mlp/fc_in/kernel"].at[:, 5].set(0.0)  # Neuron 5 has no inputs.
-  out = flat["blocks_0/attn/out/kernel"].at[1, 3].set(0.0)  # Channel (1, 3) writes nothing.
-  query = flat["blocks_0/attn/query/kernel"].at[:, 0, :2].set(0.0)  # Channels (0, 0), (0, 1).
-  params["blocks_0"]["mlp"]["fc_in"]["kernel"] = fc_in
-  params["blocks_0"]["attn"]["out"]["kernel"] = out
-  params["blocks_0"]["attn"]["query"]["kernel"] = query
-  stats = jax.jit(P.nonzero_stats)(params)
-  assert int(stats["nonzeros/blocks_0/mlp/fc_in/kernel"]) == fc_in.size - 32
-  assert int(stats["dead_slices/blocks_0/mlp/fc_in/kernel"]) == 1
-  assert int(stats["dead_neurons/blocks_0/mlp"]) == 1
-  assert int(stats["dead_neurons/blocks_0/attn_ov"]) == 1
-  assert int(stats["dead_neurons/blocks_0/attn_qk"]) == 2
-  assert int(stats["dead_neurons"]) == 4
-  projected = [w for n, w in _flat(params).items() if P.matrix_kind(n, w.ndim)]
-  total = sum(w.size for w in projected)
-  expected = sum(int(jnp.count_nonzero(w)) for w in projected) / total
-  assert float(stats["nonzero_fraction"]) == pytest.approx(expected)
-  assert float(stats["nonzero_fraction/embedding"]) == 1.0

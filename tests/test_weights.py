@@ -15,7 +15,7 @@ from jaxsae.models import pretrained, qk_ov_circuits, weights
 from jaxsae.models import transformer as T
 from jaxsae.quant import fake_quant, linear_inputs, smoothing
 from jaxsae.quant import stats as stats_lib
-from jaxsae.sparse import edges, nodes, study
+from jaxsae.sparse import edges, nodes, sparsity_stats, study
 from jaxsae.sparse import projection as P
 from jaxsae.text.tokenizer import ByteTokenizer
 
@@ -315,7 +315,7 @@ def test_projection_edges_and_density_see_the_gate_and_kv_heads():
   b0["mlp"]["fc_gate"]["kernel"][:, 3] = 0.0  # Neuron 3 has no gate: dead.
   b0["attn"]["key"]["kernel"][:, 1, 5] = 0.0  # KV channel (1, 5): dead for query heads 2, 3.
   b0["attn"]["value"]["kernel"][:, 0, 2] = 0.0  # KV channel (0, 2): dead for query heads 0, 1.
-  stats = P.nonzero_stats(params)
+  stats = sparsity_stats.nonzero_stats(params)
   assert int(stats["dead_neurons/blocks_0/mlp"]) == 1
   assert int(stats["dead_neurons/blocks_0/attn_qk"]) == H // G
   assert int(stats["dead_neurons/blocks_0/attn_ov"]) == H // G
