@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxsae import tables
 from jaxsae.sparse.pruned_circuit import Circuit
-from jaxsae.sparse.tasks import NONSENSE_SUFFIX
+from jaxsae.sparse.task_suite import NONSENSE_SUFFIX
 
 COLUMNS = (
   "model",

@@ -22,7 +22,7 @@ from jaxsae.run_log import RunLog
 from jaxsae.sparse import nodes, views
 from jaxsae.sparse.prune import PruneConfig, prune
 from jaxsae.sparse.pruned_circuit import Circuit
-from jaxsae.sparse.tasks import NONSENSE_SUFFIX, TASK_NAMES, build_suite
+from jaxsae.sparse.task_suite import NONSENSE_SUFFIX, TASK_NAMES, build_suite
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text.model_corpus import corpus_windows
 from jaxsae.text.pipeline import load_split
