@@ -1,4 +1,5 @@
-"""Steering with SAE latents (jaxsae.interp.latent_steering) on the shipped model and its shipped SAE."""
+"""Steering with SAE latents (jaxsae.interp.latent_steering) on the shipped model and its
+shipped SAE."""
 
 import functools
 

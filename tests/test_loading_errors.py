@@ -62,7 +62,8 @@ def test_a_store_of_another_format_version_or_without_metadata_is_refused(store_
   shutil.copytree(store_dir, copy)
   meta = json.loads((copy / "store.json").read_text())
   (copy / "store.json").write_text(json.dumps({**meta, "format": "jaxsae-store/0"}))
-  with pytest.raises(CheckpointError, match=r"has format 'jaxsae-store/0', not a jaxsae activations.*re-harvest"):
+  refused = r"has format 'jaxsae-store/0', not a jaxsae activations.*re-harvest"
+  with pytest.raises(CheckpointError, match=refused):
     ActivationStore.open(copy)
   (copy / "store.json").write_text('{"format": ')
   with pytest.raises(CheckpointError, match="not valid JSON"):

@@ -1,5 +1,5 @@
 """jaxsae's default TopK recipe against sparsify and SAELens on identical activations: the main
-job's stores, the same rows in the same order (`data.train_batches` with the run's seed), the
+job's stores, the same rows in the same order (`row_sources.train_batches` with the run's seed), the
 same n, k, batch and number of steps, every SAE evaluated by the same code on the same held-out
 store and spliced into the same model.
 

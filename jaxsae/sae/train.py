@@ -8,7 +8,7 @@ batch whose activations, loss or gradients are not finite stops the run or is sk
 (`train.on_nonfinite`, see jaxsae.nonfinite). On SIGTERM it saves at the next step every process
 agrees on and exits with code 143 (jaxsae.preemption).
 
-Fed (input, target) pairs (a `data.PairSource`) it trains transcoders: the same step, sweeps,
+Fed (input, target) pairs (a `row_sources.PairSource`) it trains transcoders: the same step, sweeps,
 checkpoints and resume, with a second scale c_y (E‖c_y·y‖² = d_out) for the targets, b_dec
 initialized on the scaled targets (it is the output's bias), and both scales in the checkpoint.
 """
@@ -262,7 +262,7 @@ def train(
     workdir: checkpoints, metrics.jsonl, TensorBoard events and config.json go here. If it
       holds a checkpoint, training resumes from it, data position included.
     source: the raw (unscaled) activations: an ActivationSource, an (N, d) array, or a
-      sequence of (d,) rows such as a grain MapDataset; or a `data.PairSource` of (input,
+      sequence of (d,) rows such as a grain MapDataset; or a `row_sources.PairSource` of (input,
       target) rows, which trains transcoders.
     stop_at_step: end this process early at that step (after saving), as a preemption would.
     mesh: a mesh to use instead of the config's.
