@@ -23,9 +23,8 @@ from ml_collections import config_flags
 from jaxsae import cli, run_log, tables
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import pretrained
+from jaxsae.sparse import bridge_steering, task_suite
 from jaxsae.sparse import bridges as bridges_lib
-from jaxsae.sparse import steering as steering_lib
-from jaxsae.sparse import tasks as tasks_lib
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
 
@@ -106,13 +105,13 @@ def run(config, workdir) -> dict:
   )
 
   s = config.steering
-  choose = tasks_lib.build_task(
+  choose = task_suite.build_task(
     s.task, corpus.read("train"), dense.tokenizer, s.n_pairs, s.max_len, config.seed
   )
-  measure = tasks_lib.build_task(
+  measure = task_suite.build_task(
     s.task, corpus.read("validation"), dense.tokenizer, s.n_pairs, s.max_len, config.seed
   )
-  steering = steering_lib.steering_report(
+  steering = bridge_steering.steering_report(
     dense, sparse, result.bridges, choose, measure, steer_sites, s.n_controls, config.seed
   )
   results = {

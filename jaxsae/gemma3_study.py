@@ -35,8 +35,7 @@ from jaxsae.lm import loss as loss_lib
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
 from jaxsae.quant import study as quant_study
-from jaxsae.sae import data as data_lib
-from jaxsae.sae import evaluate, export
+from jaxsae.sae import evaluate, export, row_sources
 from jaxsae.sae import train as train_lib
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
@@ -203,7 +202,7 @@ def evaluate_saes(config, lm, data: main_job.Harvested, result, workdir: pathlib
       if extra["k"]:
         ks.append(member.k)
   l0 = ks[0] if ks else max(1, round(rows[0]["l0"]))
-  sample = data_lib.sample(data.train, config.data.normalization_samples, config.seed)
+  sample = row_sources.sample(data.train, config.data.normalization_samples, config.seed)
   n_latents = result.groups[0].config.n_latents
   pca = baselines.pca_variables(sample, l0)
   rows.append(measure(f"PCA top-{l0}", baselines.pca_encode_decode, pca, {"k": l0}))

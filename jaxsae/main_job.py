@@ -29,8 +29,7 @@ from jaxsae.evals import baselines, downstream
 from jaxsae.lm import config as lm_config
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
-from jaxsae.sae import data as data_lib
-from jaxsae.sae import evaluate, export, saelens, train_config
+from jaxsae.sae import evaluate, export, row_sources, saelens, train_config
 from jaxsae.sae import train as train_lib
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
@@ -198,7 +197,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   ]
   k = sae_config.k if sae_config.architecture in ("topk", "batchtopk") else None
   l0 = k or max(1, round(rows[0]["l0"]))
-  sample = data_lib.sample(data.train, config.data.normalization_samples, config.seed)
+  sample = row_sources.sample(data.train, config.data.normalization_samples, config.seed)
   pca = baselines.pca_variables(sample, l0)
   rows.append(measure(f"PCA top-{l0}", baselines.pca_encode_decode, pca))
   rand_config, rand_vars = baselines.random_topk(

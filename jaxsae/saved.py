@@ -1,6 +1,6 @@
 """Saved folders (a JSON document beside a safetensors file): reading both with the checks every
-loader needs — format and version, readable tensors, exactly the expected names and shapes —
-and errors that say which file is wrong and how to fix it. Nothing is unpickled. Also the
+loader needs — its format tag (`format_tags`), readable tensors, exactly the expected names and
+shapes — and errors that say which file is wrong and how to fix it. Nothing is unpickled. Also the
 fsync helpers with which a writer makes a file, or a finished directory, survive a power loss.
 """
 
@@ -14,33 +14,24 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jaxsae import format_tags
 from jaxsae.errors import CheckpointError, DiskFullError
 
 
-def read_document(path: pathlib.Path, fmt: str, version: int | None, fix: str) -> dict:
-  """The JSON document at `path`, whose "format" must be `fmt` and "format_version" `version`
-  (unchecked when None: formats that carry the version in their name)."""
+def read_document(path: pathlib.Path, kind: str, fix: str) -> dict:
+  """The JSON document at `path`, whose "format" must name `kind` in a version this jaxsae reads
+  (`format_tags.check`: the current tag, or a legacy one)."""
   try:
     doc = json.loads(path.read_text())
   except OSError as e:
     raise CheckpointError(f"cannot read {path} ({e}); {fix}") from e
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{path} is not valid JSON ({e}); {fix}") from e
-  if (
-    not isinstance(doc, dict)
-    or doc.get("format") != fmt
-    or (version is not None and doc.get("format_version") != version)
-  ):
-    got = (
-      f"format {doc.get('format')!r} version {doc.get('format_version')!r}"
-      if isinstance(doc, dict)
-      else f"a JSON {type(doc).__name__}"
-    )
+  if not isinstance(doc, dict):
     raise CheckpointError(
-      f"{path} has {got}; this jaxsae reads {fmt!r}"
-      + (f" version {version}" if version is not None else "")
-      + f"; {fix}"
+      f"{path} holds a JSON {type(doc).__name__}, not a jaxsae {kind} document; {fix}"
     )
+  format_tags.check(doc, kind, str(path), fix)
   return doc
 
 

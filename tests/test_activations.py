@@ -1,6 +1,7 @@
 """Harvesting into a tensorstore activation store, resuming it, and reading it back shuffled."""
 
 import hashlib
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import JaxsaeError
 from jaxsae.evals import store_precision
 from jaxsae.models import pretrained
+from jaxsae.sae import row_sources
 
 HOOKS = ("blocks.1.resid_post", "blocks.0.mlp.post")
 
@@ -217,6 +219,18 @@ def test_the_reader_yields_every_row_once_per_epoch_and_resumes(tmp_path):
   np.testing.assert_array_equal(
     np.concatenate([next(h) for h in halves]), epoch[:100, None].repeat(2, 1)
   )
+
+
+def test_batches_that_do_not_split_over_processes_or_fit_the_source_are_named(tmp_path):
+  store = StoreSource(_numbered_store(tmp_path, n_rows=100), "h")
+  arrays = row_sources.ArraySource(np.zeros((100, 2), np.float32))
+  for source in (store, arrays):
+    with pytest.raises(JaxsaeError, match="not divisible by the 4 processes; use a multiple of 4"):
+      row_sources.train_batches(source, 66, seed=0, process_count=4)
+    with pytest.raises(JaxsaeError, match="has 100 rows, fewer than one batch of 128"):
+      row_sources.train_batches(source, 128, seed=0)
+  with pytest.raises(JaxsaeError, match=re.escape(f"the store at {tmp_path}") + ".*harvest more"):
+    store.train_batches(128, seed=0)
 
 
 def test_the_reader_reads_each_chunk_once_per_epoch(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ import pytest
 from jaxsae import sharding
 from jaxsae.checkpoint import Checkpointer, CheckpointFallbackWarning
 from jaxsae.errors import CheckpointError
-from jaxsae.sae import data, synthetic, train_config
+from jaxsae.sae import row_sources, synthetic, train_config
 from jaxsae.sae import train as sae_train
 from jaxsae.text import pipeline
 from jaxsae.train_state import TrainState
@@ -194,7 +194,7 @@ def test_sae_training_resumes_after_a_fallback_and_finishes_like_an_uninterrupte
   c.sae.n_latents, c.sae.k, c.sae.k_aux = 64, 4, 0
   c.train.batch_size, c.train.steps, c.train.log_every, c.train.checkpoint_every = 128, 8, 4, 4
   c.optim.warmup_steps, c.data.normalization_samples, c.data.b_dec_samples = 2, 1024, 256
-  source = data.ArraySource(synthetic.SyntheticFeatures(d=16, n_features=32).generate(4096))
+  source = row_sources.ArraySource(synthetic.SyntheticFeatures(d=16, n_features=32).generate(4096))
   full = sae_train.train(c, tmp_path, source)
   checkpoints = tmp_path / "checkpoints"
   _truncate(checkpoints / "8")  # The final checkpoint is damaged: the rerun resumes from 4.

@@ -15,7 +15,7 @@ from jaxsae.models.pretrained import LanguageModel
 from jaxsae.sparse import edges as edges_lib
 from jaxsae.sparse import nodes as nodes_lib
 from jaxsae.sparse import views
-from jaxsae.sparse.circuit import Circuit
+from jaxsae.sparse.pruned_circuit import Circuit
 from jaxsae.text.tokenizer import ByteTokenizer
 
 CFG = tiny_circuit_config()
@@ -169,6 +169,12 @@ def test_html_draws_only_the_strongest_edges_when_asked(doc):
   drawn = page.count('class="e"')
   assert 0 < drawn < doc["n_edges"]
   assert f"{drawn} of {doc['n_edges']} edges are drawn" in page
+
+
+def test_a_document_with_the_old_format_tag_renders_the_same_page(doc):
+  assert doc["format"] == "jaxsae-circuit-view/1" and "format_version" not in doc
+  old = {**doc, "format": "jaxsae.circuit_view", "format_version": 1}
+  assert views.render_html(old) == views.render_html(doc)
 
 
 def test_show_returns_inline_html(doc, tmp_path):

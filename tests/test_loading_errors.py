@@ -13,8 +13,7 @@ from jaxsae.activations import harvest as harvest_lib
 from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import CheckpointError, JaxsaeError
 from jaxsae.models import pretrained
-from jaxsae.sae import export
-from jaxsae.sae import sources as sources_lib
+from jaxsae.sae import experiment_data, export
 
 UNPICKLING_CALLS = {"pickle.load", "pickle.loads", "torch.load", "dill.load", "joblib.load"}
 
@@ -46,7 +45,7 @@ def test_an_npy_of_objects_is_refused_not_unpickled(tmp_path):
   np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
   data = type("Data", (), {"source": f"npy:{path}"})()
   with pytest.raises(JaxsaeError, match="not a plain .npy array"):
-    sources_lib.open_source(data)
+    experiment_data.open_source(data)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,8 @@ def test_a_store_of_another_format_version_or_without_metadata_is_refused(store_
   shutil.copytree(store_dir, copy)
   meta = json.loads((copy / "store.json").read_text())
   (copy / "store.json").write_text(json.dumps({**meta, "format": "jaxsae-store/0"}))
-  with pytest.raises(CheckpointError, match=r"store format 'jaxsae-store/0'.*re-harvest"):
+  refused = r"has format 'jaxsae-store/0', not a jaxsae activations.*re-harvest"
+  with pytest.raises(CheckpointError, match=refused):
     ActivationStore.open(copy)
   (copy / "store.json").write_text('{"format": ')
   with pytest.raises(CheckpointError, match="not valid JSON"):
@@ -119,21 +119,21 @@ def _sae_config(architecture="topk", n_latents=64):
 
 @pytest.mark.slow
 def test_a_checkpoint_of_another_shape_or_architecture_is_refused_not_skipped(tmp_path):
-  from jaxsae.sae import data
+  from jaxsae.sae import row_sources
   from jaxsae.sae import train as train_lib
 
   rows = np.random.default_rng(0).normal(size=(2048, 16)).astype(np.float32)
-  train_lib.train(_sae_config(), tmp_path, data.ArraySource(rows))
+  train_lib.train(_sae_config(), tmp_path, row_sources.ArraySource(rows))
   wider = _sae_config(n_latents=128)
   wider.train.steps = 6
   with pytest.raises(CheckpointError, match=r"another shape .*W_dec: saved \(1, 64, 16\), this"):
-    train_lib.train(wider, tmp_path, data.ArraySource(rows))
+    train_lib.train(wider, tmp_path, row_sources.ArraySource(rows))
   wide_rows = np.random.default_rng(0).normal(size=(2048, 32)).astype(np.float32)
   with pytest.raises(CheckpointError, match=r"saved \(1, 16\), this run \(1, 32\)"):
-    train_lib.train(_sae_config(), tmp_path, data.ArraySource(wide_rows))
+    train_lib.train(_sae_config(), tmp_path, row_sources.ArraySource(wide_rows))
   relu = _sae_config("relu")
   relu.train.steps = 6
   with pytest.raises(CheckpointError, match="another state: this run's .*relu.* not saved"):
-    train_lib.train(relu, tmp_path, data.ArraySource(rows))
+    train_lib.train(relu, tmp_path, row_sources.ArraySource(rows))
   assert not (tmp_path / "checkpoints" / "corrupt").exists()  # Refused, not set aside.
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsae.sae import data, registry, synthetic, train_config
+from jaxsae.sae import registry, row_sources, synthetic, train_config
 from jaxsae.sae import train as train_lib
 from jaxsae.sae.base import Hyper
 from jaxsae.sae.config import SAEConfig
@@ -59,7 +59,7 @@ def test_bfloat16_matmuls_give_float32_losses_and_gradients_close_to_float32(arc
 @pytest.mark.slow
 def test_a_bfloat16_run_learns_like_a_float32_run(tmp_path):
   features = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05)
-  rows = data.ArraySource(features.generate(16384))
+  rows = row_sources.ArraySource(features.generate(16384))
 
   def run(dtype):
     c = train_config.base_config()

@@ -11,9 +11,9 @@ import pytest
 from jaxsae import sharding
 from jaxsae.bench import memory
 from jaxsae.bench import model_memory as mm
+from jaxsae.bench.gemma3_sizes import gemma3_config
 from jaxsae.bench.memory import GIB
 from jaxsae.models import transformer as T
-from jaxsae.models.families import gemma
 from jaxsae.models.pretrained import LanguageModel
 from jaxsae.text.tokenizer import ByteTokenizer
 
@@ -26,51 +26,16 @@ def tiny_gemma3(**overrides):
   """Gemma 3's architecture (270M's config) at toy size: 6 layers, 5 sliding : 1 full."""
   values = dict(vocab_size=4096, d_model=256, n_layers=6, d_head=64, d_mlp=1024, max_len=1024)
   values.update(sliding_window=64, layer_types=("sliding",) * 5 + ("full",), dtype="float32")
-  return dataclasses.replace(mm.gemma3_config("270m"), **{**values, **overrides})
-
-
-def _hf_values(size: str) -> dict:
-  """google/gemma-3-{size}-pt's config.json (the text config), as transformers writes it."""
-  c = mm.gemma3_config(size)
-  values = dict(
-    model_type="gemma3_text",
-    hidden_size=c.d_model,
-    num_hidden_layers=c.n_layers,
-    num_attention_heads=c.n_heads,
-    num_key_value_heads=c.kv_heads,
-    head_dim=c.d_head,
-    intermediate_size=c.d_mlp,
-    vocab_size=c.vocab_size,
-    query_pre_attn_scalar=c.query_pre_attn_scalar,
-    sliding_window=c.sliding_window,
-    sliding_window_pattern=6,
-    rope_theta=1_000_000.0,
-    rope_local_base_freq=10_000.0,
-    rope_scaling={"rope_type": "linear", "factor": 8.0} if size not in ("270m", "1b") else None,
-    max_position_embeddings=32768 if size in ("270m", "1b") else 131072,
-    rms_norm_eps=1e-6,
-    hidden_activation="gelu_pytorch_tanh",
-    attention_bias=False,
-    tie_word_embeddings=True,
-  )
-  return values
-
-
-@pytest.mark.parametrize("size", mm.GEMMA3_SIZES)
-def test_gemma3_configs_are_what_the_loader_reads(size):
-  assert gemma.config(_hf_values(size), "bfloat16") == mm.gemma3_config(size)
-  c = mm.gemma3_config(size)
-  assert c.layer_types.count("full") == c.n_layers // 6 and c.layer_types[5] == "full"
-  assert (c.rope_scaling == "linear") == (size not in ("270m", "1b"))
+  return dataclasses.replace(gemma3_config("270m"), **{**values, **overrides})
 
 
 def test_gemma3_parameter_counts():
   counts = {
-    s: sum(e for e, _ in mm.parameter_shards(mm.gemma3_config(s)).values()) for s in ("270m", "1b")
+    s: sum(e for e, _ in mm.parameter_shards(gemma3_config(s)).values()) for s in ("270m", "1b")
   }
   # 270M: 268M parameters, 170M of them the embedding; 1B: Keras Hub's gemma3_1b preset count.
   assert counts == {"270m": 268_098_176, "1b": 999_885_952}
-  assert mm.parameter_bytes(mm.gemma3_config("1b")) == 999_885_952 * 2
+  assert mm.parameter_bytes(gemma3_config("1b")) == 999_885_952 * 2
 
 
 @pytest.mark.parametrize("model_axis", [1, 2, 4, 8])
@@ -120,7 +85,7 @@ def test_plan_matches_compiled_forward(overrides, hook, batch, seq_len, data, mo
   ],
 )
 def test_gemma3_270m_plan_matches_compiled_forward(dtype, hook, batch, seq_len, data, model):
-  cfg = mm.gemma3_config("270m", dtype)
+  cfg = gemma3_config("270m", dtype)
   measured = mm.compiled_harvest_memory(
     cfg, hook, batch, seq_len, data, model, compiler_options=mm.XLA_CPU_OPTIONS
   )
@@ -132,7 +97,7 @@ def test_gemma3_270m_plan_matches_compiled_forward(dtype, hook, batch, seq_len, 
 
 
 def test_plan_terms_follow_the_mesh_and_the_hook():
-  cfg = mm.gemma3_config("270m")
+  cfg = gemma3_config("270m")
   one = mm.plan_harvest(cfg, "blocks.5.resid_post", 8, 1024)
   # Later blocks are held unless dropped: 12 of 18 blocks' parameters.
   dropped = mm.plan_harvest(cfg, "blocks.5.resid_post", 8, 1024, keep_later_blocks=False)
@@ -152,7 +117,7 @@ def test_plan_terms_follow_the_mesh_and_the_hook():
 
 
 def test_harvest_and_train_shares_the_devices():
-  cfg = mm.gemma3_config("4b")
+  cfg = gemma3_config("4b")
   both = mm.plan_harvest_and_train(cfg, "blocks.17.resid_post", 32, 1024, **SAE, model_shards=2)
   harvest = mm.plan_harvest(cfg, "blocks.17.resid_post", 32, 1024, 1, 2, 80 * GIB)
   sae = memory.plan(cfg.d_model, 65536, 64, 4096, 1, 2, device_memory_bytes=80 * GIB)
@@ -170,7 +135,7 @@ def test_harvest_and_train_shares_the_devices():
 
 
 def _fewest_ways(size, memory_gib, train):
-  cfg = mm.gemma3_config(size)
+  cfg = gemma3_config(size)
   hook = f"blocks.{cfg.n_layers // 2}.resid_post"
   for ways in (1, 2, 4, 8):
     kw = dict(model_shards=ways, device_memory_bytes=memory_gib * GIB)

@@ -16,7 +16,7 @@ from jaxsae.errors import ConfigError, JaxsaeError
 from jaxsae.lm import config as lm_config
 from jaxsae.lm import train as lm_train
 from jaxsae.run_log import read_jsonl
-from jaxsae.sae import data, synthetic, train_config
+from jaxsae.sae import row_sources, synthetic, train_config
 from jaxsae.sae import train as sae_train
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
@@ -39,10 +39,10 @@ def sae_rows() -> np.ndarray:
   """ROWS with a NaN row in batch BAD and a 1e30 row (finite, but its square is Inf) in batch
   BAD + 1, both outside the normalization sample."""
   c = sae_config()
-  positions = data.ArraySource(np.arange(len(ROWS), dtype=np.float32)[:, None])
-  stream = data.train_batches(positions, c.train.batch_size, seed=c.seed)
+  positions = row_sources.ArraySource(np.arange(len(ROWS), dtype=np.float32)[:, None])
+  stream = row_sources.train_batches(positions, c.train.batch_size, seed=c.seed)
   batches = [next(stream)[:, 0].astype(int) for _ in range(BAD + 2)]
-  sampled = data.sample(positions, c.data.normalization_samples, c.seed)[:, 0].astype(int)
+  sampled = row_sources.sample(positions, c.data.normalization_samples, c.seed)[:, 0].astype(int)
   rows = ROWS.copy()
   rows[np.setdiff1d(batches[BAD], sampled)[0]] = np.nan
   rows[np.setdiff1d(batches[BAD + 1], sampled)[0]] = 1e30
@@ -63,7 +63,7 @@ def _assert_equal(a, b):
 
 @pytest.mark.slow
 def test_sae_stop_names_the_batch_then_skip_resumes_and_skips_it(tmp_path):
-  source = data.ArraySource(sae_rows())
+  source = row_sources.ArraySource(sae_rows())
   with pytest.raises(JaxsaeError) as info:
     sae_train.train(sae_config(), tmp_path, source)
   text = str(info.value)

@@ -14,7 +14,7 @@ from jaxsae.errors import CheckpointError
 from jaxsae.quality import peers, report, study
 from jaxsae.sae import evaluate, sparsify_format, synthetic
 from jaxsae.sae.config import SAEConfig
-from jaxsae.sae.data import ArraySource
+from jaxsae.sae.row_sources import ArraySource
 
 
 def rows(n=2048, d=24, seed=0) -> np.ndarray:

@@ -52,11 +52,11 @@ def test_loading_rejects_missing_corrupt_and_mismatched_files(saved, tmp_path):
     CheckpointError, match=r"fc_in/kernel has shape \(32, 64\), the config implies \(32, 128\)"
   ):
     pretrained.load(path)
-  doc["model"]["d_mlp"], doc["format_version"] = 64, 99
+  doc["model"]["d_mlp"], doc["format"] = 64, "jaxsae-lm/99"
   (path / "config.json").write_text(json.dumps(doc))
-  with pytest.raises(CheckpointError, match="version 99"):
+  with pytest.raises(CheckpointError, match="'jaxsae-lm/99', written by a newer jaxsae"):
     pretrained.load(path)
-  doc["format_version"] = 1
+  doc["format"] = pretrained.FORMAT
   (path / "config.json").write_text(json.dumps(doc))
   data = (path / "model.safetensors").read_bytes()
   (path / "model.safetensors").write_bytes(data[: len(data) // 2])

@@ -16,7 +16,7 @@ from jaxsae.errors import CheckpointError, ConfigError, JaxsaeError
 from jaxsae.models import pretrained
 from jaxsae.models import transformer as T
 from jaxsae.sparse import edges, nodes, prune, report
-from jaxsae.sparse.circuit import Circuit
+from jaxsae.sparse.pruned_circuit import Circuit
 from jaxsae.sparse.tasks import ContrastPair, Example, Task
 from jaxsae.text.tokenizer import ByteTokenizer
 

@@ -7,6 +7,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sae_helpers
 
 from jaxsae.errors import ConfigError
 from jaxsae.sae import registry
@@ -17,20 +18,10 @@ D, N, BATCH = 8, 32, 16
 
 
 def make(architecture, **overrides):
-  """A module and perturbed parameters (so that no bias is trivially zero)."""
-  fields = dict(architecture=architecture, d_in=D, n_latents=N, k=4, sparsity_coefficient=0.3)
-  cfg = SAEConfig(**{**fields, **overrides})
-  sae = registry.build(cfg)
-  x = jax.random.normal(jax.random.key(0), (BATCH, D))
-  variables = nn.meta.unbox(sae.init(jax.random.key(1), x))
-  keys = iter(jax.random.split(jax.random.key(2), 16))
-  params = {
-    name: (value + 0.1 * jax.random.normal(next(keys), value.shape)).astype(jnp.float32)
-    for name, value in variables["params"].items()
-  }
-  if "threshold" in params:
-    params["threshold"] = jnp.abs(params["threshold"]) + 0.2
-  return sae, {**variables, "params": params}, x
+  """A module, perturbed parameters (so that no bias is trivially zero) and a batch."""
+  return sae_helpers.perturbed_dictionary(
+    architecture, d_in=D, n_latents=N, batch=BATCH, **overrides
+  )
 
 
 def numpy_params(variables):

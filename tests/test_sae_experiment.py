@@ -8,7 +8,7 @@ import pytest
 
 from conftest import REPO, load_config
 from jaxsae.run_log import read_jsonl
-from jaxsae.sae import evaluate, export, sources
+from jaxsae.sae import evaluate, experiment_data, export
 from jaxsae.sae.train_config import RECIPES
 
 
@@ -46,7 +46,7 @@ def test_synthetic_benchmark_trains_evaluates_and_exports_every_architecture(tmp
   histograms = read_jsonl(tmp_path / "metrics.jsonl", histograms=True)
   assert {h["histogram"] for h in histograms} == {f"{a}/density_histogram" for a in RECIPES}
   assert all(sum(h["counts"]) == 64 for h in histograms)
-  _, held_out = sources.open_source(config.data)
+  _, held_out = experiment_data.open_source(config.data)
   for row in rows:
     assert 0 <= row["recovered@0.9"] <= 1 and np.isfinite(row["fvu"])
     sae_config, variables, meta = export.load(tmp_path / "saes" / row["sae"])

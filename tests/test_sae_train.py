@@ -7,36 +7,19 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from sae_helpers import tiny_train_config as tiny_config
 
 from jaxsae import sharding
 from jaxsae.errors import ConfigError, JaxsaeError
-from jaxsae.sae import data, synthetic, train_config
+from jaxsae.sae import row_sources, synthetic, train_config
 from jaxsae.sae import train as train_lib
 
 SYNTH = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05)
 ROWS = SYNTH.generate(8192)
 
 
-def tiny_config(**overrides):
-  c = train_config.base_config()
-  c.sae.n_latents = 64
-  c.sae.k = 4
-  c.train.batch_size = 128
-  c.train.steps = 12
-  c.train.log_every = 4
-  c.train.checkpoint_every = 1000
-  c.train.dead_window_tokens = 512  # Short, so AuxK and the dead counters are exercised.
-  c.optim.warmup_steps = 2
-  c.optim.lr = 3e-3
-  c.data.normalization_samples = 2048
-  c.data.b_dec_samples = 512
-  for key, value in overrides.items():
-    c[key.split(".")[0]][key.split(".")[1]] = value
-  return c
-
-
 def run(tmp_path, name, **overrides):
-  return train_lib.train(tiny_config(**overrides), tmp_path / name, data.ArraySource(ROWS))
+  return train_lib.train(tiny_config(**overrides), tmp_path / name, row_sources.ArraySource(ROWS))
 
 
 def assert_params_close(a, b, atol=1e-5):
@@ -135,17 +118,17 @@ def test_the_compiled_step_never_gathers_the_pre_activations(topk_path):
 def test_resume_refuses_changed_sae_settings(tmp_path):
   # A finished run resumed under another k (or λ: same shapes) would keep its parameters under
   # the new settings.
-  train_lib.train(tiny_config(**{"train.steps": 2}), tmp_path, data.ArraySource(ROWS))
+  train_lib.train(tiny_config(**{"train.steps": 2}), tmp_path, row_sources.ArraySource(ROWS))
   changed = tiny_config(**{"train.steps": 2, "sae.k": 8})
   with pytest.raises(JaxsaeError, match=r"sae.k 4 → 8.*new workdir"):
-    train_lib.train(changed, tmp_path, data.ArraySource(ROWS))
+    train_lib.train(changed, tmp_path, row_sources.ArraySource(ROWS))
 
 
 @pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(tmp_path):
   overrides = {"mesh.model": 2, "train.checkpoint_every": 5}
   config = tiny_config(**overrides)
-  source = data.ArraySource(ROWS)
+  source = row_sources.ArraySource(ROWS)
   full = train_lib.train(config, tmp_path / "full", source)
   train_lib.train(config, tmp_path / "cut", source, stop_at_step=7)
   resumed = train_lib.train(config, tmp_path / "cut", source)
@@ -180,7 +163,7 @@ def test_topk_recovers_known_features(tmp_path):
   config = tiny_config(**{"mesh.data": 1, "train.steps": 1000, "train.log_every": 250})
   config.sae.n_latents, config.train.batch_size, config.optim.lr = 128, 256, 1e-3
   config.train.dead_window_tokens = 50_000
-  result = train_lib.train(config, tmp_path, data.ArraySource(rows))
+  result = train_lib.train(config, tmp_path, row_sources.ArraySource(rows))
   decoder = result.member_params("topk")["W_dec"]
   assert synthetic.recovered_fraction(features.directions(), decoder, 0.9) >= 0.9
   # At cosine 0.99 the recipe before the fitted encoder scale found 58 of the 64 features
@@ -205,7 +188,7 @@ def test_aux_k_lowers_the_dead_fraction_of_a_too_wide_dictionary(tmp_path):
       "sweep.aux_alpha": (0.0, 1.0 / 32),  # α = 0 is training without AuxK.
     }
   )
-  result = train_lib.train(config, tmp_path, data.ArraySource(features.generate(16384)))
+  result = train_lib.train(config, tmp_path, row_sources.ArraySource(features.generate(16384)))
   last = result.history[-1]
   without = last["[aux_alpha=0.0]/dead_fraction"]
   with_aux = last["[aux_alpha=0.03125]/dead_fraction"]
@@ -218,14 +201,14 @@ def test_nan_in_the_activations_stops_with_the_step_and_last_checkpoint(tmp_path
   rows = ROWS.copy()
   rows[::7] = np.nan
   with pytest.raises(JaxsaeError, match="NaN or Inf"):
-    train_lib.train(tiny_config(), tmp_path / "nan", data.ArraySource(rows))
+    train_lib.train(tiny_config(), tmp_path / "nan", row_sources.ArraySource(rows))
   rows = ROWS.copy()
-  sampled = np.random.default_rng(0).choice(len(rows), size=16, replace=False)  # data.sample
+  sampled = np.random.default_rng(0).choice(len(rows), size=16, replace=False)  # row_sources.sample
   poisoned = np.setdiff1d(np.arange(0, len(rows), 4), sampled)
   rows[poisoned] = np.inf  # Outside the normalization sample: found while training.
   config = tiny_config(**{"data.normalization_samples": 16, "data.b_dec_samples": 16})
   with pytest.raises(JaxsaeError, match=r"step 1; the last checkpoint is step None"):
-    train_lib.train(config, tmp_path / "inf", data.ArraySource(rows))
+    train_lib.train(config, tmp_path / "inf", row_sources.ArraySource(rows))
 
 
 def test_bad_configs_fail_before_any_compute(tmp_path):
@@ -233,7 +216,7 @@ def test_bad_configs_fail_before_any_compute(tmp_path):
     train_lib.train(
       tiny_config(**{"sae.k": 100, "mesh.model": 3, "optim.lr": -5.0}),
       tmp_path / "bad",
-      data.ArraySource(ROWS),
+      row_sources.ArraySource(ROWS),
     )
   text = str(info.value)
   assert "k=100 must be in [1, n_latents=64]" in text
@@ -245,7 +228,7 @@ def test_bad_configs_fail_before_any_compute(tmp_path):
   with pytest.raises(ConfigError, match="stepz"):
     train_config.validate(config)
   with pytest.raises(JaxsaeError, match="2-D"):
-    data.ArraySource(ROWS.reshape(2, -1, 16))
+    row_sources.ArraySource(ROWS.reshape(2, -1, 16))
 
 
 @pytest.mark.slow
@@ -286,7 +269,7 @@ def test_the_fitted_encoder_scale_is_the_least_squares_first_reconstruction():
   (a unit-norm tied encoder overshoots); a fixed scale is used as given."""
   config = tiny_config(**{"mesh.data": 1})
   trainer = train_lib.SAETrainer.build(config, 16)
-  init = train_lib.initial_statistics(config, data.ArraySource(ROWS))
+  init = train_lib.initial_statistics(config, row_sources.ArraySource(ROWS))
   b_dec, rows = init.b_dec, init.fit_rows
   fitted = trainer.init_state(jax.random.key(0), b_dec, rows).params["topk"]
   plain = trainer.init_state(jax.random.key(0), b_dec).params["topk"]

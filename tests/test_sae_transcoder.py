@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sae_helpers
 
 from jaxsae.errors import ConfigError
-from jaxsae.sae import registry
 from jaxsae.sae.base import Hyper
 from jaxsae.sae.config import SAEConfig
 
@@ -18,21 +18,10 @@ ARCHITECTURES = ("topk", "batchtopk", "jumprelu", "relu")
 
 
 def make(architecture, d_out=D_OUT, **overrides):
-  """A transcoder module and perturbed parameters (no bias or skip weight trivially zero)."""
-  fields = dict(architecture=architecture, d_in=D, n_latents=N, k=4, sparsity_coefficient=0.3)
-  fields.update(d_out=d_out, transcode=d_out != -1)
-  cfg = SAEConfig(**{**fields, **overrides})
-  sae = registry.build(cfg)
-  x = jax.random.normal(jax.random.key(0), (BATCH, D))
-  variables = nn.meta.unbox(sae.init(jax.random.key(1), x))
-  keys = iter(jax.random.split(jax.random.key(2), 16))
-  params = {
-    name: (value + 0.1 * jax.random.normal(next(keys), value.shape)).astype(jnp.float32)
-    for name, value in variables["params"].items()
-  }
-  if "threshold" in params:
-    params["threshold"] = jnp.abs(params["threshold"]) + 0.2
-  return sae, {**variables, "params": params}, x
+  """A transcoder module (an SAE for d_out=-1), perturbed parameters and a batch."""
+  return sae_helpers.perturbed_dictionary(
+    architecture, d_in=D, n_latents=N, batch=BATCH, d_out=d_out, transcode=d_out != -1, **overrides
+  )
 
 
 def target_of(x, d_out=D_OUT):

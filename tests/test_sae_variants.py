@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxsae.errors import ConfigError
-from jaxsae.sae import data, registry, synthetic, train_config
+from jaxsae.sae import registry, row_sources, synthetic, train_config
 from jaxsae.sae import train as train_lib
 from jaxsae.sae.config import SAEConfig
 
@@ -98,7 +98,7 @@ def test_decoder_init_norm_is_small_only_where_the_decoder_is_free(
 @pytest.mark.slow
 def test_variants_of_several_widths_train_in_one_pass(tmp_path):
   rows = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05).generate(4096)
-  result = train_lib.train(variant_config(), tmp_path, data.ArraySource(rows))
+  result = train_lib.train(variant_config(), tmp_path, row_sources.ArraySource(rows))
   assert [g.name for g in result.groups] == ["topk", "topk_wide", "relu_narrow", "topk_plain"]
   assert result.member_params("topk_wide", 1)["W_dec"].shape == (128, 16)
   assert result.member_params("relu_narrow", 0)["W_dec"].shape == (32, 16)

@@ -55,7 +55,7 @@ def _all_masks(ws, cases):
 
   def masks(ws, ks):
     pairs = zip(ws, ks, cases, strict=True)
-    return [P.topk_mask(w, k, j, axes) for w, k, (_, axes, _, j) in pairs]
+    return [P.magnitude_mask(w, k, j, axes) for w, k, (_, axes, _, j) in pairs]
 
   static = jax.jit(lambda ws: masks(ws, [c[2] for c in cases]))
   traced = jax.jit(masks)
@@ -113,7 +113,9 @@ def test_ties_are_broken_by_lower_index_identically_in_both_paths():
 def test_bfloat16_weights_keep_their_dtype_and_the_float32_selection():
   w16 = jnp.asarray(np.random.default_rng(5).standard_normal((16, 8)), jnp.bfloat16)
   w32 = np.asarray(w16.astype(jnp.float32))
-  out, mask = jax.jit(lambda w: (P.topk_magnitude(w, 40, 2, 0), P.topk_mask(w32, 40, 2, 0)))(w16)
+  out, mask = jax.jit(lambda w: (P.topk_magnitude(w, 40, 2, 0), P.magnitude_mask(w32, 40, 2, 0)))(
+    w16
+  )
   assert out.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(out != 0), np.asarray(mask))
 
@@ -122,7 +124,7 @@ def test_k_below_the_floor_raises_with_the_fix():
   with pytest.raises(
     ConfigError, match="min_per_neuron=4 forces 64 nonzeros but k keeps only 10 of 128"
   ):
-    P.topk_mask(np.ones((8, 16), np.float32), 10, 4, 1)
+    P.magnitude_mask(np.ones((8, 16), np.float32), 10, 4, 1)
 
 
 def test_annealing_is_dense_then_linear_in_nonzeros_then_the_target():
@@ -271,26 +273,3 @@ def test_project_raises_when_the_floor_exceeds_the_target_budget():
   assert "lower sparsity.min_per_neuron, or raise the fraction to at least 0.125" in text
   with pytest.raises(ConfigError):
     P.project(params, config.fractions(0, 10), config)
-
-
-def test_nonzero_stats_count_entries_fractions_and_dead_neurons():
-  _, params = _params("gpt2", n_layers=1)
-  flat = _flat(params)
-  fc_in = flat["blocks_0/mlp/fc_in/kernel"].at[:, 5].set(0.0)  # Neuron 5 has no inputs.
-  out = flat["blocks_0/attn/out/kernel"].at[1, 3].set(0.0)  # Channel (1, 3) writes nothing.
-  query = flat["blocks_0/attn/query/kernel"].at[:, 0, :2].set(0.0)  # Channels (0, 0), (0, 1).
-  params["blocks_0"]["mlp"]["fc_in"]["kernel"] = fc_in
-  params["blocks_0"]["attn"]["out"]["kernel"] = out
-  params["blocks_0"]["attn"]["query"]["kernel"] = query
-  stats = jax.jit(P.nonzero_stats)(params)
-  assert int(stats["nonzeros/blocks_0/mlp/fc_in/kernel"]) == fc_in.size - 32
-  assert int(stats["dead_slices/blocks_0/mlp/fc_in/kernel"]) == 1
-  assert int(stats["dead_neurons/blocks_0/mlp"]) == 1
-  assert int(stats["dead_neurons/blocks_0/attn_ov"]) == 1
-  assert int(stats["dead_neurons/blocks_0/attn_qk"]) == 2
-  assert int(stats["dead_neurons"]) == 4
-  projected = [w for n, w in _flat(params).items() if P.matrix_kind(n, w.ndim)]
-  total = sum(w.size for w in projected)
-  expected = sum(int(jnp.count_nonzero(w)) for w in projected) / total
-  assert float(stats["nonzero_fraction"]) == pytest.approx(expected)
-  assert float(stats["nonzero_fraction/embedding"]) == 1.0

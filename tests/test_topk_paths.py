@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsae.sae import data, registry, synthetic, train_config
+from jaxsae.sae import registry, row_sources, synthetic, train_config
 from jaxsae.sae import train as train_lib
 from jaxsae.sae.base import Hyper
 from jaxsae.sae.config import SAEConfig
@@ -88,7 +88,7 @@ def test_auto_picks_the_sparse_path_for_wide_dictionaries():
 @pytest.mark.slow
 def test_latent_sharded_sparse_run_equals_a_single_device_dense_run(tmp_path):
   features = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05)
-  rows = data.ArraySource(features.generate(4096))
+  rows = row_sources.ArraySource(features.generate(4096))
 
   def run(name, path, model):
     c = train_config.base_config()

@@ -4,11 +4,12 @@ from arrays and from activation stores, a scale per site folded at export, exact
 import jax
 import numpy as np
 import pytest
+import sae_helpers
 
 from jaxsae.activations.reader import StoreSource
 from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import CheckpointError, JaxsaeError
-from jaxsae.sae import data, evaluate, export, registry, synthetic, train_config
+from jaxsae.sae import evaluate, export, registry, row_sources, synthetic, train_config
 from jaxsae.sae import train as train_lib
 
 D, D_OUT = 16, 12
@@ -20,24 +21,19 @@ Y = (7.0 * np.maximum(X @ _M1, 0) @ _M2 + 0.5).astype(np.float32)
 
 
 def pairs():
-  return data.PairSource(data.ArraySource(X), data.ArraySource(Y))
+  return row_sources.PairSource(row_sources.ArraySource(X), row_sources.ArraySource(Y))
 
 
 def tiny_config(**overrides):
-  c = train_config.base_config()
-  c.sae.n_latents = 64
-  c.sae.k = 4
-  c.train.batch_size = 128
-  c.train.steps = 10
-  c.train.log_every = 5
-  c.train.checkpoint_every = 1000
-  c.train.dead_window_tokens = 512
-  c.optim.lr = 3e-3
-  c.data.normalization_samples = 1024
-  c.data.b_dec_samples = 256
-  for key, value in overrides.items():
-    c[key.split(".")[0]][key.split(".")[1]] = value
-  return c
+  """`sae_helpers.tiny_train_config` with fewer steps and samples (and the default warmup)."""
+  fewer = {
+    "train.steps": 10,
+    "train.log_every": 5,
+    "optim.warmup_steps": train_config.base_config().optim.warmup_steps,
+    "data.normalization_samples": 1024,
+    "data.b_dec_samples": 256,
+  }
+  return sae_helpers.tiny_train_config(**{**fewer, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +91,7 @@ def test_transcoder_resume_equals_an_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(value, resumed.state.params["topk"][name], err_msg=name)
   # An SAE may not resume a transcoder's checkpoint.
   with pytest.raises((JaxsaeError, CheckpointError), match="another shape|transcode"):
-    train_lib.train(config, tmp_path / "cut", data.ArraySource(X[:, :D]))
+    train_lib.train(config, tmp_path / "cut", row_sources.ArraySource(X[:, :D]))
 
 
 def _store(path, hooks, values, chunk_rows=64):
@@ -124,11 +120,11 @@ def test_store_pairs_are_the_same_tokens_from_one_store_or_two(tmp_path):
   a = _store(tmp_path / "a", {"blocks.0.mlp.in": 3}, {"blocks.0.mlp.in": x})
   b = _store(tmp_path / "b", {"blocks.0.mlp.out": 2}, {"blocks.0.mlp.out": y})
   for inputs, targets in ((one, one), (a, b)):
-    source = data.PairSource(
+    source = row_sources.PairSource(
       StoreSource(inputs, "blocks.0.mlp.in", 4), StoreSource(targets, "blocks.0.mlp.out", 4)
     )
     assert (source.d_in, source.d_out) == (3, 2)
-    batches = data.train_batches(source, 100, seed=3)
+    batches = row_sources.train_batches(source, 100, seed=3)
     seen = []
     for _ in range(12):  # More than an epoch.
       xb, yb = next(batches)
@@ -140,15 +136,17 @@ def test_store_pairs_are_the_same_tokens_from_one_store_or_two(tmp_path):
     batches.set_state(state)
     np.testing.assert_array_equal(next(batches)[0], after)
   other = _store(tmp_path / "c", {"blocks.0.mlp.out": 2}, {"blocks.0.mlp.out": y}, chunk_rows=32)
-  pair = data.PairSource(StoreSource(a, "blocks.0.mlp.in"), StoreSource(other, "blocks.0.mlp.out"))
+  pair = row_sources.PairSource(
+    StoreSource(a, "blocks.0.mlp.in"), StoreSource(other, "blocks.0.mlp.out")
+  )
   with pytest.raises(JaxsaeError, match="chunk_rows"):
-    data.train_batches(pair, 100, seed=3)
+    row_sources.train_batches(pair, 100, seed=3)
 
 
 def test_a_transcoder_trains_from_a_store(tmp_path):
   store = _store(tmp_path / "s", {"blocks.0.mlp.in": D, "blocks.0.mlp.out": D_OUT}, {
     "blocks.0.mlp.in": X, "blocks.0.mlp.out": Y})  # fmt: skip
-  source = data.PairSource(
+  source = row_sources.PairSource(
     StoreSource(store, "blocks.0.mlp.in"), StoreSource(store, "blocks.0.mlp.out")
   )
   result = train_lib.train(tiny_config(**{"train.steps": 4}), tmp_path / "run", source)

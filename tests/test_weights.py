@@ -11,11 +11,11 @@ import pytest
 
 from conftest import tiny_model_config
 from jaxsae.errors import JaxsaeError
-from jaxsae.models import circuits, pretrained, weights
+from jaxsae.models import pretrained, qk_ov_circuits, weights
 from jaxsae.models import transformer as T
 from jaxsae.quant import fake_quant, linear_inputs, smoothing
 from jaxsae.quant import stats as stats_lib
-from jaxsae.sparse import edges, nodes, study
+from jaxsae.sparse import edges, nodes, sparsity_stats, study
 from jaxsae.sparse import projection as P
 from jaxsae.text.tokenizer import ByteTokenizer
 
@@ -197,7 +197,7 @@ def test_circuits_of_a_gqa_qk_norm_post_norm_model_reproduce_its_scores_and_outp
   rms = lambda x: jnp.sqrt(jnp.mean(x * x, -1) + CIRCUIT.norm_eps)  # noqa: E731
   rms_q = rms(jnp.einsum("td,dhk->thk", c["attn.in"], w.W_Q))  # (T, H)
   rms_k = weights.expand_kv_heads(rms(jnp.einsum("td,dgk->tgk", c["attn.in"], w.W_K)).T, H, 0)
-  qk = circuits.qk_matrices(params, 1, config=CIRCUIT)
+  qk = qk_ov_circuits.qk_matrices(params, 1, config=CIRCUIT)
   scores = jnp.einsum("qd,hde,se->hqs", normed, qk, normed)
   scores = scores / (rms_q.T[:, :, None] * rms_k[:, None, :]) / math.sqrt(CIRCUIT.d_head)
   causal = np.tril(np.ones((12, 12), bool))
@@ -205,28 +205,28 @@ def test_circuits_of_a_gqa_qk_norm_post_norm_model_reproduce_its_scores_and_outp
     np.where(causal, scores, 0), np.where(causal, c["attn.scores"], 0), rtol=2e-4, atol=2e-5
   )
   # Forgetting the offset (gain = stored w) breaks it: the test sees the offset.
-  bare = circuits.qk_matrices(params, 1)
+  bare = qk_ov_circuits.qk_matrices(params, 1)
   assert not np.allclose(bare, qk, rtol=1e-2)
-  ov = circuits.ov_matrices(params, 1, config=CIRCUIT)
+  ov = qk_ov_circuits.ov_matrices(params, 1, config=CIRCUIT)
   out = jnp.einsum("hqs,sd,hde->qe", c["attn.pattern"], normed, ov)
   expected = c["attn.out"] * rms(c["attn.proj"])[:, None]  # The post-norm's scalar undone.
   np.testing.assert_allclose(out, expected, rtol=2e-4, atol=2e-5)
-  scores = np.asarray(circuits.composition_scores(params, CIRCUIT, "k"))
+  scores = np.asarray(qk_ov_circuits.composition_scores(params, CIRCUIT, "k"))
   assert scores.shape == (2, H, 2, H) and np.all(scores[0, :, 1] > 0)
 
 
 def test_qk_circuits_of_a_rotary_model_are_refused_and_ov_ones_are_not():
   params = random_params(GEMMA)
   with pytest.raises(JaxsaeError, match="rotary positions.*no single QK circuit"):
-    circuits.qk_matrices(params, 0, config=GEMMA)
+    qk_ov_circuits.qk_matrices(params, 0, config=GEMMA)
   for kind in ("q", "k"):
     with pytest.raises(JaxsaeError, match="rotary"):
-      circuits.composition_scores(params, GEMMA, kind)
+      qk_ov_circuits.composition_scores(params, GEMMA, kind)
   with pytest.raises(JaxsaeError, match="rotary"):
-    circuits.qk_circuit(params, GEMMA, 0, tokens=[1, 2])
-  v = np.asarray(circuits.composition_scores(params, GEMMA, "v"))
+    qk_ov_circuits.qk_circuit(params, GEMMA, 0, tokens=[1, 2])
+  v = np.asarray(qk_ov_circuits.composition_scores(params, GEMMA, "v"))
   assert v.shape == (2, 4, 2, 4) and np.all(v[0, :, 1] > 0)
-  assert circuits.ov_circuit(params, GEMMA, 1, tokens=[1, 2, 3]).shape == (4, 3, 3)
+  assert qk_ov_circuits.ov_circuit(params, GEMMA, 1, tokens=[1, 2, 3]).shape == (4, 3, 3)
 
 
 def random_lm(config, seed=0):
@@ -315,7 +315,7 @@ def test_projection_edges_and_density_see_the_gate_and_kv_heads():
   b0["mlp"]["fc_gate"]["kernel"][:, 3] = 0.0  # Neuron 3 has no gate: dead.
   b0["attn"]["key"]["kernel"][:, 1, 5] = 0.0  # KV channel (1, 5): dead for query heads 2, 3.
   b0["attn"]["value"]["kernel"][:, 0, 2] = 0.0  # KV channel (0, 2): dead for query heads 0, 1.
-  stats = P.nonzero_stats(params)
+  stats = sparsity_stats.nonzero_stats(params)
   assert int(stats["dead_neurons/blocks_0/mlp"]) == 1
   assert int(stats["dead_neurons/blocks_0/attn_qk"]) == H // G
   assert int(stats["dead_neurons/blocks_0/attn_ov"]) == H // G

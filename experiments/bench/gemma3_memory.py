@@ -17,7 +17,7 @@ from absl import flags
 
 from experiments.bench.memory_plan import SHORT, _gib
 from jaxsae import cli, tables
-from jaxsae.bench import memory, model_memory
+from jaxsae.bench import gemma3_sizes, memory, model_memory
 from jaxsae.bench.memory import GIB
 
 _GEMMA3_OUT = flags.DEFINE_string(
@@ -51,7 +51,7 @@ GEMMA3_VALIDATION = (
 
 def _validation_model(name: str, dtype: str):
   """Gemma 3 270M, or its architecture at toy size ("tiny")."""
-  cfg = model_memory.gemma3_config("270m", dtype)
+  cfg = gemma3_sizes.gemma3_config("270m", dtype)
   if name == "270m":
     return cfg
   heads = dict(n_heads=8, n_kv_heads=2) if "8 heads" in name else {}
@@ -75,7 +75,7 @@ def gemma3_plan(
   """The plan of `task` ("harvest" or "harvest + SAE") for Gemma 3 `size` at its middle layer's
   resid_post on `ways` model ways (data = 1). `harvest` and `sae` override GEMMA3_HARVEST and
   GEMMA3_SAE; `kw` goes to the planner (keep_later_blocks, sae_kwargs, ...)."""
-  cfg = model_memory.gemma3_config(size, dtype)
+  cfg = gemma3_sizes.gemma3_config(size, dtype)
   hook = f"blocks.{cfg.n_layers // 2}.resid_post"
   shape = {**GEMMA3_HARVEST, **(harvest or {})}
   if task == "harvest":
@@ -84,7 +84,7 @@ def gemma3_plan(
   return model_memory.plan_harvest_and_train(cfg, hook, **shape, **sae, model_shards=ways, **kw)
 
 
-def gemma3_rows(dtype: str = "bfloat16", sizes=model_memory.GEMMA3_SIZES) -> list[dict]:
+def gemma3_rows(dtype: str = "bfloat16", sizes=gemma3_sizes.GEMMA3_SIZES) -> list[dict]:
   """Size × task × model ways: GiB per device and whether it fits each device size."""
   rows = []
   for size in sizes:
@@ -97,7 +97,7 @@ def gemma3_rows(dtype: str = "bfloat16", sizes=model_memory.GEMMA3_SIZES) -> lis
   return rows
 
 
-def gemma3_fewest_ways(dtype: str = "bfloat16", sizes=model_memory.GEMMA3_SIZES) -> list[dict]:
+def gemma3_fewest_ways(dtype: str = "bfloat16", sizes=gemma3_sizes.GEMMA3_SIZES) -> list[dict]:
   """Per size and task, the fewest model ways (of GEMMA3_WAYS) that fit each device size."""
   rows = []
   for size in sizes:
@@ -166,8 +166,8 @@ def gemma3_validation_rows() -> list[dict]:
 
 def _gemma3_configs() -> list[dict]:
   rows = []
-  for size in model_memory.GEMMA3_SIZES:
-    c = model_memory.gemma3_config(size)
+  for size in gemma3_sizes.GEMMA3_SIZES:
+    c = gemma3_sizes.gemma3_config(size)
     count = sum(elements for elements, _ in model_memory.parameter_shards(c).values())
     rows.append(
       {
@@ -203,7 +203,7 @@ def gemma3_report() -> str:
     "## Setting and assumptions",
     "",
     "- Models: the text decoders of google/gemma-3-{270m,1b,4b,12b,27b}-pt as their Hugging "
-    "Face config.json describes them (`model_memory.gemma3_config`), weights in bfloat16, the "
+    "Face config.json describes them (`gemma3_sizes.gemma3_config`), weights in bfloat16, the "
     "checkpoints' dtype (`pretrained.load` picks it above 2B parameters and float32 below; "
     "float32 has its own table below).",
     f"- Harvest: {GEMMA3_HARVEST['batch']} windows of {GEMMA3_HARVEST['seq_len']} tokens per "

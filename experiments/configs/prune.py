@@ -11,7 +11,7 @@ the models of experiments/configs/lm_sparse.py (train them, export each to
 
 import ml_collections
 
-from jaxsae.sparse.tasks import TASK_NAMES
+from jaxsae.sparse.task_suite import TASK_NAMES
 
 PAPER_TASKS = ("closing_quote", "bracket_depth", "variable_type")
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import JaxsaeError
+from jaxsae.sae.row_sources import local_batch_size
 
 _EPOCHS = 1 << 40  # "Forever": grain datasets are lazy, so this costs nothing.
 # One background thread reads a few batches ahead, in order, so each chunk group is read once
@@ -84,16 +85,13 @@ class StoreSource:
   def _batches(self, batch_size, read, process_index, process_count) -> grain.DatasetIterator:
     """Global batch b is rows [b·B, (b+1)·B) of its epoch's order; this process reads its slice
     with `read(epoch, start, stop)`."""
-    if batch_size % process_count:
-      raise JaxsaeError(
-        f"batch size {batch_size} is not divisible by the {process_count} processes"
-      )
-    if len(self) < batch_size:
-      raise JaxsaeError(
-        f"the store holds {len(self)} rows, fewer than one batch of {batch_size}; harvest more "
-        "or lower train.batch_size"
-      )
-    local = batch_size // process_count
+    local = local_batch_size(
+      batch_size,
+      process_count,
+      len(self),
+      holder=f"the store at {self.store.directory}",
+      fix="harvest more or lower train.batch_size",
+    )
     per_epoch = len(self) // batch_size
 
     def batch(index: int):

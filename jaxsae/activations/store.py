@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from jaxsae import format_tags
 from jaxsae.activations import int8
 from jaxsae.errors import CheckpointError, DiskFullError, JaxsaeError
 from jaxsae.saved import disk_full, write_durable
 
-FORMAT = "jaxsae-activations/1"
+FORMAT = format_tags.tag("activations")
 META_FILE = "store.json"
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "int8": "int8"}
 INT8_SCALES = "per_chunk_channel"  # store.json "scales" of an int8 store: see int8.py.
@@ -134,10 +135,9 @@ class ActivationStore:
       meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
       raise CheckpointError(f"{meta_file} is not valid JSON ({e}); re-harvest the store") from e
-    if meta.get("format") != FORMAT:
-      raise CheckpointError(
-        f"{directory} has store format {meta.get('format')!r}, expected {FORMAT!r}; re-harvest"
-      )
+    if not isinstance(meta, dict):
+      raise CheckpointError(f"{meta_file} is not a store's metadata; re-harvest the store")
+    format_tags.check(meta, "activations", f"the store at {directory}", "re-harvest it")
     if meta.get("dtype") not in DTYPES:
       raise CheckpointError(
         f"{meta_file} has dtype {meta.get('dtype')!r}, not one of {sorted(DTYPES)}; re-harvest"

@@ -20,6 +20,7 @@ import numpy as np
 from jaxsae.activations.harvest import capture_fn, hook_widths, plan_rows
 from jaxsae.errors import JaxsaeError
 from jaxsae.models.pretrained import LanguageModel
+from jaxsae.sae.row_sources import local_batch_size
 
 _BATCHES = 1 << 40
 
@@ -84,9 +85,7 @@ class StreamingSource:
   def train_batches(
     self, batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
   ) -> grain.DatasetIterator:
-    if batch_size % process_count:
-      raise JaxsaeError(f"batch size {batch_size} is not divisible by {process_count} processes")
-    local = batch_size // process_count
+    local = local_batch_size(batch_size, process_count)
 
     def local_batch(index: int) -> np.ndarray:
       rows = self.batch(int(index), batch_size, seed)

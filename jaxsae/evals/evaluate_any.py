@@ -34,8 +34,7 @@ from jaxsae.evals import probes as probes_lib
 from jaxsae.interp import contexts
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
-from jaxsae.sae import data as data_lib
-from jaxsae.sae import evaluate, export
+from jaxsae.sae import evaluate, export, row_sources
 from jaxsae.sae.base import FIRE_THRESHOLD
 
 COLUMNS = (
@@ -300,7 +299,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   if e.baselines:
     k = sae_config.k if sae_config.architecture in ("topk", "batchtopk") else None
     l0 = min(k or max(1, round(row["l0"])), sae_config.d_in)
-    sample = data_lib.sample(data.train, e.baseline_rows, config.seed)
+    sample = row_sources.sample(data.train, e.baseline_rows, config.seed)
     pca = baselines.pca_variables(sample, l0)
     rows.append(measure_row(f"PCA top-{l0}", baselines.pca_encode_decode, pca))
     rand_config, rand_vars = baselines.random_topk(

@@ -32,7 +32,7 @@ from jaxsae.lm import loss as loss_lib
 from jaxsae.models.config import TransformerConfig
 from jaxsae.models.transformer import Transformer
 from jaxsae.sparse import optim as sparse_optim
-from jaxsae.sparse import projection
+from jaxsae.sparse import sparsity_stats
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
 from jaxsae.text.tokenizer import Tokenizer, load_tokenizer
@@ -115,7 +115,7 @@ def make_train_step(model: Transformer, optimizer):
       "skipped": (~ok).astype(jnp.float32),
     }
     if sparse:  # Nonzeros per matrix and overall, dead neurons (Gao et al. 2025).
-      metrics.update(projection.nonzero_stats(params))
+      metrics.update(sparsity_stats.nonzero_stats(params))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxsae import saved
+from jaxsae import format_tags, saved
 from jaxsae.errors import CheckpointError, JaxsaeError
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import sampling
@@ -35,8 +35,7 @@ from jaxsae.models.config import TransformerConfig
 from jaxsae.models.transformer import Transformer, param_shapes, run
 from jaxsae.text.tokenizer import Tokenizer, load_tokenizer
 
-FORMAT = "jaxsae.lm"
-FORMAT_VERSION = 1
+FORMAT = format_tags.tag("lm")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / "pretrained"
@@ -152,7 +151,6 @@ def save(
   save_file(_flatten(params), str(path / WEIGHTS_FILE))
   doc = {
     "format": FORMAT,
-    "format_version": FORMAT_VERSION,
     "model": config.to_dict(),
     "tokenizer": tokenizer.spec(),
     "metadata": dict(metadata or {}),
@@ -223,7 +221,7 @@ def load(
       f'a .gguf file, a Hub id such as "google/gemma-3-270m", "gemma-3-270m" (an installed package), '
       f"or one of {sorted(HF_NAMED)} (kept in ${MODELS_ENV}, default {DEFAULT_MODELS_DIR})"
     )
-  doc = saved.read_document(config_file, FORMAT, FORMAT_VERSION, "re-export the model")
+  doc = saved.read_document(config_file, "lm", "re-export the model")
   try:
     config = TransformerConfig.from_dict(doc["model"])
   except (KeyError, TypeError, ValueError) as e:

@@ -113,7 +113,8 @@ def page(rows: list[dict], config: dict) -> str:
     + (f", on the first {ce_windows} of them" if ce_windows else "")
     + ").",
     f"- Every trainer: n = {s['n_latents']:,}, batches of {t['batch_size']:,} rows taken from "
-    "the train store in the same order (`jaxsae.sae.data.train_batches` with the run's seed), "
+    "the train store in the same order (`jaxsae.sae.row_sources.train_batches` with the run's "
+    "seed), "
     f"the same number of steps. TopK and BatchTopK at k = {s['k']}; ReLU, Gated and JumpReLU "
     "at a ladder of λ for each trainer (λ means something else on each side: SAELens trains "
     f"on raw activations, jaxsae on E‖x‖² = d), read at L0 = {s['k']} by log–log "

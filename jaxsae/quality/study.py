@@ -1,5 +1,5 @@
 """jaxsae's default TopK recipe against sparsify and SAELens on identical activations: the main
-job's stores, the same rows in the same order (`data.train_batches` with the run's seed), the
+job's stores, the same rows in the same order (`row_sources.train_batches` with the run's seed), the
 same n, k, batch and number of steps, every SAE evaluated by the same code on the same held-out
 store and spliced into the same model.
 
@@ -23,8 +23,7 @@ from jaxsae.evals import downstream
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
 from jaxsae.quality import peers
-from jaxsae.sae import data as data_lib
-from jaxsae.sae import evaluate, export, optim, train_config
+from jaxsae.sae import evaluate, export, optim, row_sources, train_config
 from jaxsae.sae import train as train_lib
 
 # Trainer name -> (peer, architecture, peer options, what it is). jaxsae-* are the default
@@ -217,7 +216,7 @@ def train_one(
   if reason:
     raise RuntimeError(f"{name}: {reason}")
   batch = config.train.batch_size
-  batches = iter(data_lib.train_batches(data.train, batch, seed=seed))
+  batches = iter(row_sources.train_batches(data.train, batch, seed=seed))
   n, k = config.sae.n_latents, config.sae.k
   if peer == "sparsify":
     run = peers.train_sparsify(
@@ -244,7 +243,7 @@ def train_one(
       threads=threads or None,
       sae_options=sae_options,
       # Other rows for SAELens's input-scale estimate, only where it normalizes.
-      norm_batches=iter(data_lib.train_batches(data.train, batch, seed=seed + 1000))
+      norm_batches=iter(row_sources.train_batches(data.train, batch, seed=seed + 1000))
       if sae_options.get("normalize_activations", "none") != "none"
       else None,
     )

@@ -8,7 +8,7 @@
 The SAE sees c·x (it was trained on that scale) and x̂ is scaled back, so FVU is in raw units
 (it does not depend on c). BatchTopK runs in inference mode (its threshold), like an exported SAE.
 A transcoder's metrics compare its output ŷ (scaled back by its target scale) with the target
-rows of a `data.PairSource`: x above is then the target y.
+rows of a `row_sources.PairSource`: x above is then the target y.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from jaxsae.evals.metrics import ReconstructionSums
 from jaxsae.sae import registry
 from jaxsae.sae.base import FIRE_THRESHOLD
 from jaxsae.sae.config import SAEConfig
-from jaxsae.sae.data import ActivationSource, is_paired
+from jaxsae.sae.row_sources import ActivationSource, is_paired
 
 
 def encode_decode(config: SAEConfig, scale: float = 1.0, target_scale: float | None = None):

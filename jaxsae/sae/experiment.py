@@ -13,7 +13,7 @@ import jax
 import ml_collections
 
 from jaxsae import sharding, tables
-from jaxsae.sae import evaluate, export, sources, synthetic
+from jaxsae.sae import evaluate, experiment_data, export, synthetic
 from jaxsae.sae import train as train_lib
 
 COLUMNS = ("sae", "l0", "fvu", "dead_fraction", "recovered@0.9", "train_fvu")
@@ -23,11 +23,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   """Train (or resume), evaluate and export; returns one result row per SAE."""
   workdir = pathlib.Path(workdir)
   sharding.initialize_distributed(config.mesh.distributed)  # Before anything touches JAX.
-  train_source, held_out = sources.open_source(config.data)
+  train_source, held_out = experiment_data.open_source(config.data)
   result = train_lib.train(config, workdir, train_source)
   truth = None
   if config.data.source == "synthetic":
-    truth = sources.synthetic_features(config.data).directions()
+    truth = experiment_data.synthetic_features(config.data).directions()
   final = result.history[-1] if result.history else {}
   rows = []
   for group in result.groups:

@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae import saved
+from jaxsae import format_tags, saved
 from jaxsae.errors import CheckpointError
 from jaxsae.sae import registry
 from jaxsae.sae.config import SAEConfig
 from jaxsae.sae.normalization import fold_scale
 
-FORMAT = "jaxsae-sae/1"
+FORMAT = format_tags.tag("sae")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "sae.safetensors"
 PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent.parent / "pretrained"
@@ -110,7 +110,7 @@ def load_folder(path: str | pathlib.Path) -> tuple[SAEConfig, dict[str, Any], di
   for f in (config_file, weights_file):
     if not f.is_file():
       raise CheckpointError(f"{f} is missing; export the SAE with jaxsae.sae.export.save")
-  doc = saved.read_document(config_file, FORMAT, None, "re-export the SAE with this jaxsae")
+  doc = saved.read_document(config_file, "sae", "re-export the SAE with this jaxsae")
   try:
     config = SAEConfig.from_dict(doc["sae"])
   except (KeyError, TypeError, ValueError) as e:

@@ -8,7 +8,7 @@ batch whose activations, loss or gradients are not finite stops the run or is sk
 (`train.on_nonfinite`, see jaxsae.nonfinite). On SIGTERM it saves at the next step every process
 agrees on and exits with code 143 (jaxsae.preemption).
 
-Fed (input, target) pairs (a `data.PairSource`) it trains transcoders: the same step, sweeps,
+Fed (input, target) pairs (a `row_sources.PairSource`) it trains transcoders: the same step, sweeps,
 checkpoints and resume, with a second scale c_y (E‖c_y·y‖² = d_out) for the targets, b_dec
 initialized on the scaled targets (it is the output's bias), and both scales in the checkpoint.
 """
@@ -29,8 +29,7 @@ import numpy as np
 from jaxsae import nonfinite, preemption, run_log, sharding
 from jaxsae.checkpoint import Checkpointer
 from jaxsae.errors import JaxsaeError
-from jaxsae.sae import data as data_lib
-from jaxsae.sae import export, normalization, train_config
+from jaxsae.sae import export, normalization, row_sources, train_config
 from jaxsae.sae.step import DENSITY_BINS, GroupTrainer, StepSettings
 from jaxsae.sae.sweep import Group
 from jaxsae.train_state import TrainState
@@ -158,12 +157,12 @@ class InitialStatistics(NamedTuple):
 
 
 def initial_statistics(
-  config: ml_collections.ConfigDict, source: data_lib.ActivationSource
+  config: ml_collections.ConfigDict, source: row_sources.ActivationSource
 ) -> InitialStatistics:
   """Input scale c (E‖c x‖² = d), b_dec init on the scaled outputs (the inputs for an SAE, the
   targets for a transcoder, with their own c_y), and scaled rows to fit the encoder's init
   scale on, from one reproducible sample of the source."""
-  index = data_lib.sample_indices(source, config.data.normalization_samples, config.seed)
+  index = row_sources.sample_indices(source, config.data.normalization_samples, config.seed)
   sample = source.rows(index)
   scale = normalization.estimate_scale(sample)
   # Strided: the sample's rows are in store order.
@@ -171,7 +170,7 @@ def initial_statistics(
   fit_rows = (sample[::stride][:ENCODER_FIT_ROWS] * scale).astype(np.float32)
   stats = InitialStatistics(scale, np.zeros(0), fit_rows)
   outputs, out_scale = sample, scale
-  if data_lib.is_paired(source):
+  if row_sources.is_paired(source):
     outputs = source.target_rows(index)
     out_scale = normalization.estimate_scale(outputs)
     fit_targets = (outputs[::stride][:ENCODER_FIT_ROWS] * out_scale).astype(np.float32)
@@ -263,14 +262,14 @@ def train(
     workdir: checkpoints, metrics.jsonl, TensorBoard events and config.json go here. If it
       holds a checkpoint, training resumes from it, data position included.
     source: the raw (unscaled) activations: an ActivationSource, an (N, d) array, or a
-      sequence of (d,) rows such as a grain MapDataset; or a `data.PairSource` of (input,
+      sequence of (d,) rows such as a grain MapDataset; or a `row_sources.PairSource` of (input,
       target) rows, which trains transcoders.
     stop_at_step: end this process early at that step (after saving), as a preemption would.
     mesh: a mesh to use instead of the config's.
   """
   sharding.initialize_distributed(config.mesh.distributed)
-  source = data_lib.as_source(source)
-  paired = data_lib.is_paired(source)
+  source = row_sources.as_source(source)
+  paired = row_sources.is_paired(source)
   trainer = SAETrainer.build(config, source.d_in, mesh, source.d_out if paired else None)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -278,7 +277,7 @@ def train(
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   tc = config.train
-  batches = data_lib.train_batches(
+  batches = row_sources.train_batches(
     source,
     tc.batch_size,
     seed=config.seed,

@@ -108,7 +108,7 @@ def _defaults() -> ml_collections.ConfigDict:
   # A transcoder's targets: "npy:/path/rows.npy", the same tokens as data.source's rows, row by
   # row, at the site it writes (e.g. blocks.L.mlp.out for inputs at blocks.L.mlp.in), each site
   # with its own scale. Empty: the inputs themselves (an SAE). Code that calls train() directly
-  # passes a jaxsae.sae.data.PairSource (e.g. two hooks of one activation store) instead.
+  # passes a jaxsae.sae.row_sources.PairSource (e.g. two hooks of one activation store) instead.
   c.data.target = ""
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.d = 64  # Activation width.

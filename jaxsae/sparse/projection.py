@@ -9,8 +9,8 @@ k = round(f · n) (round half to even):
 with a floor of j = min_per_neuron nonzeros per neuron slice: the j largest |w| of every slice
 are kept first (min(j, slice size) for tiny slices), then the remaining k − j·S (S slices) go to
 the largest of the rest, so the total is still exactly k. If j·S > k no such projection exists:
-`check_budget`, `project` and a static `topk_mask` raise a ConfigError naming the matrix and the
-fix (lower min_per_neuron or raise the fraction). Gradients and Adam moments stay dense, so a
+`check_budget`, `project` and a static `magnitude_mask` raise a ConfigError naming the matrix and
+the fix (lower min_per_neuron or raise the fraction). Gradients and Adam moments stay dense, so a
 pruned weight regrows as soon as its update lifts it into the top k.
 
 The kept fraction anneals linearly in the number of nonzeros (so linearly in f, not in log f, as
@@ -51,7 +51,6 @@ where it is exactly n and exactly the target count.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -62,9 +61,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae import config_check
-from jaxsae import topk_mask as topk_mask_lib
 from jaxsae.errors import ConfigError, JaxsaeError
 from jaxsae.models import weights
+from jaxsae.topk_mask import topk_mask
 
 HIDDEN = "hidden"
 EMBEDDING = "embedding"
@@ -170,15 +169,15 @@ def _key_name(entry: Any) -> str:
   return str(entry)
 
 
-def _keys(path: Any) -> tuple[str, ...]:
+def path_keys(path: Any) -> tuple[str, ...]:
   """A parameter path as strings: 'a/b/c', ('a', 'b', 'c') or a jax key path."""
   keys = tuple(path.split("/")) if isinstance(path, str) else tuple(_key_name(e) for e in path)
   return keys[1:] if keys[:1] == ("params",) else keys
 
 
 def path_name(path: Any) -> str:
-  """'blocks_0/mlp/fc_in/kernel': the name used in messages and `nonzero_stats`."""
-  return "/".join(_keys(path))
+  """'blocks_0/mlp/fc_in/kernel': the name used in messages and `sparsity_stats`."""
+  return "/".join(path_keys(path))
 
 
 def _lookup(keys: tuple[str, ...]) -> tuple[str, tuple[int, ...]] | None:
@@ -196,7 +195,7 @@ def matrix_kind(path: Any, ndim: int | None = None) -> str | None:
   `path` is 'blocks_0/attn/query/kernel', a tuple of keys or a jax key path. An unknown
   parameter raises, naming it, unless `ndim` says it is a vector (vectors are never projected).
   """
-  keys = _keys(path)
+  keys = path_keys(path)
   found = _lookup(keys)
   if found is not None:
     return found[0]
@@ -213,7 +212,7 @@ def matrix_kind(path: Any, ndim: int | None = None) -> str | None:
 
 def neuron_axes(path: Any) -> tuple[int, ...]:
   """Axes of a projected matrix that index its neuron slices (table in the module docstring)."""
-  found = _lookup(_keys(path))
+  found = _lookup(path_keys(path))
   if found is None:
     matrix_kind(path)  # Raises for an unknown parameter.
     raise JaxsaeError(
@@ -264,7 +263,7 @@ def _slice_floor(a: jax.Array, j: int, axes: tuple[int, ...]) -> jax.Array:
   if j == per_slice:
     return jnp.ones(a.shape, bool)
   a_SxM = jnp.transpose(a, perm).reshape(n_slices, per_slice)
-  forced = topk_mask_lib.topk_mask(a_SxM, j).reshape(tuple(a.shape[i] for i in perm))
+  forced = topk_mask(a_SxM, j).reshape(tuple(a.shape[i] for i in perm))
   return jnp.transpose(forced, tuple(np.argsort(perm)))
 
 
@@ -276,7 +275,7 @@ def _budget_problem(name: str, k: int, forced: int, numel: int, j: int, what: st
   )
 
 
-def topk_mask(
+def magnitude_mask(
   w: jax.Array, k, min_per_slice: int = 0, slice_axis: int | Sequence[int] | None = None
 ) -> jax.Array:
   """Bool mask of exactly k entries of `w`: each slice's min_per_slice largest |w|, then the largest.
@@ -307,17 +306,17 @@ def topk_mask(
       return jnp.ones(a.shape, bool)
     if k == 0:
       return jnp.zeros(a.shape, bool)
-  return topk_mask_lib.topk_mask(score.reshape(-1), k).reshape(a.shape)
+  return topk_mask(score.reshape(-1), k).reshape(a.shape)
 
 
 def topk_magnitude(
   w: jax.Array, k, min_per_slice: int = 0, slice_axis: int | Sequence[int] | None = None
 ) -> jax.Array:
-  """w with all but the k entries of `topk_mask` zeroed (same dtype)."""
-  return jnp.where(topk_mask(w, k, min_per_slice, slice_axis), w, jnp.zeros((), w.dtype))
+  """w with all but the k entries of `magnitude_mask` zeroed (same dtype)."""
+  return jnp.where(magnitude_mask(w, k, min_per_slice, slice_axis), w, jnp.zeros((), w.dtype))
 
 
-def _projected_leaves(params: Any):
+def projected_leaves(params: Any):
   """(path, leaf, kind) of every parameter; kind None for the never-projected."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   out = [(path, leaf, matrix_kind(path, np.ndim(leaf))) for path, leaf in leaves]
@@ -330,7 +329,7 @@ def check_budget(params: Any, config: SparsityConfig) -> None:
   Uses shapes only, so it works on arrays, ShapeDtypeStructs and tracers.
   """
   problems = []
-  for path, leaf, kind in _projected_leaves(params)[0]:
+  for path, leaf, kind in projected_leaves(params)[0]:
     if kind is None:
       continue
     shape = tuple(np.shape(leaf))
@@ -367,7 +366,7 @@ def project(params: Any, fraction_now: Mapping[str, Any], config: SparsityConfig
       f"fraction_now lacks {missing}; pass a fraction for each of {KINDS}, e.g. "
       "config.fractions(step, total_steps)"
     )
-  leaves, treedef = _projected_leaves(params)
+  leaves, treedef = projected_leaves(params)
   out = []
   for path, w, kind in leaves:
     if kind is None:
@@ -401,71 +400,3 @@ def project(params: Any, fraction_now: Mapping[str, Any], config: SparsityConfig
       )
     )
   return jax.tree_util.tree_unflatten(treedef, out)
-
-
-# The kernels whose slices make one unit: it is dead when any of them has its slice all zero.
-_UNITS = {
-  "mlp": ("W_in", "W_gate", "W_out"),
-  "attn_qk": ("W_Q", "W_K"),
-  "attn_ov": ("W_V", "W_O"),
-}
-
-
-def _all_zero(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  """Per slice (indexed by `axes`, in their order): True where every entry is zero."""
-  others = tuple(i for i in range(w.ndim) if i not in axes)
-  return jnp.all(w == 0, axis=others)
-
-
-def nonzero_stats(params: Any) -> dict[str, jax.Array]:
-  """Sparsity numbers for logging (jit-compatible scalars).
-
-  nonzeros/<matrix>              nonzero entries of each projected matrix
-  dead_slices/<matrix>           its neuron slices with no nonzero at all
-  nonzero_fraction[/<kind>]      nonzeros / entries over all projected matrices (of a kind)
-  dead_neurons/blocks_i/mlp      MLP neurons with an all-zero fc_in (or fc_gate) column or
-                                 fc_out row
-  dead_neurons/blocks_i/attn_qk  query channels (h, k) with all-zero query inputs or all-zero
-                                 key inputs at their KV head's (g, k)
-  dead_neurons/blocks_i/attn_ov  query channels (h, k) with all-zero value inputs at their KV
-                                 head's (g, k) or an all-zero out row
-  dead_neurons                   the sum of the three above over layers
-  """
-  stats: dict[str, jax.Array] = {}
-  totals = {kind: [0, 0] for kind in (None, *KINDS)}
-  by_name = {}
-  for path, w, kind in _projected_leaves(params)[0]:
-    if kind is None:
-      continue
-    name = path_name(path)
-    by_name[_keys(path)] = w
-    nonzeros = jnp.count_nonzero(w).astype(jnp.int32)
-    stats[f"nonzeros/{name}"] = nonzeros
-    stats[f"dead_slices/{name}"] = jnp.sum(_all_zero(w, neuron_axes(path))).astype(jnp.int32)
-    for key in (None, kind):
-      totals[key][0] = totals[key][0] + nonzeros
-      totals[key][1] += int(np.size(w))
-  for key, (nonzeros, numel) in totals.items():
-    if numel:
-      suffix = "" if key is None else f"/{key}"
-      stats[f"nonzero_fraction{suffix}"] = jnp.asarray(nonzeros, jnp.float32) / numel
-  dead_total = jnp.zeros((), jnp.int32)
-  layers = sorted({keys[0] for keys in by_name if weights.role_at(keys) is not None})
-  for block in layers:
-    layer = int(block.removeprefix("blocks_"))
-    for unit, roles in _UNITS.items():
-      found = {r: by_name.get(weights.kernel_path(layer, r)) for r in roles}
-      if any(w is None for r, w in found.items() if r not in weights.OPTIONAL_ROLES):
-        continue
-      dead_parts = [
-        _all_zero(w, weights.LINEARS[r].neuron_axes) for r, w in found.items() if w is not None
-      ]
-      heads = max(part.shape[0] for part in dead_parts)  # H for attention, F for the MLP.
-      dead = functools.reduce(
-        jnp.logical_or, [weights.expand_kv_heads(part, heads, axis=0) for part in dead_parts]
-      )
-      dead = jnp.sum(dead).astype(jnp.int32)
-      stats[f"dead_neurons/{block}/{unit}"] = dead
-      dead_total = dead_total + dead
-  stats["dead_neurons"] = dead_total
-  return stats

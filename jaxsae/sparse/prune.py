@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 from jaxsae.errors import ConfigError, JaxsaeError
 from jaxsae.models.transformer import Transformer, run
 from jaxsae.sparse import nodes as nodes_lib
-from jaxsae.sparse.circuit import Circuit
 from jaxsae.sparse.edges import count_edges
+from jaxsae.sparse.pruned_circuit import Circuit
 from jaxsae.sparse.tasks import PairBatch, Task, binary_loss, last_logits, padded_batches
 
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxsae import tables
-from jaxsae.sparse.circuit import Circuit
-from jaxsae.sparse.tasks import NONSENSE_SUFFIX
+from jaxsae.sparse.pruned_circuit import Circuit
+from jaxsae.sparse.task_suite import NONSENSE_SUFFIX
 
 COLUMNS = (
   "model",

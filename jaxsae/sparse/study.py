@@ -20,9 +20,9 @@ from jaxsae.errors import ConfigError
 from jaxsae.models import pretrained, weights
 from jaxsae.run_log import RunLog
 from jaxsae.sparse import nodes, views
-from jaxsae.sparse.circuit import Circuit
 from jaxsae.sparse.prune import PruneConfig, prune
-from jaxsae.sparse.tasks import NONSENSE_SUFFIX, TASK_NAMES, build_suite
+from jaxsae.sparse.pruned_circuit import Circuit
+from jaxsae.sparse.task_suite import NONSENSE_SUFFIX, TASK_NAMES, build_suite
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text.model_corpus import corpus_windows
 from jaxsae.text.pipeline import load_split

@@ -1,7 +1,8 @@
 """Where circuit-task prompts come from: Python files read with `tokenize` and `ast` on exact
 byte offsets (`Source`), the per-task site extractors that find each clean prompt and its
 minimal-edit partner (`Site`), and the template of the one templated task (variable_type).
-The task table, pairing and batching are `jaxsae.sparse.tasks`.
+The task table and pairing are `jaxsae.sparse.task_suite`; batching and the loss
+`jaxsae.sparse.tasks`.
 """
 
 from __future__ import annotations

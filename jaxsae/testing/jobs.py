@@ -127,12 +127,12 @@ def run_job(kind: str, workdir: str | pathlib.Path) -> None:
 
     results.save_final(workdir, train.train_and_evaluate(lm_config(), workdir).state)
   elif kind == "sae":
-    from jaxsae.sae import data, synthetic
+    from jaxsae.sae import row_sources, synthetic
     from jaxsae.sae import train as sae_train
 
     rows = synthetic.SyntheticFeatures(d=16, n_features=32, active=3, noise=0.05).generate(4096)
     results.save_final(
-      workdir, sae_train.train(sae_config(), workdir, data.ArraySource(rows)).state
+      workdir, sae_train.train(sae_config(), workdir, row_sources.ArraySource(rows)).state
     )
   elif kind == "harvest":
     from jaxsae.activations import harvest

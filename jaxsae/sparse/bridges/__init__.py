@@ -35,7 +35,7 @@ constants; they are still reported. Training jointly would need the weight-spars
 as the least-squares linear map between the two residuals (`BridgeConfig.init`), so that a few
 hundred CPU steps suffice.
 
-Steering through a bridge is `jaxsae.sparse.steering`.
+Steering through a bridge is `jaxsae.sparse.bridge_steering`.
 
 The package, one module per job:
   config    the bridge sites and `BridgeConfig` (how to build and train bridges)
@@ -66,7 +66,6 @@ from jaxsae.sparse.bridges.losses import (
 from jaxsae.sparse.bridges.saving import (
   CONFIG_FILE,
   FORMAT,
-  FORMAT_VERSION,
   WEIGHTS_FILE,
   load_bridges,
   save_bridges,
@@ -86,7 +85,6 @@ __all__ = [
   "CONFIG_FILE",
   "DEFAULT_TOPK_FRACTION",
   "FORMAT",
-  "FORMAT_VERSION",
   "INITS",
   "TERMS",
   "WEIGHTS_FILE",

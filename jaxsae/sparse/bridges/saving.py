@@ -12,13 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsae import saved
+from jaxsae import format_tags, saved
 from jaxsae.errors import CheckpointError
 from jaxsae.sparse.bridges.config import BridgeConfig
 from jaxsae.sparse.bridges.weights import Bridges
 
-FORMAT = "jaxsae.bridges"
-FORMAT_VERSION = 1
+FORMAT = format_tags.tag("bridges")
 CONFIG_FILE = "bridges.json"
 WEIGHTS_FILE = "bridges.safetensors"
 
@@ -43,7 +42,6 @@ def save_bridges(
   save_file(flat, str(path / WEIGHTS_FILE))
   doc = {
     "format": FORMAT,
-    "format_version": FORMAT_VERSION,
     "sites": list(bridges.sites),
     "k": bridges.k,
     "d_dense": bridges.d_dense,
@@ -64,7 +62,7 @@ def load_bridges(path: str | pathlib.Path) -> tuple[Bridges, BridgeConfig | None
       f"no saved bridges at {path}: expected {CONFIG_FILE} and {WEIGHTS_FILE} (written by "
       "jaxsae.sparse.bridges.save_bridges)"
     )
-  doc = saved.read_document(config_file, FORMAT, FORMAT_VERSION, "save the bridges again")
+  doc = saved.read_document(config_file, "bridges", "save the bridges again")
   sites, dd, ds = list(doc["sites"]), int(doc["d_dense"]), int(doc["d_sparse"])
   shapes = {"W_enc": (dd, ds), "b_enc": (ds,), "W_dec": (ds, dd), "b_dec": (dd,)}
   expected = {f"{s}/{n}": shape for s in sites for n, shape in shapes.items()}

@@ -16,7 +16,6 @@ metrics and, for a clicked node, its top contexts. No script, style or font is f
 
 from jaxsae.sparse.views.document import (
   FORMAT,
-  FORMAT_VERSION,
   IDENTITY_EDGE_KINDS,
   UNSIGNED_KINDS,
   circuit_document,
@@ -29,7 +28,6 @@ from jaxsae.sparse.views.page import render_html, show, write_html
 
 __all__ = [
   "FORMAT",
-  "FORMAT_VERSION",
   "IDENTITY_EDGE_KINDS",
   "UNSIGNED_KINDS",
   "circuit_document",

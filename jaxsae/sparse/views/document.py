@@ -15,15 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsae import format_tags
 from jaxsae.errors import JaxsaeError
 from jaxsae.interp.contexts import Context, token_text
 from jaxsae.models.transformer import SPARSE_SITES, Transformer, run
 from jaxsae.sparse import edges as edges_lib
 from jaxsae.sparse import nodes as nodes_lib
-from jaxsae.sparse.circuit import Circuit, json_ready
+from jaxsae.sparse.pruned_circuit import Circuit, json_ready
 
-FORMAT = "jaxsae.circuit_view"
-FORMAT_VERSION = 1
+FORMAT = format_tags.tag("circuit-view")
 UNSIGNED_KINDS = ("mlp.post",)
 IDENTITY_EDGE_KINDS = edges_lib.IDENTITY_KINDS
 
@@ -238,7 +238,6 @@ def circuit_document(lm, circuit: Circuit, contexts: Mapping[str, list[Context]]
     edge_counts[e["kind"]] = edge_counts.get(e["kind"], 0) + 1
   doc = {
     "format": FORMAT,
-    "format_version": FORMAT_VERSION,
     "task": circuit.task,
     "model": circuit.model,
     "config": {

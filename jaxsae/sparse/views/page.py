@@ -12,9 +12,10 @@ import math
 import pathlib
 from collections.abc import Mapping
 
+from jaxsae import format_tags
 from jaxsae.errors import JaxsaeError
 from jaxsae.sparse import nodes as nodes_lib
-from jaxsae.sparse.views.document import FORMAT, IDENTITY_EDGE_KINDS
+from jaxsae.sparse.views.document import IDENTITY_EDGE_KINDS
 
 _PITCH, _RADIUS, _PER_ROW, _GAP, _LEFT, _TOP = 22, 8, 10, 110, 80, 34
 _KIND_COLOURS = {
@@ -206,8 +207,7 @@ def render_html(
   doc: Mapping, *, root_id: str = "cv", max_edges_per_node: int = 12, max_edges: int = 2000
 ) -> str:
   """The page body (a <div> holding its style, svg, legend, metrics and script) for `doc`."""
-  if doc.get("format") != FORMAT:
-    raise JaxsaeError(f"not a {FORMAT} document; build it with views.circuit_document")
+  format_tags.check(doc, "circuit-view", "the document", "build it with views.circuit_document")
   nodes, edges = doc["nodes"], doc["edges"]
   index = {node["id"]: i for i, node in enumerate(nodes)}
   if len(index) != len(nodes):

@@ -1,4 +1,5 @@
-"""Open the activation source a config names: synthetic known features, or rows in a .npy file.
+"""The data of the SAE experiment (`jaxsae.sae.experiment`): open the activation source its
+config's `data` names, synthetic known features or rows in a .npy file, as `row_sources`.
 
 Every source returns (training rows, held-out rows); the held-out rows are for evaluation only.
 With `data.target` set (a transcoder's targets) both are `PairSource`s of (input, target) rows.
@@ -12,7 +13,7 @@ import ml_collections
 import numpy as np
 
 from jaxsae.errors import JaxsaeError
-from jaxsae.sae.data import ArraySource, PairSource
+from jaxsae.sae.row_sources import ArraySource, PairSource
 from jaxsae.sae.synthetic import SyntheticFeatures
 
 

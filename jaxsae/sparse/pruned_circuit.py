@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from jaxsae import format_tags
 from jaxsae.errors import CheckpointError
 
-FORMAT = "jaxsae.circuit"
-FORMAT_VERSION = 1
+FORMAT = format_tags.tag("circuit")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,7 +42,6 @@ class Circuit:
   def to_dict(self) -> dict:
     return {
       "format": FORMAT,
-      "format_version": FORMAT_VERSION,
       "task": self.task,
       "model": self.model,
       "widths": {s: int(len(k)) for s, k in self.kept.items()},
@@ -61,11 +60,7 @@ class Circuit:
 
   @classmethod
   def from_dict(cls, doc: Mapping) -> Circuit:
-    if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
-      raise CheckpointError(
-        f"not a {FORMAT} v{FORMAT_VERSION} document (format {doc.get('format')!r}, version "
-        f"{doc.get('format_version')!r}); write circuits with Circuit.save"
-      )
+    format_tags.check(doc, "circuit", "the document", "write circuits with Circuit.save")
     try:
       kept = {}
       for site, width in doc["widths"].items():

@@ -1,4 +1,5 @@
-"""Steering with SAE latents (jaxsae.interp.steering) on the shipped model and its shipped SAE."""
+"""Steering with SAE latents (jaxsae.interp.latent_steering) on the shipped model and its
+shipped SAE."""
 
 import functools
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxsae.errors import JaxsaeError
-from jaxsae.interp import browser, steering
+from jaxsae.interp import browser, latent_steering
 from jaxsae.models import pretrained
 from jaxsae.sae import evaluate, export
 
@@ -56,27 +57,27 @@ def test_adding_a_latent_raises_its_top_logit_tokens():
   strength = 4 * float(np.linalg.norm(_activations(hook), axis=-1).mean())
   for latent in latents:
     np.testing.assert_allclose(
-      steering.logit_effect(lm, config, variables, int(latent)),
+      latent_steering.logit_effect(lm, config, variables, int(latent)),
       effect[latent],
       rtol=1e-5,
       atol=1e-5,
     )
-    top = steering.top_logit_tokens(lm, config, variables, int(latent), k=5)
+    top = latent_steering.top_logit_tokens(lm, config, variables, int(latent), k=5)
     np.testing.assert_array_equal(top, np.argsort(-effect[latent], kind="stable")[:5])
     d_norm = float(np.linalg.norm(variables["params"]["W_dec"][latent]))
-    edits = steering.steering_edits(hook, config, variables, int(latent), strength / d_norm)
-    before = steering.token_probability(lm, tokens, top)
-    after = steering.token_probability(lm, tokens, top, edits)
+    edits = latent_steering.steering_edits(hook, config, variables, int(latent), strength / d_norm)
+    before = latent_steering.token_probability(lm, tokens, top)
+    after = latent_steering.token_probability(lm, tokens, top, edits)
     assert after > 2 * before, (latent, before, after)
     # Subtracting the direction lowers them.
-    edits = steering.steering_edits(hook, config, variables, int(latent), -strength / d_norm)
-    assert steering.token_probability(lm, tokens, top, edits) < before
+    edits = latent_steering.steering_edits(hook, config, variables, int(latent), -strength / d_norm)
+    assert latent_steering.token_probability(lm, tokens, top, edits) < before
 
 
 def test_add_is_the_decoder_direction_at_every_position():
   config, variables, hook = _sae()
   x = jnp.asarray(_activations(hook))
-  edit = steering.latent_edit(config, variables, 7, 2.5, "add")
+  edit = latent_steering.latent_edit(config, variables, 7, 2.5, "add")
   expected = x + 2.5 * jnp.asarray(variables["params"]["W_dec"][7])
   np.testing.assert_allclose(np.asarray(edit(x)), np.asarray(expected), rtol=0, atol=1e-6)
   lm = _lm()
@@ -91,10 +92,10 @@ def test_clamp_sets_the_latent_and_keeps_the_rest():
   latent = int(np.argmax((z > 0).sum(0)))  # The latent that fires most often.
   d = np.asarray(variables["params"]["W_dec"][latent])
   for value in (0.0, 3.0 * z[:, latent].max()):
-    edited = np.asarray(steering.latent_edit(config, variables, latent, value, "clamp")(x))
+    edited = np.asarray(latent_steering.latent_edit(config, variables, latent, value, "clamp")(x))
     np.testing.assert_allclose(edited, x + (value - z[:, latent])[:, None] * d, atol=1e-5)
   # Clamping to the value the latent already has changes nothing.
-  same = steering.latent_edit(config, variables, latent, 0.0, "clamp")
+  same = latent_steering.latent_edit(config, variables, latent, 0.0, "clamp")
   silent = z[:, latent] == 0
   np.testing.assert_allclose(np.asarray(same(x))[silent], x[silent], atol=1e-6)
 
@@ -103,11 +104,11 @@ def test_steered_generation_uses_the_latents_tokens():
   config, variables, hook = _sae()
   lm = _lm()
   latent = int(np.argmax(_peak(config, variables, hook)))
-  top = set(steering.top_logit_tokens(lm, config, variables, latent, k=5).tolist())
+  top = set(latent_steering.top_logit_tokens(lm, config, variables, latent, k=5).tolist())
   scale = float(np.linalg.norm(_activations(hook), axis=-1).mean())
   d_norm = float(np.linalg.norm(variables["params"]["W_dec"][latent]))
   plain = lm.generate(PROMPTS[0], 40, temperature=0)
-  steered = steering.steer(
+  steered = latent_steering.steer(
     lm,
     PROMPTS[0],
     hook,
@@ -126,12 +127,15 @@ def test_steered_generation_uses_the_latents_tokens():
 def test_bad_steering_input_is_named():
   config, variables, hook = _sae()
   with pytest.raises(JaxsaeError, match="not a latent"):
-    steering.latent_edit(config, variables, config.n_latents, 1.0)
+    latent_steering.latent_edit(config, variables, config.n_latents, 1.0)
   with pytest.raises(JaxsaeError, match="unknown steering mode"):
-    steering.latent_edit(config, variables, 0, 1.0, "multiply")
+    latent_steering.latent_edit(config, variables, 0, 1.0, "multiply")
   lm = _lm()
   with pytest.raises(JaxsaeError, match="unknown hook|hook"):
-    lm.run(_tokens(), edits=steering.steering_edits("blocks.9.resid_post", config, variables, 0, 1))
+    lm.run(
+      _tokens(),
+      edits=latent_steering.steering_edits("blocks.9.resid_post", config, variables, 0, 1),
+    )
 
 
 def test_logit_effect_matches_the_browser():
@@ -142,5 +146,5 @@ def test_logit_effect_matches_the_browser():
   )
   for i in range(3):
     np.testing.assert_array_equal(
-      steering.top_logit_tokens(lm, config, variables, i, k=4), weights.top_ids[i]
+      latent_steering.top_logit_tokens(lm, config, variables, i, k=4), weights.top_ids[i]
     )

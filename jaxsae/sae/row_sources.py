@@ -154,19 +154,30 @@ def train_batches(
   return _index_batches(source, batch_size, source.rows, **kw)
 
 
-def _index_batches(source, batch_size, read, *, seed, process_index, process_count):
-  """Shuffled row indices, batched, each batch read with `read(indices)`."""
+def local_batch_size(
+  batch_size: int,
+  process_count: int,
+  n_rows: int | None = None,
+  *,
+  holder: str = "the source",
+  fix: str = "lower train.batch_size or provide more activations",
+) -> int:
+  """This process's share of each global batch, B / process_count, once B splits evenly over
+  the processes and (given n_rows) `holder` has at least one whole batch of rows. Every source
+  (arrays here, activation stores, streamed activations) checks its batches with this."""
   if batch_size % process_count:
     raise JaxsaeError(
       f"batch size {batch_size} is not divisible by the {process_count} processes; use a "
       f"multiple of {process_count}"
     )
-  if len(source) < batch_size:
-    raise JaxsaeError(
-      f"the source has {len(source)} rows, fewer than one batch of {batch_size}; lower "
-      "train.batch_size or provide more activations"
-    )
-  local = batch_size // process_count
+  if n_rows is not None and n_rows < batch_size:
+    raise JaxsaeError(f"{holder} has {n_rows} rows, fewer than one batch of {batch_size}; {fix}")
+  return batch_size // process_count
+
+
+def _index_batches(source, batch_size, read, *, seed, process_index, process_count):
+  """Shuffled row indices, batched, each batch read with `read(indices)`."""
+  local = local_batch_size(batch_size, process_count, len(source))
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
   ds = ds[process_index::process_count].batch(local, drop_remainder=True)
   return iter(ds.map(read).to_iter_dataset())
