@@ -307,7 +307,7 @@ def test_gated_fits_its_encoder_scale_and_jumprelu_and_relu_keep_theirs():
     config = tiny_config(**{"mesh.data": 1, "sae.architecture": architecture})
     config.sae.update(train_config.RECIPES[architecture])
     trainer = train_lib.SAETrainer.build(config, 16)
-    init = train_lib.initial_statistics(config, data.ArraySource(ROWS))
+    init = train_lib.initial_statistics(config, row_sources.ArraySource(ROWS))
     b_dec, rows = init.b_dec, init.fit_rows
     fitted = trainer.init_state(jax.random.key(0), b_dec, rows).params[architecture]
     plain = trainer.init_state(jax.random.key(0), b_dec).params[architecture]
