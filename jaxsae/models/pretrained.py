@@ -83,6 +83,7 @@ class LanguageModel:
     return dataclasses.replace(self, params=jax.device_put(self.params, shardings))
 
   def hook_names(self) -> list[str]:
+    """This model's hook names, in forward order (`hooks.all_names` of its config)."""
     return hooks_lib.all_names(self.config)
 
   def encode(self, text: str, *, separator: bool = True) -> np.ndarray:
