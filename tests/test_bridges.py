@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from jaxsae.errors import CheckpointError, ConfigError, JaxsaeError
 from jaxsae.models.config import TransformerConfig
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.models.transformer import Transformer, init_params, run
 from jaxsae.sparse import bridges as br
 from jaxsae.sparse import steering

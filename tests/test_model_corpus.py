@@ -9,7 +9,7 @@ from jaxsae import main_job
 from jaxsae.errors import CorpusError
 from jaxsae.models import pretrained
 from jaxsae.models import transformer as T
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import model_corpus
 from jaxsae.text.tokenizer import ByteTokenizer

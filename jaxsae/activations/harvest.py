@@ -28,7 +28,7 @@ from jaxsae import preemption, run_log
 from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import hooks as hooks_lib
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.models.transformer import run as run_model
 from jaxsae.sae import normalization
 
