@@ -25,8 +25,7 @@ from jaxsae.errors import JaxsaeError
 from jaxsae.models import pretrained
 from jaxsae.sparse import bridge_steering, task_suite
 from jaxsae.sparse import bridges as bridges_lib
-from jaxsae.text import corpus as corpus_lib
-from jaxsae.text import pipeline
+from jaxsae.text import model_corpus, pipeline
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "bridges.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Bridges config.", lock_config=True)
@@ -79,7 +78,14 @@ def run(config, workdir) -> dict:
     )
 
   d = config.data
-  corpus = corpus_lib.from_config(d)
+  splits = [model_corpus.split_fractions(m) for m in (dense, sparse)]
+  held_out = [(s.validation, s.test) for s in splits]
+  if held_out[0] != held_out[1]:
+    raise JaxsaeError(
+      f"{config.dense} and {config.sparse} hold out different shares (validation, test) "
+      f"{held_out[0]} and {held_out[1]}; bridges need a validation split held out from both"
+    )
+  corpus = model_corpus.for_model(dense, d)
   train = pipeline.load_split(corpus, "train", dense.tokenizer, d.seq_len)
   validation = pipeline.load_split(corpus, "validation", dense.tokenizer, d.seq_len)
 

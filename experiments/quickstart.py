@@ -15,7 +15,7 @@ from absl import flags
 from jaxsae import cli, tables
 from jaxsae.lm.report import report_rows, split_report
 from jaxsae.models import pretrained
-from jaxsae.text import corpus as corpus_lib
+from jaxsae.text import model_corpus
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Where the report is written.")
 _MODEL = flags.DEFINE_string("model", "default", "A shipped model's name or a model folder.")
@@ -29,8 +29,7 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
   lm = pretrained.load(_MODEL.value)
-  meta = lm.metadata
-  corpus = corpus_lib.from_config(meta)
+  corpus = model_corpus.for_model(lm)
   print(
     f"model: {pretrained.resolve(_MODEL.value)} ({lm.config.n_layers} layers, d_model "
     f"{lm.config.d_model}); corpus: {corpus.root} ({len(corpus.files)} files)"

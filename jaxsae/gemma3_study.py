@@ -29,7 +29,6 @@ from jaxsae import config_check, main_job, run_log
 from jaxsae.bench import hf_forward
 from jaxsae.errors import ConfigError
 from jaxsae.evals import baselines, downstream
-from jaxsae.lm import config as lm_config
 from jaxsae.lm import evaluate as lm_eval_lib
 from jaxsae.lm import loss as loss_lib
 from jaxsae.models import hooks as hooks_lib
@@ -37,8 +36,7 @@ from jaxsae.models import pretrained
 from jaxsae.quant import study as quant_study
 from jaxsae.sae import evaluate, export, row_sources
 from jaxsae.sae import train as train_lib
-from jaxsae.text import corpus as corpus_lib
-from jaxsae.text import pipeline
+from jaxsae.text import model_corpus, pipeline
 
 SECTIONS = ("lm_eval", "speed", "evals", "smoothquant")  # Beside the main job's fields.
 RESULTS = "results.json"
@@ -135,9 +133,8 @@ class Stages:
 
 def model_eval(config, lm) -> dict:
   """The model's loss and bits per byte on `lm_eval.split`, windows as the harvest's."""
-  data = lm_config.base_config().data
   h, e = config.harvest, config.lm_eval
-  corpus = corpus_lib.from_config(h, data.validation_fraction, data.test_fraction)
+  corpus = model_corpus.for_model(lm, h)
   vocab = lm.config.vocab_size
   windows = pipeline.load_windows(corpus, e.split, lm.tokenizer, h.seq_len, h.bos, vocab)
   n = min(e.max_windows, len(windows)) if e.max_windows else len(windows)

@@ -26,13 +26,11 @@ from jaxsae.activations import harvest as harvest_lib
 from jaxsae.activations.reader import StoreSource
 from jaxsae.activations.streaming import StreamingSource
 from jaxsae.evals import baselines, downstream
-from jaxsae.lm import config as lm_config
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
 from jaxsae.sae import evaluate, export, row_sources, saelens, train_config
 from jaxsae.sae import train as train_lib
-from jaxsae.text import corpus as corpus_lib
-from jaxsae.text import pipeline
+from jaxsae.text import model_corpus, pipeline
 
 COLUMNS = ("method", "l0", "fvu", "dead_fraction", "delta_ce", "ce_recovered")
 STORE_DTYPES = ("float32", "bfloat16", "int8")  # harvest.dtype: the training store's.
@@ -116,8 +114,7 @@ class Harvested:
 
 def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
   h = config.harvest
-  lm_data = lm_config.base_config().data  # The splits the language model was trained with.
-  corpus = corpus_lib.from_config(h, lm_data.validation_fraction, lm_data.test_fraction)
+  corpus = model_corpus.for_model(lm, h)  # Split as the model was trained: held out stays out.
   splits = {}
   for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):
     bos, vocab = h.get("bos", False), lm.config.vocab_size

@@ -13,7 +13,8 @@ from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import JaxsaeError
 from jaxsae.evals import store_precision
 from jaxsae.models import pretrained
-from jaxsae.sae import row_sources
+from jaxsae.sae import normalization, row_sources, train_config
+from jaxsae.sae import train as sae_train
 
 HOOKS = ("blocks.1.resid_post", "blocks.0.mlp.post")
 
@@ -40,8 +41,25 @@ def test_harvested_rows_equal_the_models_captures(lm, windows, tmp_path):
   for hook in HOOKS:
     expected = np.asarray(cache[hook])[table[:, 0], table[:, 1]]
     np.testing.assert_allclose(store.read_rows(hook, 0, store.n_rows), expected, atol=1e-5)
-    assert store.meta["scale"][hook] > 0
   np.testing.assert_array_equal(store.windows(), windows)
+
+
+def test_the_store_records_the_trainers_input_scale(lm, windows, tmp_path):
+  """One definition of c (E‖c x‖² = d): on the same rows, the harvest's and the trainer's c are
+  the same float."""
+  store = harvest_lib.harvest(lm, windows, HOOKS[:1], tmp_path, chunk_rows=64, progress=False)
+  x = store.read_rows(HOOKS[0], 0, store.n_rows)  # Fewer than the harvest's 8192: all rows.
+  scale = store.meta["scale"][HOOKS[0]]
+  assert scale == normalization.estimate_scale(x)
+  assert np.mean(np.sum((scale * x.astype(np.float64)) ** 2, -1)) == pytest.approx(x.shape[-1])
+  config = train_config.base_config("topk")
+  config.data.update(normalization_samples=10 * store.n_rows, b_dec_init="zeros")
+  trainers = sae_train.initial_statistics(config, StoreSource(store, HOOKS[0]))
+  assert trainers.scale == scale  # Its sample is every row too.
+  with pytest.raises(JaxsaeError, match="NaN"):
+    normalization.estimate_scale(np.where(x > 0, np.nan, x))
+  with pytest.raises(JaxsaeError, match="all zero"):
+    normalization.estimate_scale(np.zeros_like(x))
 
 
 def _chunk_hashes(store):

@@ -11,7 +11,7 @@ from conftest import tiny_circuit_config
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import transformer as T
 from jaxsae.models.config import TransformerConfig
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.sparse import edges as edges_lib
 from jaxsae.sparse import nodes as nodes_lib
 from jaxsae.sparse import views

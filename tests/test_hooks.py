@@ -24,7 +24,9 @@ def setup():
     lambda path, p: p + 0.01 if path[-1].key == "bias" else p, params
   )
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 0, CFG.vocab_size)
-  logits, cap = jax.jit(lambda p, t: T.run(model, p, t, capture=T.hook_names(CFG)))(params, tokens)
+  logits, cap = jax.jit(lambda p, t: T.run(model, p, t, capture=hooks.all_names(CFG)))(
+    params, tokens
+  )
   return model, params, tokens, logits, cap
 
 
@@ -48,7 +50,7 @@ def test_every_documented_hook_is_captured_with_its_documented_shape(setup):
     "mlp.out": (B, L, D),
     "resid_post": (B, L, D),
   }
-  assert set(cap) == set(T.hook_names(CFG))
+  assert set(cap) == set(hooks.all_names(CFG))
   for name, value in cap.items():
     layer, site = hooks.parse(name)
     expected = shapes[site] if layer is not None else ((B, L, V) if name == "logits" else (B, L, D))
@@ -85,7 +87,7 @@ def test_captures_are_the_values_the_forward_uses(setup):
 
 def test_identity_edits_leave_logits_bitwise_equal(setup):
   model, params, tokens, logits, _ = setup
-  identity = {name: (lambda x: x) for name in T.hook_names(CFG)}
+  identity = {name: (lambda x: x) for name in hooks.all_names(CFG)}
   edited, _ = jax.jit(lambda p, t: T.run(model, p, t, edits=identity))(params, tokens)
   np.testing.assert_array_equal(np.asarray(edited), np.asarray(logits))
 
@@ -156,13 +158,13 @@ def test_transformer_lens_names_are_aliases():
 
 
 def test_the_sites_of_a_model_follow_its_config():
-  plain = T.hook_names(CFG)
+  plain = hooks.all_names(CFG)
   assert "blocks.0.mlp.linear" not in plain and "blocks.0.attn.rot_q" not in plain
   assert "embed.pos" in plain
   gated = dataclasses.replace(
     CFG, positions="rotary", gated_mlp=True, post_norms=True, norm="rmsnorm", use_bias=False
   )
-  names = T.hook_names(gated)
+  names = hooks.all_names(gated)
   for name in (
     "blocks.1.mlp.linear",
     "blocks.1.attn.rot_k",

@@ -19,7 +19,7 @@ from jaxsae.interp.contexts import (
   store_context_fn,
 )
 from jaxsae.models import transformer
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.text.tokenizer import ByteTokenizer
 
 # 6 rows x 4 latents; latent 3 never fires, latent 2 has a negative entry (nonzero, not firing).

@@ -14,7 +14,7 @@ from jaxsae.bench import model_memory as mm
 from jaxsae.bench.gemma3_sizes import gemma3_config
 from jaxsae.bench.memory import GIB
 from jaxsae.models import transformer as T
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.text.tokenizer import ByteTokenizer
 
 # Planned estimate / compiled peak must lie within 1 ± TOLERANCE (CPU buffer assignment).

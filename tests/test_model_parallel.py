@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_model_config
 from jaxsae import sharding
 from jaxsae.models import transformer as T
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.text.tokenizer import ByteTokenizer
 
 # A Gemma-3-like block: GQA (8 query heads over 2 KV heads), gated MLP, post-norms, QK-norm,

@@ -15,6 +15,7 @@ from conftest import tiny_circuit_config
 from jaxsae.errors import CheckpointError, ConfigError, JaxsaeError
 from jaxsae.models import pretrained
 from jaxsae.models import transformer as T
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.sparse import edges, nodes, prune, report
 from jaxsae.sparse.pruned_circuit import Circuit
 from jaxsae.sparse.tasks import ContrastPair, Example, Task
@@ -29,7 +30,7 @@ def _config(**overrides):
 def lm():
   cfg = _config()
   params = T.init_params(T.Transformer(cfg), jax.random.key(0))
-  return pretrained.LanguageModel(cfg, params, ByteTokenizer())
+  return LanguageModel(cfg, params, ByteTokenizer())
 
 
 def _tokens(n=3, t=12, seed=1):
@@ -198,7 +199,7 @@ def _quote_model():
   unembed = np.zeros((16, 257), np.float32)
   unembed[0, ord("x")], unembed[0, ord("y")] = 2.0, -2.0
   params["unembed"]["kernel"] = unembed
-  lm = pretrained.LanguageModel(cfg, jax.tree.map(jnp.asarray, params), ByteTokenizer())
+  lm = LanguageModel(cfg, jax.tree.map(jnp.asarray, params), ByteTokenizer())
   rng = np.random.default_rng(2)
 
   def example(last, answer):

@@ -13,6 +13,7 @@ from conftest import load_config, tiny_circuit_config, tiny_model_config
 from jaxsae.errors import ConfigError, JaxsaeError
 from jaxsae.lm import config as lm_config
 from jaxsae.models import pretrained, transformer
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.quant import fake_quant, linear_inputs, smoothing, study
 from jaxsae.quant import stats as stats_lib
 from jaxsae.quant.w8a8 import Evaluator, Scheme
@@ -84,7 +85,7 @@ def random_lm(config, seed=0):
     ),
     shapes,
   )
-  return pretrained.LanguageModel(config, params, ByteTokenizer())
+  return LanguageModel(config, params, ByteTokenizer())
 
 
 def tokens_for(config, seed=0):

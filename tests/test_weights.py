@@ -11,8 +11,9 @@ import pytest
 
 from conftest import tiny_model_config
 from jaxsae.errors import JaxsaeError
-from jaxsae.models import pretrained, qk_ov_circuits, weights
+from jaxsae.models import qk_ov_circuits, weights
 from jaxsae.models import transformer as T
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.quant import fake_quant, linear_inputs, smoothing
 from jaxsae.quant import stats as stats_lib
 from jaxsae.sparse import edges, nodes, sparsity_stats, study
@@ -242,7 +243,7 @@ def random_lm(config, seed=0):
     ),
     params,
   )
-  return pretrained.LanguageModel(config, params, ByteTokenizer())
+  return LanguageModel(config, params, ByteTokenizer())
 
 
 @pytest.mark.parametrize("name", ["gemma_gqa", "qwen_gqa_bias"])
@@ -336,7 +337,7 @@ def test_projection_edges_and_density_see_the_gate_and_kv_heads():
   assert sorted(e.dst_channel for e in v_to_z) == [2 * K + 7, 3 * K + 7]  # ...feeds heads 2, 3.
   assert all(e.weight == 1.0 for e in v_to_z)
 
-  lm = pretrained.LanguageModel(config, params, ByteTokenizer())
+  lm = LanguageModel(config, params, ByteTokenizer())
   D, L = config.d_model, config.n_layers
   total = L * (2 * D * H * K + 2 * D * G * K + 3 * D * F)  # Q, O; K, V; in, gate, out.
   gates = [params[f"blocks_{i}"]["mlp"]["fc_gate"]["kernel"] for i in range(L)]

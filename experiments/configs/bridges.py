@@ -6,9 +6,10 @@ python -m experiments.bridges --workdir=runs/bridges                    # defaul
 python -m experiments.bridges --config=experiments/configs/bridges.py:quick --workdir=/tmp/b
 
 Fields: `dense`, `sparse` (model names or folders for `pretrained.load`); `data` (corpus and
-window length); `bridge` (the fields of `jaxsae.sparse.bridges.BridgeConfig`; `sites` is "all"
-or comma-separated site names, `topk_fraction` unset means the sparse model's); `eval`
-(validation windows for the per-term losses); `steering` (the task, its pairs per split, and the
+window length; the split is the one both models record, `model_corpus.split_fractions`);
+`bridge` (the fields of `jaxsae.sparse.bridges.BridgeConfig`; `sites` is "all" or
+comma-separated site names, `topk_fraction` unset means the sparse model's); `eval` (validation
+windows for the per-term losses); `steering` (the task, its pairs per split, and the
 random-channel controls per site). Any field can be overridden, e.g. --config.bridge.steps=50.
 """
 
@@ -23,10 +24,9 @@ def get_config(size: str = "default"):
   c.sparse = "sparse"
 
   c.data = ml_collections.ConfigDict()
-  c.data.corpus = "stdlib"  # The corpus both models were trained on, split the same way.
+  # The corpus both models were trained on; its split is the one recorded with the models.
+  c.data.corpus = "stdlib"
   c.data.pattern = "**/*.py"
-  c.data.validation_fraction = 0.02
-  c.data.test_fraction = 0.02
   c.data.seq_len = 128  # Steering prompts are up to steering.max_len tokens: train that long.
 
   c.bridge = ml_collections.ConfigDict()

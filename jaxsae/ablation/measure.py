@@ -11,10 +11,9 @@ import dataclasses
 import numpy as np
 
 from jaxsae.evals import downstream, latent_ablation, metrics, probe_tasks, probes, refine
-from jaxsae.lm import config as lm_config
 from jaxsae.sae import evaluate, registry
 from jaxsae.sae.config import SAEConfig
-from jaxsae.text import corpus as corpus_lib
+from jaxsae.text import model_corpus
 
 # Families whose pre-activations rank latents the way their activation does, so TopK(k′) and a
 # global threshold on `Encoding.pre` are the same SAE read at another sparsity. Gated (gate and
@@ -101,8 +100,7 @@ class ProbeData:
 def probe_dataset(config, lm) -> ProbeData:
   """Label validation-split documents with `tokenize`/`ast` tasks and capture the hook on them."""
   h = config.harvest
-  lm_data = lm_config.base_config().data
-  corpus = corpus_lib.from_config(h, lm_data.validation_fraction, lm_data.test_fraction)
+  corpus = model_corpus.for_model(lm, h)
   labelled = probe_tasks.labelled_documents(
     corpus.read("validation"), lm.tokenizer, h.seq_len, config.evals.probe_windows, config.seed
   )

@@ -28,8 +28,9 @@ from jaxsae import preemption, run_log
 from jaxsae.activations.store import ActivationStore
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import hooks as hooks_lib
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.models.transformer import run as run_model
+from jaxsae.sae import normalization
 
 
 def plan_rows(
@@ -224,10 +225,12 @@ def hook_widths(lm: LanguageModel, hooks: tuple[str, ...]) -> dict[str, int]:
 
 
 def _scale(store: ActivationStore, hook: str, samples: int = 8192) -> float:
-  """c with E‖c·x‖² = d, on an evenly spaced sample of the stored rows."""
+  """The SAE input scale c (E‖c·x‖² = d, `normalization.estimate_scale`) on an evenly spaced
+  sample of the stored rows, recorded with the store. The SAE trainer estimates c with the same
+  function on its own seeded sample (data.normalization_samples): same meaning, not the same
+  rows, so not the same value to the bit."""
   index = np.linspace(0, store.n_rows - 1, min(samples, store.n_rows)).astype(np.int64)
-  x = store.gather(hook, np.unique(index)).astype(np.float64)
-  return float(np.sqrt(x.shape[-1] / np.mean(np.sum(x**2, axis=-1))))
+  return normalization.estimate_scale(store.gather(hook, np.unique(index)))
 
 
 _RESUME_ONLY = ("batch_size",)  # Fingerprint keys that matter to resuming a partial store only.

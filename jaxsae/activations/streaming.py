@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxsae.activations.harvest import capture_fn, hook_widths, plan_rows
 from jaxsae.errors import JaxsaeError
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.sae.row_sources import local_batch_size
 
 _BATCHES = 1 << 40

@@ -25,7 +25,7 @@ import numpy as np
 from jaxsae.activations import harvest as harvest_lib
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import hooks as hooks_lib
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 
 
 def hf_checkpoint(lm: LanguageModel) -> tuple[dict[str, Any], Mapping[str, np.ndarray]]:

@@ -31,7 +31,7 @@ from jaxsae.activations.store import ActivationStore
 from jaxsae.bench.paired import time_round_robin
 from jaxsae.bench.timing import time_calls
 from jaxsae.errors import JaxsaeError
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.lm.loss import token_losses
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.models.transformer import Transformer
 from jaxsae.models.transformer import run as run_model
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.evals.metrics import ablation_sparsity
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.models.transformer import Transformer
 from jaxsae.models.transformer import run as run_model
 from jaxsae.sae import evaluate

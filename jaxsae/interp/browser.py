@@ -25,7 +25,7 @@ from jaxsae.interp.contexts import Context, LatentCodesFn, SparseCodes, contexts
 from jaxsae.text.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-  from jaxsae.models.pretrained import LanguageModel
+  from jaxsae.models.language_model import LanguageModel
 
 
 class LogitWeights(NamedTuple):

@@ -24,7 +24,7 @@ from jaxsae.sae import evaluate
 from jaxsae.sae.config import SAEConfig
 
 if TYPE_CHECKING:
-  from jaxsae.models.pretrained import LanguageModel
+  from jaxsae.models.language_model import LanguageModel
 
 
 @dataclasses.dataclass(eq=False)

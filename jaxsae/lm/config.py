@@ -13,6 +13,7 @@ from ml_collections import config_dict
 from jaxsae import config_check, nonfinite, sharding
 from jaxsae.models.config import TransformerConfig
 from jaxsae.sparse.projection import SparsityConfig
+from jaxsae.text import corpus as corpus_lib
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -48,8 +49,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.corpus = "stdlib"
   c.data.pattern = "**/*.py"  # Files searched for under a directory corpus.
   # Share of files (datasets: of rows, by id hash) held out for validation.
-  c.data.validation_fraction = 0.02
-  c.data.test_fraction = 0.02  # Share held out for the final test figure.
+  c.data.validation_fraction = corpus_lib.VALIDATION_FRACTION
+  c.data.test_fraction = corpus_lib.TEST_FRACTION  # Share held out for the final test figure.
   # The fields below apply to datasets only; their rows are documents.
   c.data.split = "train"  # The dataset's own split read (then split again by id hash).
   c.data.text_column = "text"  # The column of document text.

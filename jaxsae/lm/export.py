@@ -17,6 +17,7 @@ from jaxsae.lm import report as report_lib
 from jaxsae.lm import train
 from jaxsae.models import pretrained
 from jaxsae.models.config import TransformerConfig
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.models.transformer import Transformer
 from jaxsae.text import corpus as corpus_lib
 from jaxsae.text.tokenizer import load_tokenizer
@@ -56,7 +57,7 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path, step: int | Non
   """Save the workdir's model to `out` with its test-split report in the metadata."""
   config, model_config, params, step, meta = restore_params(workdir, step)
   tokenizer = load_tokenizer(config.data.tokenizer)
-  lm = pretrained.LanguageModel(model_config, params, tokenizer)
+  lm = LanguageModel(model_config, params, tokenizer)
   corpus = corpus_lib.from_config(config.data)
   report = report_lib.split_report(lm, corpus, "test", seq_len=config.data.seq_len)
   metadata = {

@@ -8,7 +8,7 @@ import numpy as np
 from jaxsae import sharding
 from jaxsae.lm import evaluate as eval_lib
 from jaxsae.lm.baselines import NGramBaselines
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.text import pipeline
 from jaxsae.text.corpus import Corpus
 

@@ -15,6 +15,7 @@ import jax
 from jaxsae.errors import CheckpointError
 from jaxsae.models import families
 from jaxsae.models.formats import hf_folder, hub
+from jaxsae.models.language_model import LanguageModel
 
 # Names of models that install as Python packages: name -> (module, description).
 PACKAGED_GGUF = {
@@ -27,8 +28,6 @@ PACKAGED_GGUF = {
 
 
 def _language_model(config, params, tokenizer, metadata: dict[str, Any]):
-  from jaxsae.models.pretrained import LanguageModel
-
   if tokenizer.vocab_size > config.vocab_size:
     raise CheckpointError(
       f"the tokenizer of {metadata.get('path')} has {tokenizer.vocab_size} tokens but the "

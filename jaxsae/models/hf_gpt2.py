@@ -29,6 +29,7 @@ from flax import traverse_util
 from jaxsae.errors import CheckpointError, JaxsaeError
 from jaxsae.models.config import TransformerConfig
 from jaxsae.models.formats.hf_folder import read_weights
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.models.transformer import Transformer, param_shapes
 
 CONFIG_FILE = "config.json"
@@ -320,7 +321,6 @@ def load_gpt2(folder: str | pathlib.Path, repo: str | None = None, how_else: str
 
   `repo` and `how_else` only shape the error raised when files are missing.
   """
-  from jaxsae.models.pretrained import LanguageModel
   from jaxsae.text.tokenizer import BPETokenizer
 
   folder = pathlib.Path(folder).expanduser()

@@ -86,7 +86,8 @@ BLOCK_SITES = (
 """Every block site any model has, in forward order; `block_sites(config)` gives one model's."""
 RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post")
 PER_HEAD_SITES = ("attn.q", "attn.k", "attn.v", "attn.rot_q", "attn.rot_k", "attn.z")
-"""Sites shaped (B, T, heads, d_head)."""
+"""Sites shaped (B, T, heads, d_head); circuit nodes at these sites (`sparse.nodes`) are their
+heads x d_head channels flattened."""
 
 # TransformerLens name (after "blocks.{l}.") -> our site.
 TL_BLOCK_ALIASES = {

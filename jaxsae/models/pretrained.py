@@ -1,5 +1,6 @@
-"""Saved language models: `config.json` + `model.safetensors` in a folder, and the
-`LanguageModel` bundle (config, params, tokenizer) that users load and run.
+"""Saved language models and their names: `config.json` + `model.safetensors` in a folder,
+written by `save` and read by `load`, which returns a `LanguageModel`
+(`jaxsae.models.language_model`, the runtime; re-exported here).
 
 The shipped default lives in `jaxsae/pretrained/stdlib_bytes` and loads with
 `load("default")`. Weights are safetensors (nothing pickled); names are the parameter paths joined
@@ -14,12 +15,10 @@ packages. The names of `HF_NAMED` ("gpt2") resolve to `$JAXSAE_MODELS/<name>` (d
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -29,10 +28,9 @@ from flax import traverse_util
 
 from jaxsae import format_tags, saved
 from jaxsae.errors import CheckpointError, JaxsaeError
-from jaxsae.models import hooks as hooks_lib
-from jaxsae.models import sampling
 from jaxsae.models.config import TransformerConfig
-from jaxsae.models.transformer import Transformer, param_shapes, run
+from jaxsae.models.language_model import LanguageModel
+from jaxsae.models.transformer import Transformer, param_shapes
 from jaxsae.text.tokenizer import Tokenizer, load_tokenizer
 
 FORMAT = format_tags.tag("lm")
@@ -56,79 +54,6 @@ HF_NAMED = {
 }
 MODELS_ENV = "JAXSAE_MODELS"
 DEFAULT_MODELS_DIR = "~/jaxsae_models"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LanguageModel:
-  """A transformer with its parameters and tokenizer: what harvesting, evals and steering take."""
-
-  config: TransformerConfig
-  params: Any
-  tokenizer: Tokenizer
-  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-  @property
-  def module(self) -> Transformer:
-    return Transformer(self.config)
-
-  def on_mesh(self, mesh) -> LanguageModel:
-    """A copy whose parameters are model-parallel over `mesh`'s "model" axis (query and KV
-    heads, MLP neurons and the vocabulary, each where the axis divides it; see
-    `jaxsae.sharding.LOGICAL_RULES`) and replicated over "data". Its forward equals this one's."""
-    from jaxsae import sharding
-    from jaxsae.models.transformer import abstract_params
-
-    shardings = sharding.logical_shardings(abstract_params(self.module), mesh)
-    return dataclasses.replace(self, params=jax.device_put(self.params, shardings))
-
-  def hook_names(self) -> list[str]:
-    return hooks_lib.all_names(self.config)
-
-  def encode(self, text: str, *, separator: bool = True) -> np.ndarray:
-    """Token ids of `text`, preceded by the separator (the start-of-document token)."""
-    ids = self.tokenizer.encode(text)
-    return (
-      np.concatenate([[self.tokenizer.separator_id], ids]).astype(np.int32) if separator else ids
-    )
-
-  def run(
-    self,
-    tokens_BxT,
-    *,
-    capture: Iterable[str] = (),
-    edits: Mapping[str, hooks_lib.EditFn] | None = None,
-  ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Jitted `transformer.run`. Captures alone reuse a compiled function; edits recompile."""
-    tokens = jnp.asarray(tokens_BxT, jnp.int32)
-    if tokens.ndim == 1:
-      tokens = tokens[None]
-    if edits:
-      fn = jax.jit(functools.partial(run, self.module, capture=tuple(capture), edits=edits))
-      return fn(self.params, tokens)
-    return _jitted_run(self.config, tuple(sorted(set(capture))))(self.params, tokens)
-
-  def generate(
-    self,
-    prompt: str,
-    max_new_tokens: int = 200,
-    *,
-    temperature: float = 0.8,
-    top_k: int = 0,
-    seed: int = 0,
-    edits: Mapping[str, hooks_lib.EditFn] | None = None,
-  ) -> str:
-    """Sample a continuation of `prompt` (the returned text excludes the prompt)."""
-    prompt_ids = self.encode(prompt)[None]
-    sampler = sampling.make_sampler(
-      self.module, max_new_tokens, temperature=temperature, top_k=top_k, edits=edits
-    )
-    out = sampler(self.params, jnp.asarray(prompt_ids), jax.random.key(seed))
-    return self.tokenizer.decode(np.asarray(out[0, prompt_ids.shape[1] :]))
-
-
-@functools.lru_cache(maxsize=32)
-def _jitted_run(config: TransformerConfig, capture: tuple[str, ...]):
-  return jax.jit(functools.partial(run, Transformer(config), capture=capture))
 
 
 def _flatten(params: Any) -> dict[str, np.ndarray]:

@@ -346,9 +346,6 @@ class Transformer(nn.Module):
     return hook("logits", logits_BxTxV)
 
 
-hook_names = hooks_lib.all_names
-
-
 def run(
   model: Transformer,
   params: Any,
@@ -378,7 +375,7 @@ def run(
     capture = (capture,)
   capture = tuple(capture)
   hooks = hooks_lib.Hooks.make(capture, edits)
-  hooks.check(hook_names(model.config))
+  hooks.check(hooks_lib.all_names(model.config))
   n_blocks = None
   if stop_early:
     n_blocks = hooks_lib.blocks_needed([*capture, *(edits or {})])

@@ -23,7 +23,7 @@ from jaxsae import run_log
 from jaxsae.activations import harvest
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import hooks as hooks_lib
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.quant import linear_inputs
 
 OUTLIER_RATIO = 6.0

@@ -21,14 +21,12 @@ import ml_collections
 
 from jaxsae import config_check, run_log, tables
 from jaxsae.errors import JaxsaeError
-from jaxsae.lm import config as lm_config
 from jaxsae.models import hooks as hooks_lib
 from jaxsae.models import pretrained
 from jaxsae.quant import fake_quant, report, smoothing
 from jaxsae.quant import stats as stats_lib
 from jaxsae.quant.w8a8 import Evaluator
-from jaxsae.text import corpus as corpus_lib
-from jaxsae.text import pipeline
+from jaxsae.text import model_corpus, pipeline
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -96,17 +94,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   validate(config)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  data = lm_config.base_config().data
-  corpus = corpus_lib.discover(
-    config.corpus, config.pattern, data.validation_fraction, data.test_fraction
-  )
   rows: list[dict] = []
   lead = jax.process_index() == 0  # Every process computes; one writes.
   with open(workdir / "w8a8.jsonl", "w", encoding="utf-8") if lead else io.StringIO() as log:
     for name in model_names(config):
-      rows += _study_model(config, name, corpus, workdir, log)
+      rows += _study_model(config, name, workdir, log)
     for name in _names(config.outlier.models):
-      rows += _study_model(config, name, corpus, workdir, log, outlier=True)
+      rows += _study_model(config, name, workdir, log, outlier=True)
   if lead:
     write_report(workdir)
   return rows
@@ -140,8 +134,10 @@ def write_report(workdir: str | pathlib.Path) -> list[pathlib.Path]:
   return written
 
 
-def _study_model(config, name, corpus, workdir: pathlib.Path, log, outlier=False) -> list[dict]:
+def _study_model(config, name, workdir: pathlib.Path, log, outlier=False) -> list[dict]:
   lm = pretrained.load(name)
+  # Calibrated on the model's training split, scored on its test split.
+  corpus = model_corpus.for_model(lm, {"corpus": config.corpus, "pattern": config.pattern})
   if outlier:
     o = config.outlier
     params = smoothing.with_outlier_channel(lm.params, lm.config, o.channel, o.factor)

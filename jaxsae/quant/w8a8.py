@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxsae import sharding
 from jaxsae.lm import evaluate as eval_lib
-from jaxsae.models.pretrained import LanguageModel
+from jaxsae.models.language_model import LanguageModel
 from jaxsae.quant import fake_quant, linear_inputs, smoothing
 from jaxsae.quant.stats import ChannelStats
 from jaxsae.text.pipeline import PackedWindows

@@ -35,7 +35,8 @@ def check_finite(x: np.ndarray, what: str) -> None:
 
 
 def estimate_scale(sample_NxD: np.ndarray) -> float:
-  """c with E‖c x‖² = d over the sample."""
+  """c with E‖c x‖² = d over the sample: the one definition of the input scale, the trainer's c
+  and the scale a harvest records with its store."""
   sample = np.asarray(sample_NxD, np.float64)
   check_finite(sample, "the normalization sample")
   mean_sq_norm = float(np.mean(np.sum(sample**2, axis=-1)))

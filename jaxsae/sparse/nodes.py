@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsae.errors import ConfigError, JaxsaeError
+from jaxsae.models import hooks as hooks_lib
 from jaxsae.models.config import TransformerConfig
 from jaxsae.models.transformer import SPARSE_SITES, run
 
 FINAL_SITE = "final.normed"
-PER_HEAD_SITES = ("attn.q", "attn.k", "attn.v", "attn.z")
 
 
 def node_sites(config: TransformerConfig) -> list[str]:
@@ -56,7 +56,7 @@ def site_width(config: TransformerConfig, site: str) -> int:
   kind = site_kind(site)
   if kind in ("attn.k", "attn.v"):
     return config.kv_heads * config.d_head
-  if kind in PER_HEAD_SITES:
+  if kind in hooks_lib.PER_HEAD_SITES:
     return config.n_heads * config.d_head
   if kind == "mlp.post":
     return config.d_mlp
@@ -69,7 +69,7 @@ def node_count(config: TransformerConfig) -> int:
 
 def flat_channels(site: str, x: jnp.ndarray) -> jnp.ndarray:
   """A site's activation with channels on the last axis: (..., H, K) -> (..., H K) for q/k/v/z."""
-  return x.reshape(*x.shape[:-2], -1) if site_kind(site) in PER_HEAD_SITES else x
+  return x.reshape(*x.shape[:-2], -1) if site_kind(site) in hooks_lib.PER_HEAD_SITES else x
 
 
 def node_means(lm, windows_NxT: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:

@@ -23,8 +23,7 @@ from jaxsae.sparse import nodes, views
 from jaxsae.sparse.prune import PruneConfig, prune
 from jaxsae.sparse.pruned_circuit import Circuit
 from jaxsae.sparse.task_suite import NONSENSE_SUFFIX, TASK_NAMES, build_suite
-from jaxsae.text import corpus as corpus_lib
-from jaxsae.text.model_corpus import corpus_windows
+from jaxsae.text import model_corpus
 from jaxsae.text.pipeline import load_split
 
 
@@ -110,13 +109,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
     raise ConfigError(found)
   workdir = pathlib.Path(workdir)
   start = time.monotonic()
-  corpus = corpus_lib.discover(config.corpus)
   names = split_names(config.tasks)
   order = task_order(names, config.controls)
-  train_docs, heldout_docs = corpus.read("train"), corpus.read("validation")
+  documents = {}  # Split fractions -> (train, validation) documents, read once per split.
   written = []
   for model_name in split_names(config.models):
     lm = load_model(model_name, config.model_dir)
+    corpus = model_corpus.for_model(lm, {"corpus": config.corpus})  # Held out from this model.
+    fractions = (corpus.validation_fraction, corpus.test_fraction)
+    if fractions not in documents:
+      documents[fractions] = corpus.read("train"), corpus.read("validation")
+    train_docs, heldout_docs = documents[fractions]
     train = build_suite(
       train_docs, lm.tokenizer, config.n_train_pairs, config.max_len, config.seed, True, names
     )
@@ -176,7 +179,7 @@ def write_views(
       continue
     lm = load_model(model_name, config.model_dir)
     circuit = Circuit.load(path)
-    windows = corpus_windows(lm, config.view_windows, config.mean_seq_len)
+    windows = model_corpus.corpus_windows(lm, config.view_windows, config.mean_seq_len)
     contexts = views.node_contexts(lm, circuit, windows, top=config.view_contexts)
     doc = views.circuit_document(lm, circuit, contexts)
     stem = workdir / "views" / f"{model_name}_{task_name}"

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 SPLITS = ("train", "validation", "test")
 STDLIB = "stdlib"
+# Shares of files (datasets: rows) held out for validation and test where a config or a model
+# names none: data.* of jaxsae.lm.config, and so every model exported from it, start from these.
+VALIDATION_FRACTION = 0.02
+TEST_FRACTION = 0.02
 # The dataset fields of a corpus config section (data.*, harvest.*) and their defaults; text
 # corpora ignore them. Their meaning: jaxsae.lm.config.base_config.
 DATASET_DEFAULTS = {
@@ -59,8 +63,8 @@ class Corpus:
 
   root: pathlib.Path
   files: tuple[pathlib.Path, ...]
-  validation_fraction: float = 0.02
-  test_fraction: float = 0.02
+  validation_fraction: float = VALIDATION_FRACTION
+  test_fraction: float = TEST_FRACTION
 
   def relative(self, path: pathlib.Path) -> str:
     return path.relative_to(self.root).as_posix() if path != self.root else path.name
@@ -90,8 +94,8 @@ class Corpus:
 def discover(
   source: str | os.PathLike | None = STDLIB,
   pattern: str = "**/*.py",
-  validation_fraction: float = 0.02,
-  test_fraction: float = 0.02,
+  validation_fraction: float = VALIDATION_FRACTION,
+  test_fraction: float = TEST_FRACTION,
   **dataset_options,
 ) -> Corpus | DatasetCorpus:
   """Find the corpus files: a `Corpus`, or for a dataset source a `hf_datasets.DatasetCorpus`
@@ -151,8 +155,10 @@ def from_config(
   return discover(
     get("corpus", STDLIB),
     get("pattern", "**/*.py"),
-    get("validation_fraction", 0.02) if validation_fraction is None else validation_fraction,
-    get("test_fraction", 0.02) if test_fraction is None else test_fraction,
+    get("validation_fraction", VALIDATION_FRACTION)
+    if validation_fraction is None
+    else validation_fraction,
+    get("test_fraction", TEST_FRACTION) if test_fraction is None else test_fraction,
     **dataset_fields(section),
   )
 

@@ -22,7 +22,7 @@ import re
 import numpy as np
 
 from jaxsae.errors import CorpusError
-from jaxsae.text.corpus import SPLITS, split_of
+from jaxsae.text.corpus import SPLITS, TEST_FRACTION, VALIDATION_FRACTION, split_of
 
 HUB_PREFIX = "hf:"
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow"}
@@ -103,8 +103,8 @@ class DatasetCorpus:
   def __init__(
     self,
     location: Location,
-    validation_fraction: float = 0.02,
-    test_fraction: float = 0.02,
+    validation_fraction: float = VALIDATION_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     options: Options = Options(),
   ):
     if options.max_documents < 0:

@@ -18,6 +18,7 @@ import numpy as np
 from jaxsae import format_tags
 from jaxsae.errors import JaxsaeError
 from jaxsae.interp.contexts import Context, token_text
+from jaxsae.models import hooks as hooks_lib
 from jaxsae.models.transformer import SPARSE_SITES, Transformer, run
 from jaxsae.sparse import edges as edges_lib
 from jaxsae.sparse import nodes as nodes_lib
@@ -219,7 +220,7 @@ def circuit_document(lm, circuit: Circuit, contexts: Mapping[str, list[Context]]
         "column": c.n_layers if layer is None else layer,
         "band": kind,
       }
-      if kind in nodes_lib.PER_HEAD_SITES:
+      if kind in hooks_lib.PER_HEAD_SITES:
         node["head"], node["dim"] = int(ch) // c.d_head, int(ch) % c.d_head
       if contexts is not None:
         node["contexts"] = [_context_doc(x, lm.tokenizer) for x in contexts.get(nid, [])]
