@@ -133,9 +133,7 @@ def test_the_study_compares_every_trainer_on_the_same_batches(tmp_path):
   assert study.run(c, tmp_path) == results  # Finished runs are kept, not redone.
   written = report.write(tmp_path, tmp_path / "published")
   page = (tmp_path / "published" / "RESULTS.md").read_text()
-  assert (
-    "## 1× the main job's budget (20 steps" in page and "SAELens TopK, SAETrainer.fit()" in page
-  )
+  assert "## 1× the base budget (20 steps" in page and "SAELens TopK, SAETrainer.fit()" in page
   assert all(p.is_file() for p in written)
   c.quality.trainers = "jaxsae,sparsify-lion"
   with pytest.raises(ValueError, match="unknown \\['sparsify-lion'\\]; choose from"):
