@@ -1,4 +1,5 @@
-"""NaN or Inf in a training step: found inside the jitted step, answered by the loop.
+"""NaN or Inf in a training step: found inside the jitted step, answered by the
+shared training loop (jaxsae.train_loop).
 
 Every step checks its loss and gradient norm (and, for SAEs, its input) for finiteness on the
 device and keeps the previous parameters, optimizer state and counters where they are not

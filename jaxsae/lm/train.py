@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import pathlib
-import warnings
 from typing import Any
 
 import flax.linen as nn
@@ -23,9 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxsae import nonfinite, preemption, run_log, sharding
+from jaxsae import nonfinite, run_log, sharding, train_loop
 from jaxsae.checkpoint import Checkpointer
-from jaxsae.errors import JaxsaeError
 from jaxsae.lm import config as lm_config
 from jaxsae.lm import evaluate as eval_lib
 from jaxsae.lm import loss as loss_lib
@@ -216,11 +214,13 @@ def train_and_evaluate(
     process_count=jax.process_count(),
   )
   checkpointer = Checkpointer.for_run(workdir, tc)
-  skipped = 0  # Batches skipped for non-finite loss or gradients (train.on_nonfinite="skip").
+  # Batches skipped for non-finite loss or gradients (train.on_nonfinite="skip"), keyed by the
+  # name it is logged and saved under.
+  skipped = {"skipped_batches": 0}
   if checkpointer.latest_step() is not None:
     target = sharding.with_shardings(abstract_state, shardings)
     state, meta = checkpointer.restore(target, train_iter)
-    skipped = int(meta.get("skipped_batches", 0))
+    skipped["skipped_batches"] = int(meta.get("skipped_batches", 0))
   else:
     state = create_state(run.model, optimizer, jax.random.key(config.seed), shardings)
 
@@ -240,73 +240,64 @@ def train_and_evaluate(
   else:
     schedule = learning_rate_schedule(config.optim, tc.steps)
 
-  def validate(params, step, log):
-    result = eval_lib.evaluate(
-      eval_step, params, run.validation.windows, tc.batch_size, mesh, tc.eval_sequences
-    )
-    log.write(step, result.as_dict(), split="validation")
-    evals.append({"step": step, **result.as_dict()})
-
   start = int(jax.device_get(state.step))
   stop = tc.steps if stop_at_step is None else min(stop_at_step, tc.steps)
   tokens_per_step = tc.batch_size * config.data.seq_len
-  history, evals, previous = [], [], None
+  history, evals = [], []
+  log = run_log.RunLog(workdir, resume_from=start)
 
-  def finish(step, metrics):
-    """Wait for a step's metrics; stop at or count a non-finite step; record a logging step."""
-    nonlocal skipped
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if values.pop("skipped"):
-      where = nonfinite.describe_batch(step, tc.batch_size, "tokens", config.data.seq_len)
-      terms = ", ".join(k for k in ("loss", "grad_norm") if not math.isfinite(values[k]))
-      if tc.on_nonfinite == "stop":
-        raise JaxsaeError(
-          f"non-finite {terms} at step {step}, on {where}; "
-          f"{nonfinite.last_checkpoint(checkpointer.latest_step())}. The state from before "
-          "the step is kept and nothing after it was saved. Lower optim.lr (or raise "
-          "optim.warmup_steps), or set train.on_nonfinite='skip' to skip such batches"
-        )
-      skipped += 1
-      warnings.warn(
-        f"skipped step {step} ({where}): non-finite {terms}; parameters and optimizer state "
-        "are unchanged (train.on_nonfinite='skip')",
-        nonfinite.NonFiniteWarning,
-        stacklevel=3,
+  def validate(step, state, metrics):
+    """At the eval cadence and the run's last step (before that step's train record)."""
+    if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
+      result = eval_lib.evaluate(
+        eval_step, state.params, run.validation.windows, tc.batch_size, mesh, tc.eval_sequences
       )
-    bar.update(tokens_per_step)
-    if step % tc.log_every == 0 or step == stop:
-      values["lr"] = float(schedule(step - 1))
-      values["skipped_batches"] = skipped
-      log.write(step, values, split="train")
-      history.append({"step": step, **values})
-      bar.set_postfix(loss=f"{values['loss']:.3f}")
+      log.write(step, result.as_dict(), split="validation")
+      evals.append({"step": step, **result.as_dict()})
 
-  bar = run_log.progress(tc.steps * tokens_per_step, start * tokens_per_step)
-  with (
-    preemption.Guard("LM training") as guard,  # Left last: after the save has committed.
-    run_log.RunLog(workdir, resume_from=start) as log,
-    checkpointer,
-    bar,
-  ):  # Closed on errors too.
-    for step in range(start + 1, stop + 1):
-      batch = sharding.global_batch(next(train_iter), mesh)
-      state, metrics = train_step(state, batch)
-      # Read step n-1's metrics after step n is dispatched: the device never idles, and the
-      # host runs at most one step ahead.
-      if previous is not None:
-        finish(*previous)
-      previous = (step, metrics)
-      if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-        validate(state.params, step, log)
-      preempted = step < stop and guard.should_stop(step)
-      if checkpointer.will_save(step, force=step == stop or preempted):
-        finish(*previous)  # A bad step stops the run before its state is saved.
-        previous = None
-        meta = {"tokens": step * tokens_per_step, "skipped_batches": skipped}
-        checkpointer.save(step, state, train_iter, meta, force=step == stop or preempted)
-      if preempted:
-        guard.stopped(step, f"checkpoint step {step} in {checkpointer.directory}")
-        break
-    if previous is not None:
-      finish(*previous)
+  def check(step, metrics) -> train_loop.NonFinite | None:
+    if not jax.device_get(metrics["skipped"]):
+      return None
+    values = jax.device_get(metrics)
+    where = nonfinite.describe_batch(step, tc.batch_size, "tokens", config.data.seq_len)
+    terms = ", ".join(k for k in ("loss", "grad_norm") if not math.isfinite(float(values[k])))
+    return train_loop.NonFinite(
+      error=f"non-finite {terms} at step {step}, on {where}; "
+      f"{nonfinite.last_checkpoint(checkpointer.latest_step())}. The state from before "
+      "the step is kept and nothing after it was saved. Lower optim.lr (or raise "
+      "optim.warmup_steps), or set train.on_nonfinite='skip' to skip such batches",
+      warning=f"skipped step {step} ({where}): non-finite {terms}; parameters and optimizer "
+      "state are unchanged (train.on_nonfinite='skip')",
+      skipped=("skipped_batches",),
+    )
+
+  def record(step, metrics) -> dict[str, str]:
+    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    del values["skipped"]  # A flag for `check`, counted in skipped_batches.
+    values["lr"] = float(schedule(step - 1))
+    values.update(skipped)
+    log.write(step, values, split="train")
+    history.append({"step": step, **values})
+    return {"loss": f"{values['loss']:.3f}"}
+
+  loop = train_loop.Loop(
+    step=train_step,
+    next_batch=lambda: sharding.global_batch(next(train_iter), mesh),
+    record=record,
+    log_every=tc.log_every,
+    total_steps=tc.steps,
+    per_step=tokens_per_step,
+    check=check,
+    on_nonfinite=tc.on_nonfinite,
+    skipped=skipped,
+    checkpoints=train_loop.Checkpoints(
+      checkpointer,
+      train_iter,
+      lambda step: {"tokens": step * tokens_per_step, **skipped},
+      "LM training",
+    ),
+    after_dispatch=validate,
+    closing=(log,),
+  )
+  state = loop.run(state, start, stop)
   return TrainResult(state, history, evals, run.model_config)

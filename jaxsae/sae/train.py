@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxsae import nonfinite, preemption, run_log, sharding
+from jaxsae import nonfinite, run_log, sharding, train_loop
 from jaxsae.checkpoint import Checkpointer
 from jaxsae.errors import JaxsaeError
 from jaxsae.sae import export, normalization, row_sources, train_config
@@ -316,25 +315,32 @@ def train(
   train_step = trainer.make_step(scale, target_scale)
   start = int(jax.device_get(state.step))
   stop = tc.steps if stop_at_step is None else min(stop_at_step, tc.steps)
-  history, previous = [], None
+  history = []
   bin_edges = np.asarray(DENSITY_BINS)
+  log = run_log.RunLog(workdir, resume_from=start)
 
-  def check(step, metrics):
-    """Stop at, or count, a step whose activations, loss or gradients were not finite."""
+  def next_batch():
+    rows = next(batches)
+    if not paired:
+      return sharding.global_batch({"x": rows}, trainer.mesh)["x"]
+    both = sharding.global_batch({"x": rows[0], "y": rows[1]}, trainer.mesh)
+    return both["x"], both["y"]
+
+  def check(step, metrics) -> train_loop.NonFinite | None:
+    """The members whose activations, loss or gradients were not finite at `step`, if any."""
     flags = jax.device_get({name: m["skipped"] for name, m in metrics.items()})
     bad = [(g, i) for g in trainer.groups for i in range(g.size) if flags[g.name][i]]
     if not bad:
-      return
+      return None
     values = jax.device_get(metrics)
     where = nonfinite.describe_batch(step, tc.batch_size, "rows")
     last = nonfinite.last_checkpoint(checkpointer.latest_step())
     if values[bad[0][0].name]["nonfinite_input"][0]:
-      if tc.on_nonfinite == "stop":
-        raise JaxsaeError(
-          f"NaN or Inf in the activations of {where}, at step {step}; {last}. Fix or drop "
-          "those rows at their source, or set train.on_nonfinite='skip' to skip such batches"
-        )
       problems = "NaN or Inf in the activations"
+      error = (
+        f"NaN or Inf in the activations of {where}, at step {step}; {last}. Fix or drop "
+        "those rows at their source, or set train.on_nonfinite='skip' to skip such batches"
+      )
     else:
       terms = {
         g.labels[i]: [
@@ -346,27 +352,19 @@ def train(
       }
       problems = "; ".join(f"{label}: {', '.join(t)}" for label, t in terms.items())
       problems = f"non-finite loss terms or gradients ({problems})"
-      if tc.on_nonfinite == "stop":
-        raise JaxsaeError(
-          f"{problems} at step {step}, on {where}; {last}. The state from before the step is "
-          "kept and nothing after it was saved. Lower optim.lr or check those activations, or "
-          "set train.on_nonfinite='skip' to skip such batches"
-        )
-    for g, i in bad:
-      skipped[g.labels[i]] = skipped.get(g.labels[i], 0) + 1
-    labels = ", ".join(g.labels[i] for g, i in bad)
-    warnings.warn(
-      f"skipped step {step} ({where}) for {labels}: {problems}; their parameters, optimizer "
-      "state and counters are unchanged (train.on_nonfinite='skip')",
-      nonfinite.NonFiniteWarning,
-      stacklevel=3,
+      error = (
+        f"{problems} at step {step}, on {where}; {last}. The state from before the step is "
+        "kept and nothing after it was saved. Lower optim.lr or check those activations, or "
+        "set train.on_nonfinite='skip' to skip such batches"
+      )
+    labels = [g.labels[i] for g, i in bad]
+    warning = (
+      f"skipped step {step} ({where}) for {', '.join(labels)}: {problems}; their parameters, "
+      "optimizer state and counters are unchanged (train.on_nonfinite='skip')"
     )
+    return train_loop.NonFinite(error, warning, tuple(labels))
 
-  def finish(step, metrics, log, bar):
-    check(step, metrics)
-    bar.update(tc.batch_size)
-    if step % tc.log_every and step != stop:
-      return
+  def record(step, metrics) -> dict[str, str]:
     scalars, histograms = _metric_records(trainer.groups, jax.device_get(metrics), skipped)
     log.write(step, scalars, split="train")
     for name, counts in histograms.items():
@@ -374,34 +372,24 @@ def train(
     history.append({"step": step, **{k: float(v) for k, v in scalars.items()}})
     first = trainer.groups[0].labels[0]
     key = "fvu" if "fvu" in scalars else f"{first}/fvu"
-    bar.set_postfix(fvu=f"{scalars[key]:.3f}")
+    return {"fvu": f"{scalars[key]:.3f}"}
 
-  bar = run_log.progress(tc.steps * tc.batch_size, start * tc.batch_size, desc=progress_desc)
-  log = run_log.RunLog(workdir, resume_from=start)
-  guard = preemption.Guard("SAE training")
-  with guard, log, checkpointer, bar:  # Closed on errors too; the guard last, after the save.
-    for step in range(start + 1, stop + 1):
-      rows = next(batches)
-      if paired:
-        both = sharding.global_batch({"x": rows[0], "y": rows[1]}, trainer.mesh)
-        batch = (both["x"], both["y"])
-      else:
-        batch = sharding.global_batch({"x": rows}, trainer.mesh)["x"]
-      state, metrics = train_step(state, batch)
-      # Step n-1's flags are read once step n is dispatched: the device never waits on the host.
-      if previous is not None:
-        finish(*previous, log, bar)
-      previous = (step, metrics)
-      preempted = step < stop and guard.should_stop(step)
-      if checkpointer.will_save(step, force=step == stop or preempted):
-        finish(*previous, log, bar)  # A bad step stops the run before its state is saved.
-        previous = None
-        extra = {"tokens": step * tc.batch_size, "skipped_batches": dict(skipped)}
-        force = step == stop or preempted
-        checkpointer.save(step, state, batches, {**meta, **extra}, force=force)
-      if preempted:
-        guard.stopped(step, f"checkpoint step {step} in {checkpointer.directory}")
-        break
-    if previous is not None:
-      finish(*previous, log, bar)
+  def metadata(step):
+    return {**meta, "tokens": step * tc.batch_size, "skipped_batches": dict(skipped)}
+
+  loop = train_loop.Loop(
+    step=train_step,
+    next_batch=next_batch,
+    record=record,
+    log_every=tc.log_every,
+    total_steps=tc.steps,
+    per_step=tc.batch_size,
+    desc=progress_desc,
+    check=check,
+    on_nonfinite=tc.on_nonfinite,
+    skipped=skipped,
+    checkpoints=train_loop.Checkpoints(checkpointer, batches, metadata, "SAE training"),
+    closing=(log,),
+  )
+  state = loop.run(state, start, stop)
   return TrainResult(state, scale, trainer.groups, history, target_scale)

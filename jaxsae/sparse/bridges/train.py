@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxsae import run_log
+from jaxsae import run_log, train_loop
 from jaxsae.models.config import TransformerConfig
 from jaxsae.models.transformer import Transformer
 from jaxsae.sparse.bridges.config import BridgeConfig
@@ -92,29 +92,39 @@ def train_bridges(
   step_fn = jax.jit(make_train_step(dense_lm.config, sparse_lm.config, optimizer))
   tokens_per_step = config.batch_size * train_windows.seq_len
   log = run_log.RunLog(workdir) if workdir is not None else None
-  bar = run_log.progress(config.steps * tokens_per_step, desc="bridges")
   history, start, first_done = [], time.time(), None
-  try:
-    for step in range(1, config.steps + 1):
-      tokens = jnp.asarray(next(batches)["tokens"])
-      bridges, opt_state, terms = step_fn(
-        bridges, opt_state, dense_lm.params, sparse_lm.params, tokens
-      )
-      if step == 1:  # Throughput excludes compilation.
-        jax.block_until_ready(terms)
-        first_done = time.time()
-      bar.update(tokens_per_step)
-      if step % config.log_every == 0 or step == config.steps or step == 1:
-        values = {k_: float(v) for k_, v in jax.device_get(terms).items()}
-        history.append({"step": step, **values})
-        bar.set_postfix(total=f"{values['total']:.3f}")
-        if log is not None:
-          log.write(step, values, split="train")
-    jax.block_until_ready(bridges)
-  finally:
-    bar.close()
+
+  def step(state, tokens):
+    bridges, opt_state, terms = step_fn(*state, dense_lm.params, sparse_lm.params, tokens)
+    return (bridges, opt_state), terms
+
+  def time_first_step(step, state, terms):
+    nonlocal first_done
+    if step == 1:  # Throughput excludes compilation.
+      jax.block_until_ready(terms)
+      first_done = time.time()
+
+  def record(step, terms) -> dict[str, str]:
+    values = {k: float(v) for k, v in jax.device_get(terms).items()}
+    history.append({"step": step, **values})
     if log is not None:
-      log.close()
+      log.write(step, values, split="train")
+    return {"total": f"{values['total']:.3f}"}
+
+  loop = train_loop.Loop(
+    step=step,
+    next_batch=lambda: jnp.asarray(next(batches)["tokens"]),
+    record=record,
+    log_every=config.log_every,
+    total_steps=config.steps,
+    per_step=tokens_per_step,
+    desc="bridges",
+    after_dispatch=time_first_step,
+    log_first_step=True,
+    closing=(log,) if log is not None else (),
+  )  # No non-finite check and no checkpoints: a run is minutes.
+  bridges, _ = loop.run((bridges, opt_state), 0, config.steps)
+  jax.block_until_ready(bridges)
   end = time.time()
   timed_steps = config.steps - 1
   rate = timed_steps * tokens_per_step / max(end - first_done, 1e-9) if timed_steps else 0.0
