@@ -6,8 +6,10 @@ Every field of jaxsae/main_job.py's base_config (the data, n, k, batch and steps
 shares) and of `quality` can be overridden, e.g. --config.quality.budgets=1,10
 
 The 10× rows of the published page come from the same workdir with
-  --config.quality.budgets=10 --config.quality.trainers=jaxsae,sparsify-adam-constant
-(15,000 steps each; SAELens's 10× rows were run at the earlier learning rate only).
+  --config.quality.budgets=10 --config.quality.trainers=jaxsae,sparsify-adam-constant,saelens
+(15,000 steps each; the λ families have no 10× rows yet).
+
+Gemma 3 270M's page: experiments/configs/peer_quality_gemma3.py (its docstring has the command).
 """
 
 from jaxsae.quality.study import base_config
