@@ -114,6 +114,7 @@ class Harvested:
 
 def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
   h = config.harvest
+  model_corpus.warn_if_other_corpus(lm, h)
   corpus = model_corpus.for_model(lm, h)  # Split as the model was trained: held out stays out.
   splits = {}
   for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):

@@ -1,11 +1,14 @@
 """The corpus a model was trained on and its split (jaxsae.text.model_corpus)."""
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_circuit_config
 from jaxsae import main_job
+from jaxsae.bench import throughput
 from jaxsae.errors import CorpusError
 from jaxsae.models import pretrained
 from jaxsae.models import transformer as T
@@ -86,3 +89,27 @@ def test_the_main_job_holds_out_the_models_own_validation_files(tmp_path):
   assert letters_in(harvested.eval_windows) == {letters[n] for n in held_out}
   train_windows = harvested.train.store.windows()
   assert letters_in(train_windows) <= {letters[n] for n in trained_on}
+
+
+def test_other_corpus_than_the_models_is_flagged_and_its_own_is_not(tmp_path):
+  model = _tiny_model({"corpus": "stdlib", "pattern": "**/*.py"})
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # The model's own corpus (and an unrecorded one): silent.
+    model_corpus.warn_if_other_corpus(model, {"corpus": "stdlib", "pattern": "**/*.py"})
+    model_corpus.warn_if_other_corpus(_tiny_model(), {"corpus": str(tmp_path)})
+  with pytest.warns(model_corpus.OtherCorpusWarning, match="corpus='stdlib'"):
+    model_corpus.warn_if_other_corpus(model, {"corpus": str(tmp_path), "pattern": "*.txt"})
+
+
+def test_throughput_windows_come_from_the_models_own_validation_files(tmp_path):
+  held_out = _names("validation", "test", 2)
+  trained_on = _names("train", "validation", 2) + _names("train", "train", 2)
+  for i, name in enumerate(held_out + trained_on):
+    (tmp_path / name).write_text(chr(ord("A") + i) * 300)
+  meta = {"corpus": str(tmp_path), "pattern": "*.txt"}
+  meta.update(validation_fraction=MODEL_FRACTIONS[0], test_fraction=MODEL_FRACTIONS[1])
+  model = _tiny_model(meta)
+  corpus = model_corpus.for_model(model)
+  windows = throughput.corpus_windows(corpus, model.tokenizer, 16, 4, "validation")
+  letters = set(np.unique(windows).tolist()) - {ByteTokenizer().separator_id}
+  assert letters == {ord("A"), ord("B")}  # The two held-out files, and nothing trained on.

@@ -17,6 +17,8 @@ from ml_collections import config_flags
 from jaxsae import cli
 from jaxsae.bench import lm_step, throughput, throughput_report
 from jaxsae.models import pretrained
+from jaxsae.text import corpus as corpus_lib
+from jaxsae.text import model_corpus
 from jaxsae.text.tokenizer import load_tokenizer
 
 _LM_CONFIG = str(pathlib.Path(__file__).parent.parent / "configs" / "lm_sparse.py")
@@ -62,7 +64,8 @@ def _lm_part(log) -> dict:
   config = configs["sparse"]
   batch = _LM_BATCH.value or config.train.batch_size
   tokenizer = load_tokenizer(config.data.tokenizer)
-  tokens = throughput.corpus_windows(tokenizer, config.data.seq_len, batch)
+  corpus = corpus_lib.from_config(config.data)  # The config being trained: its own splits.
+  tokens = throughput.corpus_windows(corpus, tokenizer, config.data.seq_len, batch)
   result = lm_step.compare(
     configs, tokens, params=params, step_fraction=_STEP_FRACTION.value, repeats=_REPEATS.value
   )
@@ -91,7 +94,9 @@ def main(argv):
   if "harvest" in _PARTS.value or "store" in _PARTS.value:
     lm = pretrained.load(_MODEL.value)
   if "harvest" in _PARTS.value:
-    windows = throughput.corpus_windows(lm.tokenizer, _SEQ_LEN.value, _WINDOWS.value)[:, :-1]
+    corpus = model_corpus.for_model(lm)  # Split as the model was trained.
+    windows = throughput.corpus_windows(corpus, lm.tokenizer, _SEQ_LEN.value, _WINDOWS.value)
+    windows = windows[:, :-1]
     every_block = [f"blocks.{i}.resid_post" for i in range(lm.config.n_layers)]
     report["harvest"] = throughput.harvest_paths(
       lm,

@@ -32,20 +32,15 @@ from jaxsae.bench.paired import time_round_robin
 from jaxsae.bench.timing import time_calls
 from jaxsae.errors import JaxsaeError
 from jaxsae.models.language_model import LanguageModel
-from jaxsae.text import corpus as corpus_lib
 from jaxsae.text import pipeline
 
 TARGET_HARVEST_RATIO = 0.9  # Harvest at least 90% of the plain forward's tokens/s (issue 7).
 
 
-def corpus_windows(tokenizer, seq_len: int, n: int, split: str = "validation", seed: int = 0):
-  """(n, seq_len + 1) int32 windows of the stdlib corpus (the LM's splits), drawn by seed."""
-  from jaxsae.lm import config as lm_config
-
-  data = lm_config.base_config().data
-  corpus = corpus_lib.discover(
-    data.corpus, data.pattern, data.validation_fraction, data.test_fraction
-  )
+def corpus_windows(corpus, tokenizer, seq_len: int, n: int, split: str = "validation", seed=0):
+  """(n, seq_len + 1) int32 windows of a split of `corpus`, drawn by seed: for a model,
+  `text.model_corpus.for_model(lm)` (the split it was trained with); for an LM config being
+  trained, `text.corpus.from_config(config.data)`."""
   windows = pipeline.load_split(corpus, split, tokenizer, seq_len).windows
   if len(windows) < n:
     raise JaxsaeError(f"the {split} split holds {len(windows)} windows of {seq_len}, not {n}")

@@ -9,6 +9,7 @@ Face, GGUF and Hub models, trained elsewhere) takes `corpus.VALIDATION_FRACTION`
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -49,6 +50,34 @@ def for_model(lm, section: Mapping | None = None):
   named = (lm.metadata or {}) if section is None else section
   fractions = split_fractions(lm)
   return corpus_lib.from_config(named, fractions.validation, fractions.test)
+
+
+class OtherCorpusWarning(UserWarning):
+  """Activations are taken from a corpus other than the one the model records training on."""
+
+
+def warn_if_other_corpus(lm, section: Mapping) -> None:
+  """Warn when a config section (harvest.*) names a corpus or pattern other than the one `lm`
+  records: legitimate (an SAE for other text), but that corpus's held-out split is not held out
+  from the model's training data."""
+  meta = lm.metadata or {}
+  if "corpus" not in meta:  # Trained elsewhere (Hugging Face, GGUF): nothing to compare.
+    return
+  named = [
+    str(section.get(k, d)) for k, d in (("corpus", corpus_lib.STDLIB), ("pattern", "**/*.py"))
+  ]
+  recorded = [
+    str(meta.get(k, d)) for k, d in (("corpus", corpus_lib.STDLIB), ("pattern", "**/*.py"))
+  ]
+  if named != recorded:
+    warnings.warn(
+      f"the model was trained on corpus {recorded[0]!r} (pattern {recorded[1]!r}) but the config "
+      f"names {named[0]!r} ({named[1]!r}): its validation files are held out from that corpus, "
+      "not from the model's training data. For the model's own held-out files set "
+      f"corpus={recorded[0]!r} and pattern={recorded[1]!r}.",
+      OtherCorpusWarning,
+      stacklevel=2,
+    )
 
 
 def corpus_windows(
