@@ -56,6 +56,7 @@ def _logits(cfg, params, tokens, **kwargs):
   return T.run(T.Transformer(cfg), params, tokens, **kwargs)
 
 
+@pytest.mark.slow
 def test_fraction_zero_leaves_the_model_unchanged():
   cfg = tiny_model_config()
   assert cfg.activation_topk_fraction == 0.0
@@ -107,6 +108,7 @@ def test_an_edit_at_a_sparsified_site_sees_the_sparse_value():
   assert np.count_nonzero(z, axis=-1).max() <= cfg.topk_count(cfg.n_heads * cfg.d_head)
 
 
+@pytest.mark.slow
 def test_the_shipped_model_loads_without_the_field_and_its_logits_are_unchanged(tmp_path):
   doc = pretrained.resolve("default") / pretrained.CONFIG_FILE
   assert "activation_topk_fraction" not in doc.read_text()  # An older config.json.

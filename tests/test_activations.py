@@ -31,6 +31,7 @@ def windows(lm):
   return ids[: 12 * 32].reshape(12, 32)
 
 
+@pytest.mark.slow
 def test_harvested_rows_equal_the_models_captures(lm, windows, tmp_path):
   store = harvest_lib.harvest(lm, windows, HOOKS, tmp_path, batch_size=5, chunk_rows=64)
   assert store.meta["complete"] and store.n_rows == int((windows != 256).sum())

@@ -56,6 +56,7 @@ def test_peer_reports_why_it_cannot_run():
     peers.time_saelens_step("prolu_ste", **SHAPE)
 
 
+@pytest.mark.slow
 def test_variants_change_the_config_and_skip_the_peer():
   assert sae_step.parse_spec("topk") == ("topk", {})
   architecture, overrides = sae_step.parse_spec("topk:topk_path=dense+compute_dtype=bfloat16")

@@ -12,6 +12,8 @@ from jaxsae.sparse import bridge_steering
 from jaxsae.sparse import bridges as br
 from jaxsae.sparse import tasks as tasks_lib
 
+pytestmark = pytest.mark.slow  # Trains models in its fixtures: the full tier only.
+
 
 @pytest.fixture(scope="module")
 def pair():

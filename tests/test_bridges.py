@@ -71,6 +71,7 @@ def test_bridge_sites_in_forward_order():
   )
 
 
+@pytest.mark.slow
 def test_every_term_matches_its_formula(pair, tokens):
   dense, sparse = pair
   sites = ("blocks.0.resid_pre", "blocks.0.resid_post", "blocks.1.resid_mid")

@@ -18,6 +18,7 @@ def lm_and_windows():
   return lm, lm.encode(text)[: 3 * 33].reshape(3, 33)
 
 
+@pytest.mark.slow
 def test_exact_reconstruction_has_zero_kl_and_full_scores(lm_and_windows):
   lm, ids = lm_and_windows
   out = downstream.splice_losses(lm, ids, HOOK, lambda v, x: x, None)
@@ -56,6 +57,7 @@ def test_kl_matches_a_hand_computation(lm_and_windows):
   assert kl == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_skip_first_leaves_the_first_positions_unedited(lm_and_windows):
   lm, ids = lm_and_windows
   ce, _ = downstream.edited_losses(lm, ids, HOOK, "zero", skip_first=4)
@@ -77,6 +79,7 @@ def test_unknown_mode_is_named(lm_and_windows):
     downstream.edited_losses(lm, ids, HOOK, "half")
 
 
+@pytest.mark.slow
 def test_latent_ablation_sparsity_matches_a_hand_ablation(lm_and_windows):
   import flax.linen as nn
   import jax

@@ -26,6 +26,7 @@ def _inputs_and_codes(ex):
   return x, np.asarray(evaluate.encode_decode(ex.config)(ex.variables, x)[0])
 
 
+@pytest.mark.slow
 def test_codes_density_and_peaks_match_a_direct_encoding():
   ex = _explorer()
   x, z = _inputs_and_codes(ex)

@@ -106,6 +106,7 @@ def save_family(name: str, folder, seed: int = 0) -> transformers.PreTrainedMode
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.slow
 def test_logits_and_greedy_generation_match_transformers(name, tmp_path):
   model = save_family(name, tmp_path)
   lm = pretrained.load(tmp_path)
@@ -168,6 +169,7 @@ def test_post_norm_sites_add_up_and_aliases_resolve(tmp_path):
   np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_stop_early_runs_only_the_blocks_needed(tmp_path):
   save_family("llama", tmp_path)
   lm = pretrained.load(tmp_path)

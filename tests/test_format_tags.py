@@ -66,6 +66,7 @@ def _doc(path):
   return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_every_writer_stamps_the_one_scheme(tmp_path):
   model = _doc(_model(tmp_path / "m") / "config.json")
   assert model["format"] == "jaxsae-lm/1" and "format_version" not in model

@@ -122,6 +122,7 @@ def test_an_edit_changes_downstream_but_not_upstream_captures(setup):
   assert not np.allclose(edited["blocks.1.mlp.out"], cap["blocks.1.mlp.out"])
 
 
+@pytest.mark.slow
 def test_edits_are_differentiable_functions_of_outside_values(setup):
   model, params, tokens, _, _ = setup
 

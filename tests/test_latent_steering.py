@@ -49,6 +49,7 @@ def test_shipped_sae_reads_the_shipped_model():
   assert variables["params"]["W_dec"].shape == (config.n_latents, config.d_in)
 
 
+@pytest.mark.slow
 def test_adding_a_latent_raises_its_top_logit_tokens():
   config, variables, hook = _sae()
   lm, tokens = _lm(), _tokens()

@@ -73,6 +73,7 @@ def _steps_on(mesh, config, n_steps=2):
   return jax.device_get(state.params), losses, step, state
 
 
+@pytest.mark.slow
 def test_train_steps_match_across_device_counts_and_model_parallelism():
   config = tiny()
   config.model.d_mlp = 128  # Divisible by the model axis.
@@ -85,6 +86,7 @@ def test_train_steps_match_across_device_counts_and_model_parallelism():
     )
 
 
+@pytest.mark.slow
 def test_data_parallel_step_reduces_gradients_without_gathering_parameters():
   config = tiny()
   mesh = sharding.make_mesh(8, 1)

@@ -47,6 +47,7 @@ def test_main_job_pipeline_on_a_tiny_config(tmp_path):
   assert again[0]["fvu"] == pytest.approx(sae["fvu"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_splicing_the_identity_changes_nothing_and_zero_ablation_hurts():
   lm = pretrained.load("default")
   text = "import os\n\n\ndef main(argv):\n    return [os.sep, argv]\n" * 4
@@ -78,6 +79,7 @@ def test_main_job_can_stream_instead_of_storing(tmp_path):
   assert rows[0]["l0"] == pytest.approx(8.0) and np.isfinite(rows[0]["fvu"])
 
 
+@pytest.mark.slow
 def test_the_training_store_may_be_int8_and_the_held_out_store_stays_float32(tmp_path):
   config = tiny_main_config()
   config.harvest.dtype = "int4"

@@ -35,6 +35,7 @@ def test_compiled_peak_counts_donated_arguments_once():
 
 
 @pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.slow
 def test_plan_matches_compiled_step_on_one_device(path):
   shape = dict(d=256, n=4096, k=8, batch=1024)
   measured = _compiled(**shape, data=1, model=1, path=path)
@@ -48,6 +49,7 @@ def test_plan_matches_compiled_step_on_one_device(path):
     (dict(d=64, n=4096, k=8, batch=512), (8, 1)),
   ],
 )
+@pytest.mark.slow
 def test_plan_matches_compiled_step_on_eight_devices(shape, mesh):
   measured = _compiled(**shape, data=mesh[0], model=mesh[1], path="sparse")
   planned = memory.plan(**shape, data_shards=mesh[0], model_shards=mesh[1], fused_bias=False)

@@ -31,6 +31,7 @@ def loss_and_grads(cfg, params, x):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.slow
 def test_bfloat16_matmuls_give_float32_losses_and_gradients_close_to_float32(architecture):
   f32 = SAEConfig(architecture, d_in=D, n_latents=N, k=8, sparsity_coefficient=0.1)
   bf16 = dataclasses.replace(f32, compute_dtype="bfloat16")

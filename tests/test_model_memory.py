@@ -84,6 +84,7 @@ def test_plan_matches_compiled_forward(overrides, hook, batch, seq_len, data, mo
     ("bfloat16", "blocks.5.resid_post", 2, 1024, 1, 8),
   ],
 )
+@pytest.mark.slow
 def test_gemma3_270m_plan_matches_compiled_forward(dtype, hook, batch, seq_len, data, model):
   cfg = gemma3_config("270m", dtype)
   measured = mm.compiled_harvest_memory(
@@ -149,6 +150,7 @@ def _fewest_ways(size, memory_gib, train):
   return None
 
 
+@pytest.mark.slow
 def test_gemma3_headline():
   # docs/bench/gemma3_memory.md: bfloat16 weights, 32 windows of 1024 tokens, SAE n=65536.
   assert _fewest_ways("270m", 16, train=True) == 1

@@ -13,6 +13,8 @@ from jaxsae.models import transformer as T
 from jaxsae.models.language_model import LanguageModel
 from jaxsae.text.tokenizer import ByteTokenizer
 
+pytestmark = pytest.mark.slow  # Trains models in its fixtures: the full tier only.
+
 # A Gemma-3-like block: GQA (8 query heads over 2 KV heads), gated MLP, post-norms, QK-norm,
 # local/global layers.
 CFG = tiny_model_config(

@@ -71,6 +71,7 @@ def test_sparsify_folders_round_trip_through_sparsify_itself(tmp_path):
 
 
 @pytest.mark.parametrize("optimizer", ["signum", "adam"])
+@pytest.mark.slow
 def test_sparsify_trainer_learns_and_is_read_back_as_sparsify_saved_it(tmp_path, optimizer):
   features = synthetic.SyntheticFeatures(d=24, n_features=96, active=3, noise=0.05)
   x = np.asarray(features.generate(1 << 13), np.float32)

@@ -27,6 +27,7 @@ def saved(tmp_path):
   return path, cfg, params
 
 
+@pytest.mark.slow
 def test_save_load_round_trip(saved):
   path, cfg, params = saved
   lm = pretrained.load(path)
@@ -67,6 +68,7 @@ def test_loading_rejects_missing_corrupt_and_mismatched_files(saved, tmp_path):
     pretrained.load(path)
 
 
+@pytest.mark.slow
 def test_greedy_sampling_equals_repeated_argmax_with_a_sliding_window(saved):
   path, cfg, params = saved
   lm = pretrained.load(path)
@@ -83,6 +85,7 @@ def test_greedy_sampling_equals_repeated_argmax_with_a_sliding_window(saved):
   assert out[0].tolist() == tokens
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_edits_steer_it(saved):
   path, _, _ = saved
   lm = pretrained.load(path)

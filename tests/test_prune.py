@@ -52,6 +52,7 @@ def test_node_sites_and_counts(lm):
   assert nodes.node_count(lm.config) == 2 * (7 * 16 + 32) + 16
 
 
+@pytest.mark.slow
 def test_all_masks_on_is_the_unmasked_model(lm):
   tokens = _tokens()
   clean, _ = T.run(lm.module, lm.params, tokens)
@@ -94,6 +95,7 @@ def test_one_masked_node_is_mean_ablated_and_nothing_else_at_its_site(lm):
   np.testing.assert_allclose(after[..., keep], before[..., keep], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_node_means_are_the_means_of_the_captured_activations(lm):
   windows = np.asarray(_tokens(5, 10, seed=3))
   means = nodes.node_means(lm, windows, batch_size=2)
@@ -254,6 +256,7 @@ def _kept(cfg, on):
   return kept
 
 
+@pytest.mark.slow
 def test_edge_count_on_a_hand_built_sparse_model():
   cfg, params = _hand_built_sparse_model()
   kept = _kept(

@@ -29,6 +29,7 @@ def outlier_data(rng, shape=(64, 48)):
   return x
 
 
+@pytest.mark.slow
 def test_fake_quantization_round_trips_within_half_a_step():
   x = outlier_data(np.random.default_rng(0))
   step_token = np.abs(x).max(axis=1, keepdims=True) / 127
@@ -99,6 +100,7 @@ def tokens_for(config, seed=0):
   [tiny_model_config(), tiny_circuit_config(attention_sink=True, bigram_table=True)],
   ids=["layernorm", "rmsnorm_sink"],
 )
+@pytest.mark.slow
 def test_smoothing_leaves_float_outputs_equal(config):
   lm = random_lm(config)
   tokens = tokens_for(config)
@@ -124,6 +126,7 @@ def test_smoothing_leaves_float_outputs_equal(config):
   np.testing.assert_allclose(derived.absmax[hook], w_max, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_smoothing_a_loaded_gpt2_leaves_its_logits_equal(tiny):  # noqa: F811
   folder, _ = tiny
   lm = pretrained.load(folder)
@@ -146,6 +149,7 @@ def test_smoothing_refuses_what_it_cannot_fold():
     smoothing.smooth(random_lm(dense).params, dense, stats, 0.5, ("mlp.post",))
 
 
+@pytest.mark.slow
 def test_smoothing_recovers_w8a8_loss_lost_to_an_outlier_channel():
   """Give the shipped model a float-equivalent outlier channel at every attention input (norm
   gain ×40, the kernel rows reading it ÷40): per-tensor W8A8 loses much of the loss; SmoothQuant

@@ -83,6 +83,7 @@ def test_free_support_adds_a_missing_latent_fixed_support_cannot():
   assert np.isnan(free_report["fvu_after"])  # one token has no variance to explain
 
 
+@pytest.mark.slow
 def test_codes_stay_nonnegative():
   m, d, n = 32, 16, 50
   w = _unit_rows(m, d, seed=6)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxsae import sharding
@@ -10,6 +11,7 @@ from jaxsae.sae import collectives
 from jaxsae.sae.collectives import Axes
 
 
+@pytest.mark.slow
 def test_top_k_over_latent_shards_equals_the_unsharded_top_k():
   mesh = sharding.make_mesh(data=2, model=4)
   pre = jax.random.normal(jax.random.key(0), (6, 32))

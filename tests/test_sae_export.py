@@ -14,6 +14,7 @@ from jaxsae.sae.config import SAEConfig
 
 
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk", "gated", "prolu_ste", "jumprelu"])
+@pytest.mark.slow
 def test_folding_the_scale_gives_the_same_sae_on_raw_activations(architecture, tmp_path):
   config = SAEConfig(architecture, d_in=8, n_latents=32, k=4)
   sae = registry.build(config)

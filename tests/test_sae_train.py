@@ -74,6 +74,7 @@ def test_jumprelu_target_penalty_sharded_over_latents_equals_one_device(tmp_path
   assert np.ptp(threshold) > 0  # θ starts as one constant: the penalty's gradient moved it.
 
 
+@pytest.mark.slow
 def test_dead_counters_count_tokens(one_device):
   since = np.asarray(one_device.state.extras["topk"]["tokens_since_fired"])
   assert np.all(since % 128 == 0) and since.max() <= 12 * 128
@@ -82,6 +83,7 @@ def test_dead_counters_count_tokens(one_device):
   np.testing.assert_allclose(one_device.history[-1]["topk/dead_fraction"], dead)
 
 
+@pytest.mark.slow
 def test_decoder_rows_stay_unit_norm(one_device):
   for group in ("topk", "batchtopk"):
     norms = np.linalg.norm(np.asarray(one_device.state.params[group]["W_dec"]), axis=-1)
@@ -93,6 +95,7 @@ def _all_gathers(hlo: str) -> list[str]:
 
 
 @pytest.mark.parametrize("topk_path", ["sparse", "dense"])
+@pytest.mark.slow
 def test_the_compiled_step_never_gathers_the_pre_activations(topk_path):
   config = tiny_config(
     **{"mesh.model": 2, "sweep.architecture": ("topk", "batchtopk"), "sae.topk_path": topk_path}
@@ -242,6 +245,7 @@ def test_a_grain_dataset_trains_like_the_same_array(tmp_path):
   assert_params_close(from_grain, from_array, atol=0)
 
 
+@pytest.mark.slow
 def test_dead_windows_are_counted_in_tokens_not_steps():
   """Known mistake 7: a latent that never fires is dead after the same number of tokens,
   whatever the batch size."""
@@ -264,6 +268,7 @@ def test_dead_windows_are_counted_in_tokens_not_steps():
   assert since == {64: 512, 128: 512}
 
 
+@pytest.mark.slow
 def test_the_fitted_encoder_scale_is_the_least_squares_first_reconstruction():
   """encoder_init_scale = -1: W_enc = s·W_decᵀ with s minimizing the initial error, below 1
   (a unit-norm tied encoder overshoots); a fixed scale is used as given."""
@@ -293,6 +298,7 @@ def test_the_fitted_encoder_scale_is_the_least_squares_first_reconstruction():
   np.testing.assert_allclose(np.asarray(w), 0.5 * w_plain, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_gated_fits_its_encoder_scale_and_jumprelu_and_relu_keep_theirs():
   """Gated's gate is unchanged by W_enc ← s·W_enc (b_gate = b_mag = 0), so its first
   reconstruction 1[π_g > 0]·ReLU(π_m)·W_dec is fitted like TopK's; JumpReLU (θ₀ > 0 makes the

@@ -35,6 +35,7 @@ def loss_of(sae, variables, x, target=None, dead=None):
   return sae.apply(variables, x, Hyper.of(sae.config), dead, target=target, method="loss")
 
 
+@pytest.mark.slow
 def test_an_sae_is_the_case_target_equals_input():
   for arch in ARCHITECTURES + ("gated",):
     sae, v, x = make(arch, d_out=-1)
@@ -45,6 +46,7 @@ def test_an_sae_is_the_case_target_equals_input():
 
 @pytest.mark.parametrize("skip", [False, True])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.slow
 def test_transcoder_follows_its_formula(architecture, skip):
   sae, v, x = make(architecture, skip=skip, k_aux=0)
   y = target_of(x)
@@ -78,6 +80,7 @@ def test_a_transcoders_encoder_does_not_see_b_dec():
 
 
 @pytest.mark.parametrize("topk_path", ["sparse", "dense"])
+@pytest.mark.slow
 def test_topk_paths_agree_on_a_skip_transcoder_with_aux_k_and_matryoshka(topk_path):
   """Both TopK paths, every term against the target, gradients included."""
   kw = dict(skip=True, k_aux=8, matryoshka=(8,), multi_topk=True)

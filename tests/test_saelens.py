@@ -39,6 +39,7 @@ def ours(config, sae, variables, x_raw, scale):
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.slow
 def test_export_then_import_keeps_latents_and_reconstructions(architecture, tmp_path):
   config, sae, variables = trained_like(architecture)
   x = np.asarray(jax.random.normal(jax.random.key(5), (64, D)) * 3.0)

@@ -100,6 +100,7 @@ def _expected_count(fraction, numel):
   return round(float(np.float32(fraction) * np.float32(numel)))
 
 
+@pytest.mark.slow
 def test_a_zero_gradient_step_projects_then_decays_only_the_matrices():
   params = _params(0)
   state = jax.eval_shape(lambda p: TrainState.create(p, OPT), params)  # The shared train state.

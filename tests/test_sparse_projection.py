@@ -63,6 +63,7 @@ def _all_masks(ws, cases):
   return [np.asarray(m) for m in static(ws)], [np.asarray(m) for m in traced(ws, ks)]
 
 
+@pytest.mark.slow
 def test_topk_matches_a_numpy_reference_and_keeps_exact_counts():
   rng = np.random.default_rng(0)
   ws = [rng.standard_normal(shape, np.float32) for shape, *_ in CASES]
@@ -229,6 +230,7 @@ def _slice_minimum(w, axes):
   return int(np.asarray(w != 0).sum(axis=others).min())
 
 
+@pytest.mark.slow
 def test_project_whole_tree_matches_the_reference_sharded_or_not_and_leaves_the_rest_alone():
   model, params = _params("circuits", use_bias=True)
   config = P.SparsityConfig(hidden_fraction=1 / 8, embedding_fraction=1 / 4, min_per_neuron=2)

@@ -74,6 +74,7 @@ def test_binary_loss_matches_a_hand_computation():
   assert float(binary_loss(zeros, zeros, 1, 3)[0]) == pytest.approx(tasks.CHANCE_LOSS)
 
 
+@pytest.mark.slow
 def test_the_shipped_model_solves_closing_quote():
   docs = corpus.discover("stdlib", "**/*.py", 0.02, 0.02).read("validation")
   lm = pretrained.load("default")

@@ -36,6 +36,7 @@ def sparse_path(x, W_enc, b_enc, W_dec, b_dec):
   return S.sparse_decode(z, idx, W_dec, b_dec), S.dense_latents(z, idx, N)
 
 
+@pytest.mark.slow
 def test_forward_matches_the_dense_path(params):
   x_hat, z = sparse_path(*params)
   want_x_hat, want_z = dense_path(*params)
@@ -44,6 +45,7 @@ def test_forward_matches_the_dense_path(params):
   assert (np.asarray(z) > 0).sum(1).min() < K  # the ReLU did cut some top-k values
 
 
+@pytest.mark.slow
 def test_gradients_match_the_dense_path(params):
   target = jax.random.normal(jax.random.key(9), (B, D))
 

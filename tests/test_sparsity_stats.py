@@ -23,6 +23,7 @@ def _flat(tree):
   return {P.path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+@pytest.mark.slow
 def test_nonzero_stats_count_entries_fractions_and_dead_neurons():
   params = _params()
   flat = _flat(params)

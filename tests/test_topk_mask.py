@@ -34,6 +34,7 @@ def _cases():
 
 
 @pytest.mark.parametrize("name", ["normal", "ties", "special", "subnormal"])
+@pytest.mark.slow
 def test_bisect_mask_equals_lax_top_k_for_every_k(name):
   score = _cases()[name]
   width = score.shape[-1]
@@ -47,6 +48,7 @@ def test_bisect_mask_equals_lax_top_k_for_every_k(name):
     assert (np.asarray(bisect(score, k)).sum(-1) == k).all()
 
 
+@pytest.mark.slow
 def test_traced_k_scalar_and_per_row():
   score = _cases()["ties"]
   per_row = np.array([0, 1, 5, 64, 128, 129], np.int32)[:, None]
@@ -60,6 +62,7 @@ def test_traced_k_scalar_and_per_row():
     )
 
 
+@pytest.mark.slow
 def test_large_arrays_take_the_bisection_and_stay_exact():
   rng = np.random.default_rng(1)
   wide = np.abs(rng.standard_normal((1, 40000))).astype(np.float32)  # int32 counts.

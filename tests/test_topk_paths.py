@@ -50,6 +50,7 @@ def loss_and_grads(cfg, variables, x, hyper, dead):
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
+@pytest.mark.slow
 def test_sparse_path_equals_the_dense_path(option):
   sparse = SAEConfig("topk", d_in=D, n_latents=N, k=6, topk_path="sparse", **OPTIONS[option])
   dense = dataclasses.replace(sparse, topk_path="dense")
@@ -115,6 +116,7 @@ def test_latent_sharded_sparse_run_equals_a_single_device_dense_run(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.slow
 def test_no_dead_latents_skips_aux_k_with_the_same_result(path):
   cfg = SAEConfig("topk", d_in=D, n_latents=N, k=6, k_aux=8, topk_path=path)
   variables, x = variables_and_inputs(cfg)

@@ -12,6 +12,8 @@ from jaxsae.errors import CheckpointError, JaxsaeError
 from jaxsae.sae import evaluate, export, registry, row_sources, synthetic, train_config
 from jaxsae.sae import train as train_lib
 
+pytestmark = pytest.mark.slow  # Trains models in its fixtures: the full tier only.
+
 D, D_OUT = 16, 12
 X = synthetic.SyntheticFeatures(d=D, n_features=32, active=3, noise=0.05).generate(4096)
 # An "MLP": the target is a fixed nonlinear function of the input, on another scale.

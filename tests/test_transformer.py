@@ -20,6 +20,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.slow
 def test_changing_a_later_token_never_changes_earlier_logits(variant):
   cfg = tiny_model_config(**VARIANTS[variant])
   model = T.Transformer(cfg)
@@ -52,6 +53,7 @@ def test_variant_parameters_exist_with_logical_axes():
   assert abstract["blocks_1"]["mlp"]["fc_in"]["kernel"].names == ("embed", "mlp")
 
 
+@pytest.mark.slow
 def test_bigram_table_adds_its_row_to_the_logits():
   cfg = tiny_model_config(bigram_table=True)
   model = T.Transformer(cfg)
@@ -80,6 +82,7 @@ def test_sink_gives_attention_somewhere_to_rest():
   assert np.abs(cap["blocks.0.attn.z"]).max() < 1e-6  # ... whose value is zero.
 
 
+@pytest.mark.slow
 def test_init_scales_output_projections():
   cfg = tiny_model_config(n_layers=8, d_model=64, d_mlp=256, n_heads=4)
   params = T.init_params(T.Transformer(cfg), jax.random.key(0))
@@ -87,6 +90,7 @@ def test_init_scales_output_projections():
   assert abs(float(params["blocks_0"]["mlp"]["fc_out"]["kernel"].std()) - 0.02 / 4) < 0.0005
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_residual():
   cfg = tiny_model_config(dtype="bfloat16")
   model = T.Transformer(cfg)

@@ -80,6 +80,7 @@ def affine(x, w, b, spec):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.slow
 def test_the_accessor_reproduces_the_forward_pass(name):
   config = CONFIGS[name]
   params = random_params(config)
@@ -184,6 +185,7 @@ def test_paths_roles_and_neuron_axes(name):
 CIRCUIT = dataclasses.replace(GEMMA, positions="none")
 
 
+@pytest.mark.slow
 def test_circuits_of_a_gqa_qk_norm_post_norm_model_reproduce_its_scores_and_outputs():
   """W_QK and W_OV (gains folded: pre-norm, QK-norm with offset, post-norm) give the forward's
   scores and attention outputs up to the normalization scalars they ignore, computed here."""
@@ -247,6 +249,7 @@ def random_lm(config, seed=0):
 
 
 @pytest.mark.parametrize("name", ["gemma_gqa", "qwen_gqa_bias"])
+@pytest.mark.slow
 def test_smoothquant_folds_leave_a_gated_gqa_model_unchanged(name):
   config = CONFIGS[name]
   lm = random_lm(config)
@@ -286,6 +289,7 @@ def test_smoothquant_folds_leave_a_gated_gqa_model_unchanged(name):
     smoothing.fold_scales(lm.params, config, {"blocks.0.attn.z": uneven})
 
 
+@pytest.mark.slow
 def test_fake_quantization_quantizes_the_gate():
   lm = random_lm(GEMMA)
   quantized = fake_quant.quantize_weights(lm.params, GEMMA.n_layers)
@@ -301,6 +305,7 @@ def test_fake_quantization_quantizes_the_gate():
     np.testing.assert_array_equal(new.q_norm.gain, old.q_norm.gain)
 
 
+@pytest.mark.slow
 def test_projection_edges_and_density_see_the_gate_and_kv_heads():
   config = QWEN
   params = jax.tree_util.tree_map(np.array, random_params(config))

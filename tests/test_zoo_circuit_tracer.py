@@ -157,6 +157,7 @@ def test_cross_layer_transcoders_follow_circuit_tracers_formula(tmp_path):
 
 
 @pytest.mark.parametrize("with_config", [True, False])
+@pytest.mark.slow
 def test_a_circuit_tracer_release_loads_from_the_cache_with_or_without_config_yaml(
   with_config, tmp_path, monkeypatch
 ):
