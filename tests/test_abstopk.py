@@ -73,6 +73,7 @@ def test_fraction_zero_leaves_the_model_unchanged():
 
 
 @pytest.mark.parametrize("variant", ["gpt2", "circuits"])
+@pytest.mark.slow
 def test_every_sparsified_hook_has_at_most_k_nonzeros_per_token(variant):
   extra = {} if variant == "gpt2" else dict(norm="rmsnorm", attention_sink=True, use_bias=False)
   cfg = tiny_model_config(activation_topk_fraction=0.25, **extra)

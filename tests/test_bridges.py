@@ -108,6 +108,7 @@ def test_every_term_matches_its_formula(pair, tokens):
   assert want["kl_dense_sparse"] > 0.01 and all(want[f"kl_hybrid_enc/{s}"] > 0 for s in sites)
 
 
+@pytest.mark.slow
 def test_identity_bridges_between_a_model_and_itself_cost_nothing(pair, tokens):
   dense, _ = pair
   sites = br.bridge_sites(2)

@@ -26,6 +26,7 @@ def _state(mesh):
   return jax.device_put(state, specs), specs
 
 
+@pytest.mark.slow
 def test_round_trip_with_data_position_onto_fewer_devices(tmp_path):
   windows = pipeline.PackedWindows(np.arange(1000) % 257, 8)
   it = pipeline.train_batches(windows, 4, seed=0)

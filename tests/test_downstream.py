@@ -29,6 +29,7 @@ def test_exact_reconstruction_has_zero_kl_and_full_scores(lm_and_windows):
   assert out["ce_zero"] > out["ce_mean"] > out["ce_clean"]
 
 
+@pytest.mark.slow
 def test_splicing_the_mean_is_mean_ablation(lm_and_windows):
   lm, ids = lm_and_windows
   reference = downstream.reference_losses(lm, ids, HOOK)

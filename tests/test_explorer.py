@@ -40,6 +40,7 @@ def test_codes_density_and_peaks_match_a_direct_encoding():
   assert rows[0]["latent"] == int(np.argmax(z.max(0)))
 
 
+@pytest.mark.slow
 def test_a_card_shows_the_latents_top_contexts_and_logits():
   ex = _explorer()
   _, z = _inputs_and_codes(ex)

@@ -148,6 +148,7 @@ def test_sliding_window_and_gqa_hooks_have_their_shapes(tmp_path):
   assert np.all(full[0, :, 11, :] > 0)
 
 
+@pytest.mark.slow
 def test_post_norm_sites_add_up_and_aliases_resolve(tmp_path):
   save_family("gemma2", tmp_path)
   lm = pretrained.load(tmp_path)

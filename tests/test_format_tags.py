@@ -95,6 +95,7 @@ def test_the_shipped_files_keep_their_old_tags_and_load():
 
 
 @pytest.mark.parametrize("kind", ["lm", "bridges", "circuit"])
+@pytest.mark.slow
 def test_a_file_written_with_the_old_tag_loads(kind, tmp_path):
   """Rewritten to "jaxsae.<kind>" + "format_version": 1, each file loads as it did."""
   write, load, config_file = {

@@ -62,6 +62,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("overrides, hook, batch, seq_len, data, model, dtype", CASES)
+@pytest.mark.slow
 def test_plan_matches_compiled_forward(overrides, hook, batch, seq_len, data, model, dtype):
   cfg = tiny_gemma3(**overrides, dtype=dtype)
   measured = mm.compiled_harvest_memory(

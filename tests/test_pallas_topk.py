@@ -30,6 +30,7 @@ def _close(actual, expected):
 
 
 @pytest.mark.parametrize("b,d", [(16, 32), (16, 64), (12, 32)])
+@pytest.mark.slow
 def test_gather_combine(b, d):
   table, idx, w, _ = _inputs(b, d)
   out = pallas_topk.gather_combine(jnp.asarray(table), idx, w, **BLOCKS)

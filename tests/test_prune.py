@@ -63,6 +63,7 @@ def test_all_masks_on_is_the_unmasked_model(lm):
     np.testing.assert_allclose(masked, clean, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_all_masks_off_is_a_forward_pass_from_the_means(lm):
   tokens = _tokens()
   means = _means(lm)
@@ -213,6 +214,7 @@ def _quote_model():
   return lm, task
 
 
+@pytest.mark.slow
 def test_pruning_recovers_the_one_node_a_hand_built_task_needs():
   lm, task = _quote_model()
   windows = np.asarray(_tokens(4, 16, seed=9))

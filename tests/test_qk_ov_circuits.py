@@ -30,6 +30,7 @@ def model_params():
   )
 
 
+@pytest.mark.slow
 def test_qk_and_ov_matrices_reproduce_the_forward_pass(model_params):
   model, params = model_params
   tokens = jax.random.randint(jax.random.key(2), (1, 10), 0, CFG.vocab_size)

@@ -44,6 +44,7 @@ def loss_of(sae, variables, x, dead=None, **kw):
   return sae.apply(variables, x, Hyper.of(sae.config), dead, method="loss", **kw)
 
 
+@pytest.mark.slow
 def test_topk_encode_decode_and_reconstruction_term():
   sae, v, x = make("topk", k_aux=0)
   p, xn = numpy_params(v), np.asarray(x, np.float64)
