@@ -8,7 +8,8 @@ The library is organised by job, one subpackage each (README, "Architecture", ha
   activations/  harvesting activations into a store (zarr3, int8), reading shuffled batches back
   sae/          the SAE and transcoder architectures, their sharded trainer, export, the zoo of
                 published dictionaries
-  evals/        SAE evaluations inside the model (ΔCE, probes, latent ablation) and baselines
+  evals/        SAE evaluations inside the model (ΔCE, probes, latent ablation, the transcoder
+                replacement model) and baselines
   interp/       latents' contexts, N2G explanations, a feature browser, steering with a latent
   sparse/       weight-sparse transformers: projection, optimizer, circuit tasks, pruning,
                 circuit views, dense-sparse bridges
