@@ -43,6 +43,24 @@ def test_saelens_peer_is_timed_in_the_same_run(result):
     assert "sae-lens 6.54" in row["saelens_note"]
 
 
+@pytest.mark.slow
+def test_sparsify_peer_is_timed_once_and_set_beside_topk_only(result):
+  rows = {r["architecture"]: r for r in result["rows"]}
+  topk, relu = rows["topk"], rows["relu"]
+  assert _positive(topk["sparsify_tokens_per_s"]) and _positive(topk["sparsify_ratio"])
+  ratio = topk["tokens_per_s"] / topk["sparsify_tokens_per_s"]
+  assert topk["sparsify_ratio"] == pytest.approx(ratio)
+  assert "eai-sparsify 1.3.3" in topk["sparsify_note"]
+  assert relu["sparsify_ratio"] is None and "TopK only" in relu["sparsify_note"]
+
+
+def test_sparsify_step_trains_and_refuses_other_architectures():
+  out = peers.time_sparsify_step(**SHAPE, repeats=4)
+  assert len(out.losses) == 5 and out.losses[-1] < out.losses[0]  # FVUs, falling.
+  assert 0 < out.losses[-1] < 1.5
+  assert "TopK only" in peers.sparsify_unavailable_reason("relu")
+
+
 def test_saelens_step_trains():
   out = peers.time_saelens_step("topk", **SHAPE, repeats=4)
   assert all(math.isfinite(v) for v in out.losses) and len(out.losses) == 5
@@ -81,6 +99,8 @@ def test_floor_counts_and_target_verdicts():
   assert harness.target_met({**row, "saelens_ratio": 7.0}) == "no"
   assert harness.target_met({**row, "saelens_ratio": None}) == "yes (floor only)"
   assert harness.target_met({**row, "architecture": "gated"}) == "—"
+  assert harness.target_met({**row, "sparsify_ratio": 1.6}) == "yes"
+  assert harness.target_met({**row, "sparsify_ratio": 1.4}) == "no"  # Behind the fastest peer.
   with pytest.raises(ValueError):
     sae_step.bench_config("topk", d=16, n=64, k=100, batch=32)
 

@@ -1,4 +1,5 @@
-"""SAE training speed: our step per architecture, its floor and SAELens, in one process.
+"""SAE training speed: our step per architecture, its floor and the peers (SAELens, and sparsify
+for TopK), in one process.
 
   python -m experiments.bench.sae --out=runs/bench                 # topk, relu at d=768, n=16384
   python -m experiments.bench.sae --architectures=topk --d=128 --n=1024 --k=16 --batch=1024 \
@@ -8,7 +9,7 @@
       --architectures=topk,topk:topk_path=dense,topk:compute_dtype=bfloat16
 
 Writes OUT/sae_bench.json and OUT/sae_bench.md (jaxsae.bench.report); --readme replaces the
-table between `<!-- bench:sae -->` and `<!-- /bench:sae -->` in that file. SAELens is timed
+table between `<!-- bench:sae -->` and `<!-- /bench:sae -->` in that file. The peers are timed
 when the `peers` extra is installed (--peer=False skips it).
 """
 
@@ -29,7 +30,7 @@ _N = flags.DEFINE_integer("n", 16384, "Latents.")
 _K = flags.DEFINE_integer("k", 32, "Active latents (TopK, BatchTopK).")
 _BATCH = flags.DEFINE_integer("batch", 4096, "Tokens per step.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measurement (median).")
-_PEER = flags.DEFINE_boolean("peer", True, "Also time SAELens when it is installed.")
+_PEER = flags.DEFINE_boolean("peer", True, "Also time SAELens and sparsify when installed.")
 _OUT = flags.DEFINE_string("out", None, "Directory for sae_bench.json and sae_bench.md.")
 _README = flags.DEFINE_string("readme", None, "Also replace the table in this README.")
 flags.mark_flag_as_required("out")

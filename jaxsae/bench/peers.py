@@ -1,4 +1,5 @@
-"""SAELens (the `peers` extra: sae-lens + CPU torch) training the same SAE, timed in-process.
+"""The peers (the `peers` extra: sae-lens, eai-sparsify, CPU torch) training the same SAE, timed
+in-process.
 
 The peer step is SAELens's own: `SAETrainer.step(batch)` on its training SAE (forward,
 dead-latent bookkeeping, backward, grad-norm clip at 1, Adam, scheduler steps), then
@@ -6,11 +7,19 @@ dead-latent bookkeeping, backward, grad-norm clip at 1, Adam, scheduler steps), 
 pre-activations by ‖W_dec‖ (`rescale_acts_by_decoder_norm`) and skips AuxK until a latent has
 been dead for 1000 steps; ReLU is `standard` (‖W_dec‖-weighted L1). Learning rate and Adam betas
 are jaxsae's. torch runs on the CPU with one thread per usable core.
+
+The sparsify step is its trainer's per step (`sparsify.trainer.Trainer.fit`, one SAE, no
+gradient accumulation): decoder rows set to unit norm, `SparseCoder(x)` (its fused encoder with
+the sparse backward over the k chosen latents, its embedding-bag decoder), FVU backward, the
+gradient parallel to the decoder rows removed, Adam at jaxsae's learning rate (sparsify's own
+default is signum; Adam is the like-for-like optimizer), and its tokens-since-fired counters.
+AuxK off, as no latent is dead in a few steps (its dead threshold is 10M tokens).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import importlib.util
 
 from jaxsae.bench import machine, timing
@@ -24,6 +33,16 @@ CLASSES = {
   "gated": ("GatedTrainingSAE", "GatedTrainingSAEConfig", False),
   "jumprelu": ("JumpReLUTrainingSAE", "JumpReLUTrainingSAEConfig", False),
 }
+
+
+def sparsify_unavailable_reason(architecture: str) -> str | None:
+  """Why sparsify cannot be timed on `architecture` here, or None when it can."""
+  missing = [m for m in ("torch", "sparsify") if importlib.util.find_spec(m) is None]
+  if missing:
+    return f"{' and '.join(missing)} not installed (pip install -e '.[peers]')"
+  if architecture != "topk":
+    return f"sparsify trains TopK only, not {architecture}"
+  return None
 
 
 def unavailable_reason(architecture: str) -> str | None:
@@ -96,3 +115,57 @@ def time_saelens_step(
   finally:
     torch.set_num_threads(previous_threads)
   return PeerResult(measured, batch, tuple(losses), sae_lens.__version__, threads)
+
+
+def time_sparsify_step(
+  *,
+  d: int,
+  n: int,
+  k: int,
+  batch: int,
+  repeats: int = 5,
+  seed: int = 0,
+  threads: int | None = None,
+) -> PeerResult:
+  """Median seconds of one sparsify TopK training step (after one warm-up step) on random
+  rows; `losses` are its FVUs."""
+  reason = sparsify_unavailable_reason("topk")
+  if reason:
+    raise RuntimeError(reason)
+  import sparsify
+  import torch
+  from sparsify.config import SparseCoderConfig
+  from sparsify.sparse_coder import SparseCoder
+
+  threads = threads or machine.usable_cpus()
+  previous_threads = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  try:
+    torch.manual_seed(seed)
+    sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), "cpu", dtype=torch.float32)
+    adam = torch.optim.Adam(sae.parameters(), lr=optim.default_learning_rate(n))
+    x = torch.randn(batch, d, generator=torch.Generator().manual_seed(seed))
+    sae.b_dec.data = x.mean(0)  # As its trainer does on the first batch.
+    since_fired = torch.zeros(n, dtype=torch.long)
+    losses = []
+
+    def run():
+      with torch.no_grad():
+        sae.set_decoder_norm_to_unit_norm()
+      out = sae(x, dead_mask=None)
+      (out.fvu + out.multi_topk_fvu / 8).backward()
+      sae.remove_gradient_parallel_to_decoder_directions()
+      adam.step()
+      adam.zero_grad()
+      with torch.no_grad():
+        fired = torch.zeros(n, dtype=torch.bool)
+        fired[out.latent_indices.flatten()] = True
+        since_fired.add_(batch)
+        since_fired[fired] = 0
+      losses.append(float(out.fvu.detach()))
+
+    measured = timing.time_calls(run, repeats)
+  finally:
+    torch.set_num_threads(previous_threads)
+  version = getattr(sparsify, "__version__", None) or importlib.metadata.version("eai-sparsify")
+  return PeerResult(measured, batch, tuple(losses), version, threads)

@@ -29,6 +29,8 @@ COLUMNS = (
   ("peak_fraction", "% matmul peak", "{:.0%}"),
   ("saelens_tokens_per_s", "SAELens tokens/s", "{:,.0f}"),
   ("saelens_ratio", "× SAELens", "{:.2f}"),
+  ("sparsify_tokens_per_s", "sparsify tokens/s", "{:,.0f}"),
+  ("sparsify_ratio", "× sparsify", "{:.2f}"),
   ("target", "target", "{}"),
   ("target_met", "met", "{}"),
 )
