@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from jaxsae.bench import floor, harness, peers, report, sae_step
+from jaxsae.bench import floor, harness, loop, peers, report, sae_step
 from jaxsae.errors import JaxsaeError
 
 SHAPE = dict(d=16, n=64, k=4, batch=32)
@@ -124,3 +124,15 @@ def test_json_markdown_and_readme_block(result, tmp_path):
   assert text == readme.read_text()
   with pytest.raises(JaxsaeError):
     report.replace_block("no markers", "table")
+
+
+@pytest.mark.slow
+def test_the_loop_is_timed_in_steady_state_beside_the_step(tmp_path):
+  looped = loop.time_train_loop("topk", **SHAPE, steps=40, log_every=10, workdir=tmp_path)
+  assert looped.steps_timed == 30 and _positive(looped.tokens_per_s)  # Records 10 → 40.
+  records = (tmp_path / "loop" / "metrics.jsonl").read_text()
+  assert '"step": 40' in records and "density_histogram" in records  # The loop's statistics.
+  with pytest.raises(ValueError, match="two metrics records"):
+    loop.time_train_loop("topk", **SHAPE, steps=15, log_every=10)
+  row = harness.benchmark_architecture("topk", **SHAPE, repeats=1, peer=False, loop=True)
+  assert row["loop_overhead"] == pytest.approx(row["tokens_per_s"] / row["loop_tokens_per_s"] - 1)

@@ -5,6 +5,8 @@ for TopK), in one process.
   python -m experiments.bench.sae --architectures=topk --d=128 --n=1024 --k=16 --batch=1024 \
       --out=/tmp/bench --peer=False
   python -m experiments.bench.sae --out=runs/bench --readme=README.md   # also refresh README
+  python -m experiments.bench.sae --architectures=topk --d=128 --n=4096 --k=32 --batch=1024 \
+      --repeats=20 --loop --out=runs/bench_main    # the main job's shape, loop included
   python -m experiments.bench.sae --out=/tmp/b --peer=False \
       --architectures=topk,topk:topk_path=dense,topk:compute_dtype=bfloat16
 
@@ -31,6 +33,9 @@ _K = flags.DEFINE_integer("k", 32, "Active latents (TopK, BatchTopK).")
 _BATCH = flags.DEFINE_integer("batch", 4096, "Tokens per step.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed steps per measurement (median).")
 _PEER = flags.DEFINE_boolean("peer", True, "Also time SAELens and sparsify when installed.")
+_LOOP = flags.DEFINE_boolean(
+  "loop", False, "Also time the trainer's own loop (metrics, statistics, checkpoints)."
+)
 _OUT = flags.DEFINE_string("out", None, "Directory for sae_bench.json and sae_bench.md.")
 _README = flags.DEFINE_string("readme", None, "Also replace the table in this README.")
 flags.mark_flag_as_required("out")
@@ -46,6 +51,7 @@ def main(argv):
     batch=_BATCH.value,
     repeats=_REPEATS.value,
     peer=_PEER.value,
+    loop=_LOOP.value,
     log=print,
   )
   paths = report.write(result, _OUT.value)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jaxsae.bench import floor as floor_lib
+from jaxsae.bench import loop as loop_lib
 from jaxsae.bench import machine, peers, sae_step
 
 
@@ -64,12 +65,14 @@ def benchmark_architecture(
   peak: floor_lib.Peak | None = None,
   mesh=None,
   sparsify_timing: peers.PeerResult | None = None,
+  loop: bool = False,
 ) -> dict[str, Any]:
   """One row: our step, its floor and (if `peer` and installed) the peers, all at one shape.
 
   `spec` is an architecture, or a variant of one (`sae_step.parse_spec`: "topk:topk_path=dense");
   SAELens runs only for the plain architectures (a variant is compared with its floor). Every
-  TopK row gets sparsify's step (`sparsify_timing`, else timed here)."""
+  TopK row gets sparsify's step (`sparsify_timing`, else timed here). With `loop`, also the
+  trainer's own loop (`bench.loop`) and what it adds to the step."""
   architecture, overrides = sae_step.parse_spec(spec)
   peak = peak or floor_lib.matmul_peak(batch, d, n, repeats)
   ours = sae_step.time_train_step(
@@ -116,6 +119,11 @@ def benchmark_architecture(
       saelens_losses=list(theirs.losses),
       saelens_note=f"sae-lens {theirs.version}, torch {theirs.threads} threads",
     )
+  row["loop_tokens_per_s"] = row["loop_overhead"] = None
+  if loop:
+    looped = loop_lib.time_train_loop(architecture, d=d, n=n, k=k, batch=batch, overrides=overrides)
+    row["loop_tokens_per_s"] = looped.tokens_per_s
+    row["loop_overhead"] = ours.tokens_per_s / looped.tokens_per_s - 1
   row.update(_sparsify_columns(architecture, ours, peer, sparsify_timing, d, n, k, batch, repeats))
   target = None if overrides else TARGETS.get(architecture)
   row["target"] = target.text if target else ""
@@ -151,6 +159,7 @@ def run(
   batch: int,
   repeats: int = 5,
   peer: bool = True,
+  loop: bool = False,
   log: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
   """{"machine", "date", "settings", "rows"}: every architecture at one shape."""
@@ -166,7 +175,7 @@ def run(
   for spec in architectures:
     row = benchmark_architecture(
       spec, d=d, n=n, k=k, batch=batch, repeats=repeats, peer=peer, peak=peak,
-      sparsify_timing=sparsify_timing,
+      sparsify_timing=sparsify_timing, loop=loop,
     )  # fmt: skip
     log(
       f"{spec}: {row['step_ms']:.1f} ms/step, {row['tokens_per_s']:.0f} tokens/s, "

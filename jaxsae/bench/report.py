@@ -31,6 +31,7 @@ COLUMNS = (
   ("saelens_ratio", "× SAELens", "{:.2f}"),
   ("sparsify_tokens_per_s", "sparsify tokens/s", "{:,.0f}"),
   ("sparsify_ratio", "× sparsify", "{:.2f}"),
+  ("loop_overhead", "loop adds", "{:.0%}"),
   ("target", "target", "{}"),
   ("target_met", "met", "{}"),
 )
