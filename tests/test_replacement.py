@@ -1,14 +1,21 @@
 """The replacement model (jaxsae.evals.replacement) on a tiny random ReLU-MLP transformer."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_circuit_config
+from conftest import REPO, tiny_circuit_config
 from jaxsae.errors import JaxsaeError
 from jaxsae.evals import replacement
+from jaxsae.models import pretrained
 from jaxsae.models import transformer as T
 from jaxsae.models.language_model import LanguageModel
+from jaxsae.sae import zoo
+from jaxsae.sae.zoo import circuit_tracer
 from jaxsae.sae.zoo import transcoders as tc_lib
 from jaxsae.text.tokenizer import ByteTokenizer
 
@@ -150,3 +157,32 @@ def test_bad_dictionaries_name_the_problem(lm, windows):
 
 def vars_of(tc):
   return {f: getattr(tc, f) for f in tc.__dataclass_fields__}
+
+
+def test_a_circuit_tracer_set_folder_loads_as_a_replacement_model(lm, windows, tmp_path):
+  folder = circuit_tracer.write_set(tmp_path / "set", dict(enumerate(_exact(lm))))
+  loaded = zoo.load_replacement(str(folder))
+  assert [tc.output_hook for tc in loaded] == ["blocks.0.mlp.out", "blocks.1.mlp.out"]
+  report = replacement.evaluate(lm, loaded, windows)
+  assert max(layer["fvu"] for layer in report.layers) < 1e-6
+
+
+@pytest.mark.slow
+def test_the_experiment_writes_the_report_of_a_saved_model_and_set(lm, tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for i in range(40):
+    (corpus / f"f{i}.txt").write_text(f"value_{i} = [{i}, {i + 1}]  # row {i}\n" * 30)
+  meta = {"corpus": str(corpus), "pattern": "*.txt", "validation_fraction": 0.3}
+  meta["test_fraction"] = 0.1
+  model = pretrained.save(tmp_path / "model", lm.config, lm.params, lm.tokenizer, meta)
+  folder = circuit_tracer.write_set(tmp_path / "set", dict(enumerate(_exact(lm))))
+  workdir = tmp_path / "out"
+  command = [sys.executable, "-m", "experiments.replacement", f"--transcoders={folder}"]
+  command += [f"--model={model}", "--windows=6", "--seq_len=16", f"--workdir={workdir}"]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+  assert [r["hook"] for r in rows] == ["blocks.0.mlp.out", "blocks.1.mlp.out"]
+  assert all(r["fvu"] < 1e-6 and abs(r["delta_ce"]) < 1e-4 for r in rows)  # Its own MLPs.
+  assert "| layer | hook | fvu |" in (workdir / "results.md").read_text()

@@ -34,7 +34,14 @@ from jaxsae.sae.zoo import circuit_tracer, gemma_scope, hooknames, saelens_trans
 from jaxsae.sae.zoo.locate import TRANSCODER_KINDS, Found, locate
 from jaxsae.sae.zoo.transcoders import CrossLayerTranscoder, Transcoder
 
-__all__ = ["CrossLayerTranscoder", "Transcoder", "load", "load_transcoder", "locate"]
+__all__ = [
+  "CrossLayerTranscoder",
+  "Transcoder",
+  "load",
+  "load_replacement",
+  "load_transcoder",
+  "locate",
+]
 
 
 def _source(found: Found) -> dict[str, Any]:
@@ -102,6 +109,23 @@ def load(path_or_id, cache_dir=None) -> tuple[Any, dict[str, Any], dict[str, Any
   desc.pop("hook_out")
   config, variables = gemma_scope.to_sae(tensors, found.path)
   return config, variables, {**desc, **{k: v for k, v in source.items() if v}}
+
+
+def load_replacement(paths_or_ids, cache_dir=None) -> list[Transcoder] | CrossLayerTranscoder:
+  """The dictionaries of a replacement model (`jaxsae.evals.replacement`): a CLT, every layer
+  of a circuit-tracer per-layer set folder, or a list of per-layer transcoders (paths or ids,
+  first layer first)."""
+  if isinstance(paths_or_ids, (list, tuple)):
+    return [load_transcoder(p, cache_dir) for p in paths_or_ids]
+  found = locate(paths_or_ids, cache_dir)
+  if found.kind == "circuit_tracer_set":
+    cfg = circuit_tracer.read_config(found.path)
+    return [
+      circuit_tracer.read_layer(found.path / f"layer_{layer}.safetensors", cfg)
+      for layer in circuit_tracer.layers(found.path)
+    ]
+  loaded = load_transcoder(paths_or_ids, cache_dir)
+  return loaded if isinstance(loaded, CrossLayerTranscoder) else [loaded]
 
 
 def load_transcoder(path_or_id, cache_dir=None) -> Transcoder | CrossLayerTranscoder:
