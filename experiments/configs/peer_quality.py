@@ -7,7 +7,10 @@ shares) and of `quality` can be overridden, e.g. --config.quality.budgets=1,10
 
 The 10× rows of the published page come from the same workdir with
   --config.quality.budgets=10 --config.quality.trainers=jaxsae,sparsify-adam-constant,saelens
-(15,000 steps each; the λ families have no 10× rows yet).
+  --config.quality.budgets=10 --config.quality.seeds=0 \
+    --config.quality.trainers=saelens-batchtopk,jaxsae-batchtopk,saelens-jumprelu-target,jaxsae-jumprelu \
+    --config.quality.lambdas.saelens_jumprelu_target=12,20 --config.quality.lambdas.jaxsae_jumprelu=12,20
+(15,000 steps each; ReLU and Gated have no 10× rows yet).
 
 Gemma 3 270M's page: experiments/configs/peer_quality_gemma3.py (its docstring has the command).
 """
