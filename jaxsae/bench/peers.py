@@ -18,6 +18,7 @@ AuxK off, as no latent is dead in a few steps (its dead threshold is 10M tokens)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import importlib.util
@@ -35,11 +36,31 @@ CLASSES = {
 }
 
 
+def _missing(*modules: str) -> str | None:
+  absent = [m for m in modules if importlib.util.find_spec(m) is None]
+  return f"{' and '.join(absent)} not installed (pip install -e '.[peers]')" if absent else None
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+  """torch's intra-op threads set to `threads` (default: one per usable core) for the block,
+  then restored; yields the count."""
+  import torch
+
+  threads = threads or machine.usable_cpus()
+  previous = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  try:
+    yield threads
+  finally:
+    torch.set_num_threads(previous)
+
+
 def sparsify_unavailable_reason(architecture: str) -> str | None:
   """Why sparsify cannot be timed on `architecture` here, or None when it can."""
-  missing = [m for m in ("torch", "sparsify") if importlib.util.find_spec(m) is None]
+  missing = _missing("torch", "sparsify")
   if missing:
-    return f"{' and '.join(missing)} not installed (pip install -e '.[peers]')"
+    return missing
   if architecture != "topk":
     return f"sparsify trains TopK only, not {architecture}"
   return None
@@ -47,9 +68,9 @@ def sparsify_unavailable_reason(architecture: str) -> str | None:
 
 def unavailable_reason(architecture: str) -> str | None:
   """Why SAELens cannot be timed on `architecture` here, or None when it can."""
-  missing = [m for m in ("torch", "sae_lens") if importlib.util.find_spec(m) is None]
+  missing = _missing("torch", "sae_lens")
   if missing:
-    return f"{' and '.join(missing)} not installed (pip install -e '.[peers]')"
+    return missing
   if architecture not in CLASSES:
     return f"SAELens has no {architecture} training SAE"
   return None
@@ -83,10 +104,7 @@ def time_saelens_step(
   from sae_lens.config import LoggingConfig, SAETrainerConfig
 
   sae_name, config_name, takes_k = CLASSES[architecture]
-  threads = threads or machine.usable_cpus()
-  previous_threads = torch.get_num_threads()
-  torch.set_num_threads(threads)
-  try:
+  with _torch_threads(threads) as threads:
     torch.manual_seed(seed)
     extra = {"k": k} if takes_k else {}
     cfg = getattr(sae_lens, config_name)(d_in=d, d_sae=n, dtype="float32", device="cpu", **extra)
@@ -112,8 +130,6 @@ def time_saelens_step(
       losses.append(float(out.loss.detach()))
 
     measured = timing.time_calls(run, repeats)
-  finally:
-    torch.set_num_threads(previous_threads)
   return PeerResult(measured, batch, tuple(losses), sae_lens.__version__, threads)
 
 
@@ -137,10 +153,7 @@ def time_sparsify_step(
   from sparsify.config import SparseCoderConfig
   from sparsify.sparse_coder import SparseCoder
 
-  threads = threads or machine.usable_cpus()
-  previous_threads = torch.get_num_threads()
-  torch.set_num_threads(threads)
-  try:
+  with _torch_threads(threads) as threads:
     torch.manual_seed(seed)
     sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), "cpu", dtype=torch.float32)
     adam = torch.optim.Adam(sae.parameters(), lr=optim.default_learning_rate(n))
@@ -165,7 +178,5 @@ def time_sparsify_step(
       losses.append(float(out.fvu.detach()))
 
     measured = timing.time_calls(run, repeats)
-  finally:
-    torch.set_num_threads(previous_threads)
   version = getattr(sparsify, "__version__", None) or importlib.metadata.version("eai-sparsify")
   return PeerResult(measured, batch, tuple(losses), version, threads)

@@ -275,7 +275,6 @@ def evaluate(
   layers = []
   for j, (err, sum_y, sum_sq_y) in enumerate(layer_sums):
     variance = sum_sq_y - (sum_y**2).sum() / n  # Σ‖y − ȳ‖² over the counted positions.
-    row = {"layer": j, "hook": targets[j].hook, "fvu": float(err / variance)}
-    row["l0"] = float(l0[j] / n) if j < len(l0) else float("nan")
-    layers.append(row)
+    fvu, mean_l0 = float(err / variance), float(l0[j] / n)  # One source per target layer.
+    layers.append({"layer": j, "hook": targets[j].hook, "fvu": fvu, "l0": mean_l0})
   return ReplacementReport(layers, ce / predictions, repl_ce / predictions, kl / predictions)

@@ -63,12 +63,11 @@ def warn_if_other_corpus(lm, section: Mapping) -> None:
   meta = lm.metadata or {}
   if "corpus" not in meta:  # Trained elsewhere (Hugging Face, GGUF): nothing to compare.
     return
-  named = [
-    str(section.get(k, d)) for k, d in (("corpus", corpus_lib.STDLIB), ("pattern", "**/*.py"))
-  ]
-  recorded = [
-    str(meta.get(k, d)) for k, d in (("corpus", corpus_lib.STDLIB), ("pattern", "**/*.py"))
-  ]
+
+  def corpus_and_pattern(fields: Mapping) -> list[str]:
+    return [str(fields.get("corpus", corpus_lib.STDLIB)), str(fields.get("pattern", "**/*.py"))]
+
+  named, recorded = corpus_and_pattern(section), corpus_and_pattern(meta)
   if named != recorded:
     warnings.warn(
       f"the model was trained on corpus {recorded[0]!r} (pattern {recorded[1]!r}) but the config "
