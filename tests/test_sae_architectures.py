@@ -242,21 +242,22 @@ def test_jumprelu_l0_penalty_acts_on_pre_activations():
 
 
 def test_jumprelu_target_penalty_is_quadratic_around_k_with_the_step_gradient():
-  """Gemma Scope 2's penalty: λ·mean_t (2/k)(L0_t − k)²; its θ-gradient is the step's
-  pseudo-derivative times the per-token factor λ(4/k)(L0_t − k)/B (hand-derived)."""
+  """Gemma Scope 2's penalty on SAELens's scale over d: (λ/d)·mean_t (2/k)(L0_t − k)²; its
+  θ-gradient is the step's pseudo-derivative times the per-token factor (λ/d)(4/k)(L0_t − k)/B
+  (hand-derived)."""
   sae, v, x = make("jumprelu", jumprelu_penalty="target", jumprelu_bandwidth=0.5)
   p, xn = numpy_params(v), np.asarray(x, np.float64)
   pre = (xn - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
   l0_t = (pre > p["threshold"]).sum(-1)
   assert len(set(l0_t.tolist())) > 1 and (l0_t != 4).any()  # The penalty is not trivially 0.
   np.testing.assert_allclose(
-    loss_of(sae, v, x).terms["sparsity"], 0.3 * np.mean(2 / 4 * (l0_t - 4.0) ** 2), rtol=1e-5
+    loss_of(sae, v, x).terms["sparsity"], 0.3 / D * np.mean(2 / 4 * (l0_t - 4.0) ** 2), rtol=1e-5
   )
   grad = jax.grad(lambda th: loss_of(sae, _with(v, threshold=th), x).terms["sparsity"])(
     v["params"]["threshold"]
   )
   kernel = np.abs((pre - p["threshold"]) / 0.5) < 0.5
-  factor = 0.3 * (4 / 4) * (l0_t - 4.0) / BATCH  # d/dL0_t of λ·mean (2/k)(L0_t − k)².
+  factor = 0.3 / D * (4 / 4) * (l0_t - 4.0) / BATCH  # d/dL0_t of (λ/d)·mean (2/k)(L0_t − k)².
   expected = (factor[:, None] * (-1 / 0.5) * kernel).sum(0)
   assert np.abs(expected).max() > 0
   np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-6)

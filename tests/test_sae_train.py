@@ -342,3 +342,29 @@ def test_warmup_is_a_share_of_the_run_unless_given_in_steps():
   c.optim.warmup_steps, c.optim.warmup_fraction = -1, 0.9
   with pytest.raises(ValueError, match="warmup_fraction \\+ optim.decay_fraction = 1.1"):
     train_config.validate(c)
+
+
+@pytest.mark.parametrize(
+  "architecture,penalty,clip",
+  [("jumprelu", "target", 1 / 16), ("jumprelu", "l0", 1.0), ("topk", "l0", 1.0)],
+)
+def test_the_default_clip_is_saelens_over_d_for_jumprelus_target_penalty(
+  architecture, penalty, clip
+):
+  """optim.clip_norm = -1: the gradient reaching Adam has global norm min(‖g‖, clip), with clip
+  1/d for JumpReLU's target penalty (SAELens's clip of 1 on an error summed over d), else 1."""
+  from jaxsae.sae import optim, registry
+  from jaxsae.sae.config import SAEConfig
+
+  config = train_config.base_config(architecture)
+  assert config.optim.clip_norm == -1
+  sae_config = SAEConfig(architecture, d_in=16, n_latents=32, jumprelu_penalty=penalty)
+  sae = registry.build(sae_config)
+  config.optim.b1 = 0.0  # Adam's first moment is then the gradient it was given.
+  tx, _ = optim.make_optimizer(config.optim, 100, 32, sae)
+  params = {"W_enc": jnp.ones((16, 32)), "W_dec": jnp.ones((32, 16)), "threshold": jnp.ones(32)}
+  grads = jax.tree.map(lambda p: 3.0 * jnp.ones_like(p), params)  # ‖g‖ far above either clip.
+  _, state = tx.update(grads, tx.init(params), params)
+  mu = next(s.mu for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, "mu")))
+  got = float(jnp.sqrt(sum(jnp.sum(m**2) for m in jax.tree.leaves(mu))))
+  assert got == pytest.approx(clip, rel=1e-5)

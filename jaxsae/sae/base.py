@@ -34,6 +34,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxsae.sae import cross_layer
 from jaxsae.sae.collectives import Axes
 from jaxsae.sae.config import SAEConfig
 
@@ -111,6 +112,8 @@ class SparseAutoencoder(nn.Module):
   # Adam β1 when optim.b1 = -1 (dictionary_learning trains JumpReLU and Gated with β1 = 0; jaxsae
   # keeps 0 for JumpReLU only, see gated.py).
   default_b1 = 0.9
+  # Per-SAE global gradient-norm clip when optim.clip_norm = -1 (JumpReLU's target penalty: 1/d).
+  default_clip_norm = 1.0
   # Whether encoder_init_scale = -1 fits W_enc's scale at init (`fitted_encoder_scale`): only
   # where z scales with W_enc (TopK, BatchTopK, Gated); others keep s = 1.
   fits_encoder_scale = False
@@ -122,8 +125,18 @@ class SparseAutoencoder(nn.Module):
     if norm <= 0:  # The recipe's: small where the decoder is free (SAEConfig.decoder_init_norm).
       norm = 1.0 if self.unit_norm_decoder else 0.1
 
+    layers = cfg.layers
+    if layers > 1 and self.n_local % layers:
+      raise ValueError(
+        f"a cross-layer transcoder over {layers} layers needs each latent shard to hold whole "
+        f"features (n_latents / layers = {cfg.n_latents // layers} divisible by the latent shards)"
+      )
+
     def decoder_init(key, shape, dtype=jnp.float32):
-      return unit_rows(key, shape, dtype) * norm
+      if layers == 1:
+        return unit_rows(key, shape, dtype) * norm
+      w = jax.random.normal(key, shape, jnp.float32) * self.decoder_mask()  # Own layer onwards.
+      return (w / jnp.linalg.norm(w, axis=-1, keepdims=True) * norm).astype(dtype)
 
     d_out = cfg.d_target
     self.W_dec = self.param(
@@ -139,7 +152,7 @@ class SparseAutoencoder(nn.Module):
     def encoder_init(key, shape):
       if cfg.tied_init and not cfg.transcode:
         return self.W_dec.T * scale
-      return unit_rows(key, (self.n_local, cfg.d_in)).T * scale
+      return unit_rows(key, (self.n_local, cfg.d_layer)).T * scale
 
     self.W_enc = self.param("W_enc", _partitioned(encoder_init, ("embed", "latents")), (0,))
     self.setup_encoder()
@@ -206,8 +219,24 @@ class SparseAutoencoder(nn.Module):
     return self.matmul(zero_row, jax.lax.stop_gradient(W_DxN))
 
   def pre_activations(self, x_BxD: jax.Array) -> jax.Array:
-    """pre = (x̃ − b_dec) W_enc + b_enc."""
+    """pre = (x̃ − b_dec) W_enc + b_enc (a CLT: x̃_{layer of g} W_enc[:, g] + b_enc)."""
+    if self.config.layers > 1:
+      pre = cross_layer.pre_activations(x_BxD, self.W_enc, self.config.layers, self.matmul)
+      return pre + self.b_enc
     return self.centered_matmul(x_BxD, self.W_enc) + self.b_enc
+
+  def decoder_mask(self) -> jax.Array:
+    """A CLT's M: which blocks of each W_dec row its latent may write (`cross_layer`)."""
+    index = self.axes.latent_offset(self.n_local) + jnp.arange(self.n_local)
+    return cross_layer.decoder_mask(
+      index, self.config.layers, self.config.d_target // self.config.layers
+    )
+
+  @property
+  def decoder(self) -> jax.Array:
+    """The W_dec the forward pass uses: W_dec, or a CLT's M ⊙ W_dec (no gradient to the zero
+    blocks, which so stay zero)."""
+    return self.W_dec if self.config.layers == 1 else self.W_dec * self.decoder_mask()
 
   def output_bias(self, x_BxD: jax.Array | None = None) -> jax.Array:
     """The part of ŷ the latents do not write: b_dec, plus x̃ W_skip with a skip connection."""
@@ -220,7 +249,7 @@ class SparseAutoencoder(nn.Module):
   def decode(self, z_BxN: jax.Array, x_BxD: jax.Array | None = None) -> jax.Array:
     """ŷ = z W_dec + b_dec (+ x̃ W_skip, which needs the input x̃); partial products summed
     over latent shards."""
-    return self.axes.sum_latents(self.matmul(z_BxN, self.W_dec)) + self.output_bias(x_BxD)
+    return self.axes.sum_latents(self.matmul(z_BxN, self.decoder)) + self.output_bias(x_BxD)
 
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
     """The reconstruction (an SAE) or prediction (a transcoder) at inference."""
@@ -238,7 +267,16 @@ class SparseAutoencoder(nn.Module):
     return self.axes.sum_batch(per_token_B.sum()) / n_tokens
 
   def reconstruction_error(self, y_BxO: jax.Array, y_hat_BxO: jax.Array) -> jax.Array:
-    """mean over tokens of ‖ỹ − ŷ‖² / d_out."""
+    """mean over tokens of ‖ỹ − ŷ‖² / d_out; a CLT's Σ_l ‖ỹ_l − ŷ_l‖² / sg(‖ỹ_l − ȳ_l‖²)
+    (batch sums: each layer's normalized MSE, `cross_layer`)."""
+    layers = self.config.layers
+    if layers > 1:
+      y = jax.lax.stop_gradient(y_BxO)
+      n_tokens = y.shape[0] * self.axes.batch_shards()
+      mean = self.axes.sum_batch(y.sum(0)) / n_tokens
+      var = self.axes.sum_batch(cross_layer.per_layer_sums((y - mean) ** 2, layers))
+      err = self.axes.sum_batch(cross_layer.per_layer_sums((y_BxO - y_hat_BxO) ** 2, layers))
+      return jnp.sum(err / jnp.maximum(var, 1e-12))
     return self.mean_over_tokens(jnp.sum((y_BxO - y_hat_BxO) ** 2, axis=-1)) / y_BxO.shape[-1]
 
   def reconstruction_term(
@@ -257,12 +295,19 @@ class SparseAutoencoder(nn.Module):
     )
 
   def decoder_row_norms(self) -> jax.Array:
-    return jnp.linalg.norm(self.W_dec, axis=-1)
+    """‖W_dec row‖ of each latent (a CLT's over every layer it writes)."""
+    return jnp.linalg.norm(self.decoder, axis=-1)
 
   def l1_penalty(self, z_BxN: jax.Array) -> jax.Array:
     """Σ_i |z_i| (unit decoder) or Σ_i |z_i| ‖w_i‖ (decoder_norm=penalty), mean over tokens."""
     weights = 1.0 if self.unit_norm_decoder else self.decoder_row_norms()
     return self.mean_over_tokens(self.axes.sum_latents(jnp.sum(jnp.abs(z_BxN) * weights, -1)))
+
+  def tanh_penalty(self, z_BxN: jax.Array) -> jax.Array:
+    """Σ_i tanh(c·|z_i|·‖w_i‖), mean over tokens (`SAEConfig.tanh_c`)."""
+    c = self.config.tanh_c
+    per_latent = jnp.tanh(c * jnp.abs(z_BxN) * self.decoder_row_norms())
+    return self.mean_over_tokens(self.axes.sum_latents(jnp.sum(per_latent, -1)))
 
   def extra_terms(
     self,

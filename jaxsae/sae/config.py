@@ -38,6 +38,14 @@ class SAEConfig:
                     (input, target) pairs (`data.target`).
   skip:             a skip connection ŷ += x W_skip (d_in × d_out, zero at init): a skip
                     transcoder (Paulo et al. 2025, "Transcoders beat sparse autoencoders").
+  tanh_c:           c > 0: relu's and jumprelu's sparsity term is λ Σ_i tanh(c·|z_i|·‖w_i‖)
+                    (Anthropic, "Circuit Tracing" 2025: ‖w_i‖ over every layer a CLT's feature
+                    writes), in place of the L1 / L0 term; it saturates near |z_i|‖w_i‖ = 2/c,
+                    so large activations stop paying. -1: off.
+  layers:           L > 1: a cross-layer transcoder (`jaxsae.sae.cross_layer`). x and y are L
+                    layers' activations side by side (d_in = L·d, d_out = L·d_out per layer),
+                    n_latents counts every layer's features (n/L per layer), and a feature of
+                    layer l reads x_l and writes y_l′ for every l′ ≥ l. 1: one site.
   n_latents:        dictionary size n.
   k:                active latents per token (topk; batchtopk keeps k·B over a batch of B).
   k_aux:            AuxK: how many dead latents reconstruct the residual; 0 turns AuxK off;
@@ -120,6 +128,8 @@ class SAEConfig:
   d_out: int = -1
   transcode: bool = False
   skip: bool = False
+  layers: int = 1
+  tanh_c: float = -1.0
 
   def __post_init__(self):
     object.__setattr__(self, "matryoshka", tuple(int(m) for m in self.matryoshka))
@@ -134,17 +144,24 @@ class SAEConfig:
     return self.d_in if self.d_out == -1 else self.d_out
 
   @property
+  def d_layer(self) -> int:
+    """Width of one layer's input: d_in, or d_in / L for a cross-layer transcoder."""
+    return self.d_in // self.layers
+
+  @property
   def aux_k(self) -> int:
     return self.d_in // 2 if self.k_aux == -1 else self.k_aux
 
   @property
   def bandwidth(self) -> float:
-    return 0.001 * math.sqrt(self.d_in) if self.jumprelu_bandwidth < 0 else self.jumprelu_bandwidth
+    return (
+      0.001 * math.sqrt(self.d_layer) if self.jumprelu_bandwidth < 0 else self.jumprelu_bandwidth
+    )
 
   @property
   def init_threshold(self) -> float:
     if self.jumprelu_init_threshold < 0:
-      return 0.001 * math.sqrt(self.d_in)
+      return 0.001 * math.sqrt(self.d_layer)
     return self.jumprelu_init_threshold
 
   @property
@@ -200,6 +217,11 @@ class SAEConfig:
       p,
       f"sae.sparsity_coefficient={self.sparsity_coefficient} must be >= 0",
     )
+    config_check.require(
+      self.tanh_c == -1 or self.tanh_c > 0,
+      p,
+      f"sae.tanh_c={self.tanh_c} must be positive (the tanh penalty's c), or -1 (off)",
+    )
     config_check.require(self.aux_alpha >= 0, p, f"sae.aux_alpha={self.aux_alpha} must be >= 0")
     config_check.require(
       self.encoder_init_scale == -1 or self.encoder_init_scale > 0,
@@ -223,6 +245,10 @@ class SAEConfig:
       p,
       f"sae.batchtopk_momentum={self.batchtopk_momentum} must be in [0, 1)",
     )
+    if self.layers != 1:
+      from jaxsae.sae import cross_layer
+
+      p.extend(cross_layer.config_problems(self))
     if not p:
       p.extend(registry.get(self.architecture).config_problems(self))
     return p

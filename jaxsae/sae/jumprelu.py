@@ -4,8 +4,12 @@
     L = ‖x̃ − x̂‖² + λ Σ_i H(pre_i − θ_i)     (an L0 penalty, eq. 10)
 
 or, with `jumprelu_penalty="target"`, Gemma Scope 2's quadratic penalty around a target L0 of k,
-    L = ‖x̃ − x̂‖² + λ (2/k) (Σ_i H(pre_i − θ_i) − k)²    (per token, then the mean),
-which pulls every token's L0 towards k from either side instead of pushing it down.
+    L = ‖x̃ − x̂‖²/d + (λ/d) (2/k) (Σ_i H(pre_i − θ_i) − k)²    (per token, then the mean),
+which pulls every token's L0 towards k from either side instead of pushing it down. Our error is
+a mean over the d outputs where SAELens's (which trains Gemma Scope 2's recipe) is a sum, so the
+penalty is divided by d too: λ means what SAELens's λ means, and this L is SAELens's over d.
+Its gradient-norm clip is SAELens's over d as well (`default_clip_norm`). With `tanh_c` = c > 0
+the sparsity term is instead λ Σ_i tanh(c·z_i·‖w_i‖) (Circuit Tracing's, for CLTs).
 
 Both functions use the straight-through pseudo-derivatives of `nonlinearities` (rectangle
 kernel, bandwidth ε); the step acts on the pre-activations. The paper's ε = θ₀ = 0.001 are for
@@ -28,6 +32,14 @@ class JumpReLUSAE(SparseAutoencoder):
   # it: at L0 16 on the main job, held-out FVU 0.0905 against 0.0969 with unit-norm rows.
   auto_unit_norm_decoder = False
 
+  @property
+  def default_clip_norm(self) -> float:
+    """SAELens's clip of 1 on its error summed over d, for the target penalty (on the main job's
+    activations it is what lands the targets: docs/quality); the paper's λ·L0 keeps 1."""
+    if self.config.jumprelu_penalty == "target" and self.config.tanh_c <= 0:
+      return 1.0 / self.config.d_target
+    return 1.0
+
   def setup_encoder(self):
     super().setup_encoder()
     self.threshold = self.latent_param("threshold", self.config.init_threshold)
@@ -37,11 +49,13 @@ class JumpReLUSAE(SparseAutoencoder):
     return Encoding(nonlinearities.jumprelu(pre, self.threshold, self.config.bandwidth), pre)
 
   def extra_terms(self, x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N):
+    if self.config.tanh_c > 0:  # Circuit Tracing's: through z, θ's gradient is the jump's.
+      return {"sparsity": hyper.sparsity_coefficient * self.tanh_penalty(enc.latents)}, {}
     steps = nonlinearities.heaviside_step(enc.pre, self.threshold, self.config.bandwidth)
     l0_B = self.axes.sum_latents(jnp.sum(steps, -1))  # Every latent shard's count: the L0.
     if self.config.jumprelu_penalty == "target":
       k = hyper.k.astype(l0_B.dtype)  # Traced: sweep members may target different L0s.
-      l0_B = (2.0 / k) * (l0_B - k) ** 2
+      l0_B = (2.0 / k) * (l0_B - k) ** 2 / self.config.d_target
     return {"sparsity": hyper.sparsity_coefficient * self.mean_over_tokens(l0_B)}, {}
 
   def constrain(self, params):

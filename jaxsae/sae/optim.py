@@ -93,8 +93,9 @@ def make_optimizer(
   parts = []
   if sae.unit_norm_decoder:
     parts.append(project_decoder_gradients())
-  if optim.clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(optim.clip_norm))
+  clip = optim.clip_norm if optim.clip_norm >= 0 else sae.default_clip_norm
+  if clip > 0:
+    parts.append(optax.clip_by_global_norm(clip))
   parts.append(optax.adam(schedule, b1=b1, b2=optim.b2, eps=optim.eps))
   parts.append(constrain(sae.constrain))
   return optax.chain(*parts), schedule

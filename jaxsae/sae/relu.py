@@ -4,7 +4,8 @@
 
 By default the decoder is free and the penalty is weighted by the decoder row norms ‖w_i‖
 (April 2024 update), which stops the model from shrinking z by growing W_dec. With
-`decoder_norm="unit"` the rows are kept at norm 1 and the penalty is the plain λ‖z‖₁.
+`decoder_norm="unit"` the rows are kept at norm 1 and the penalty is the plain λ‖z‖₁. With
+`tanh_c` = c > 0 it is λ Σ_i tanh(c·z_i·‖w_i‖) (Circuit Tracing's, for CLTs).
 """
 
 from __future__ import annotations
@@ -23,4 +24,6 @@ class ReLUSAE(SparseAutoencoder):
     return Encoding(jax.nn.relu(pre), pre)
 
   def extra_terms(self, x_BxD, y_BxO, y_hat_BxO, enc, hyper, dead_N):
-    return {"sparsity": hyper.sparsity_coefficient * self.l1_penalty(enc.latents)}, {}
+    z = enc.latents
+    penalty = self.tanh_penalty(z) if self.config.tanh_c > 0 else self.l1_penalty(z)
+    return {"sparsity": hyper.sparsity_coefficient * penalty}, {}

@@ -102,6 +102,29 @@ class PairSource:
     return _index_batches(self, batch_size, lambda i: (self.rows(i), self.target_rows(i)), **kw)
 
 
+class StackedSource:
+  """Several sites of the same tokens side by side: row i is [row i of each source]. A
+  cross-layer transcoder's inputs (every layer's MLP input) and targets (every MLP output)."""
+
+  def __init__(self, sources):
+    self.sources = [as_source(s) for s in sources]
+    if not self.sources:
+      raise JaxsaeError("a stacked source needs at least one source (one per layer)")
+    lengths = {len(s) for s in self.sources}
+    if len(lengths) != 1:
+      raise JaxsaeError(
+        f"the stacked sources have {sorted(lengths)} rows: every layer's source must hold the "
+        "same tokens, row by row (harvest every hook in one pass)"
+      )
+    self.d_in = sum(s.d_in for s in self.sources)
+
+  def __len__(self) -> int:
+    return len(self.sources[0])
+
+  def rows(self, indices: np.ndarray) -> np.ndarray:
+    return np.concatenate([s.rows(indices) for s in self.sources], axis=-1)
+
+
 def is_paired(source) -> bool:
   """Whether `source` yields (input, target) pairs (a transcoder's) rather than rows."""
   return hasattr(source, "target_rows")

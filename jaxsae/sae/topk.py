@@ -116,7 +116,7 @@ class TopKSAE(SparseAutoencoder):
     dead_pre = jnp.where(dead_N, pre_BxN, -jnp.inf)
     z_aux = top_k_latents(dead_pre, self._k_aux, self._k_aux, self.axes)  # Live: ReLU(-inf) = 0.
     return self._aux_ratio(
-      x_BxD, x_hat_BxD, self.axes.sum_latents(self.matmul(z_aux, self.W_dec)), dead_N
+      x_BxD, x_hat_BxD, self.axes.sum_latents(self.matmul(z_aux, self.decoder)), dead_N
     )
 
   @property
@@ -140,7 +140,7 @@ class TopKSAE(SparseAutoencoder):
   def sparse_path(self) -> bool:
     """Whether `loss` trains on the sparse path (`sae.topk_path`)."""
     cfg = self.config
-    if not self.has_sparse_path or cfg.topk_path == "dense":
+    if not self.has_sparse_path or cfg.topk_path == "dense" or cfg.layers > 1:  # CLTs: dense.
       return False
     k_max = 4 * cfg.k if cfg.multi_topk else cfg.k
     return cfg.topk_path == "sparse" or cfg.n_latents >= SPARSE_MIN_RATIO * k_max

@@ -20,15 +20,14 @@ from jaxsae.sae import registry, sweep
 # (experiments/configs/sae_synthetic.py) to land near L0 ≈ 4–8; retune them for new data.
 # JumpReLU's penalty targets an L0 of `sae.k` (Gemma Scope 2's quadratic penalty, `jumprelu.py`)
 # instead of needing a λ per L0: on the main job's activations at L0 16 (seed 0) it reached FVU
-# 0.0898 against 0.106 with the paper's λ·L0 read off a λ ladder. λ = 0.03 sets how firmly:
-# held-out L0 15.2 for a target of 16 (0.01: 11.8, a better FVU at matched L0 but a target
-# missed by a quarter; 0.1: 16.6, FVU 0.0905). Against SAELens's Gemma Scope 2 recipe (4 seeds,
-# experiments/peer_quality): FVU 0.0901 against 0.0896, ΔCE 0.1046 against 0.1068, level within
-# seed noise. SAELens lands nearer its targets because it clips the gradient norm at 1 on an
-# error summed over d, 1/d ≈ 0.0078 on ours: that clip here lands them too (L0 14.3, 18.2 for
-# 14, 18) but costs FVU (0.0933 against 0.0899 at L0 16, seed 0). SAELens's ε = 0.05, θ₀ = 0.01
-# trade the other way: FVU 0.0879, 0.0885 against 0.0899, 0.0912 (seeds 0, 1) but ΔCE 0.105,
-# 0.118 against 0.099, 0.102, so ε = θ₀ = 0.1 stay.
+# 0.0898 against 0.106 with the paper's λ·L0 read off a λ ladder. λ = 1 with the gradient norm
+# clipped at 1/d (optim.clip_norm = -1) is SAELens's recipe on our error (a mean over d, theirs
+# a sum). Both matter together: the tight clip lands the targets (held-out L0 12.6, 16.6, 25.0
+# for 12, 16, 24), so the weak λ can leave the reconstruction alone. At L0 16 against λ 0.03 /
+# clip 1 (the previous recipe): FVU 0.0868, 0.0877 against 0.0897, 0.0915 (seeds 0, 1) at 1,500
+# steps and 0.0771 against 0.0936 at 15,000 (SAELens: 0.0883, 0.0911; 0.0803). The clip alone
+# costs FVU (0.0996 at 15,000 steps, target 12); SAELens's ε = 0.05, θ₀ = 0.01 on top cost
+# too (0.0881 against 0.0858, same run), so ε = θ₀ = 0.1 stay. experiments/peer_quality has it.
 RECIPES: dict[str, dict] = {
   "topk": {},
   "batchtopk": {},
@@ -37,7 +36,7 @@ RECIPES: dict[str, dict] = {
   "prolu_relu": {"sparsity_coefficient": 0.04},
   "prolu_ste": {"sparsity_coefficient": 0.04},
   "jumprelu": {
-    "sparsity_coefficient": 0.03,
+    "sparsity_coefficient": 1.0,
     "jumprelu_bandwidth": 0.1,
     "jumprelu_init_threshold": 0.1,
     "jumprelu_penalty": "target",
@@ -90,6 +89,9 @@ def _defaults() -> ml_collections.ConfigDict:
   c.sae.topk_path = "auto"  # TopK training: "sparse" | "dense" | "auto" (sparse when n ≥ 32k).
   c.sae.compute_dtype = "float32"  # Matmul operands; "bfloat16": mixed precision, f32 params.
   c.sae.skip = False  # Skip connection ŷ += x W_skip (a skip transcoder; zero at init).
+  # L > 1: a cross-layer transcoder over L layers, fed L sites side by side (inputs and targets
+  # each L·d wide, `row_sources.StackedSource`); n_latents counts every layer's features.
+  c.sae.layers = 1
 
   # Lists to sweep over; their product is trained in one pass (empty: the value above).
   c.sweep = ml_collections.ConfigDict()
@@ -159,7 +161,9 @@ def _defaults() -> ml_collections.ConfigDict:
   c.optim.b1 = -1.0  # -1: the architecture's (0.9; 0 for jumprelu).
   c.optim.b2 = 0.999
   c.optim.eps = 6.25e-10  # OpenAI's TopK code.
-  c.optim.clip_norm = 1.0  # Per-SAE global gradient-norm clip (0: none).
+  # Per-SAE global gradient-norm clip; 0: none; -1: the architecture's (1; 1/d for JumpReLU's
+  # target penalty, SAELens's clip of 1 on an error summed over d, as `jumprelu.py` explains).
+  c.optim.clip_norm = -1.0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis; -1: all that `model` leaves.
@@ -269,7 +273,11 @@ def _check_values(c, p: list[str], d_in: int | None, d_out: int | None = None) -
   req(c.optim.b1 == -1 or 0 <= c.optim.b1 < 1, p, "optim.b1 must be in [0, 1) (or -1)")
   req(0 <= c.optim.b2 < 1, p, "optim.b2 must be in [0, 1)")
   req(c.optim.eps > 0, p, "optim.eps must be positive")
-  req(c.optim.clip_norm >= 0, p, "optim.clip_norm must be >= 0 (0 disables clipping)")
+  req(
+    c.optim.clip_norm == -1 or c.optim.clip_norm >= 0,
+    p,
+    "optim.clip_norm must be >= 0 (0 disables clipping) or -1 (the architecture's)",
+  )
   config_check.require_choice(
     c.data.b_dec_init, ("geometric_median", "mean", "zeros"), "data.b_dec_init", p
   )
