@@ -135,6 +135,7 @@ def test_a_clt_trained_on_a_models_mlps_replaces_them_through_circuit_tracers_fo
   its per-layer FVU there is the trained module's on the same activations, and training made
   the replacement better than the untrained CLT."""
   from conftest import tiny_circuit_config
+  from jaxsae.activations.streaming import StreamingSource
   from jaxsae.evals import replacement
   from jaxsae.models import transformer as T
   from jaxsae.models.language_model import LanguageModel
@@ -152,10 +153,14 @@ def test_a_clt_trained_on_a_models_mlps_replaces_them_through_circuit_tracers_fo
   outs = [f"blocks.{i}.mlp.out" for i in range(layers)]
   _, captured = lm.run(windows[:, :-1], capture=ins + outs)
   site = {h: np.asarray(captured[h], np.float32).reshape(-1, config.d_model) for h in ins + outs}
-  pairs = row_sources.PairSource(
-    row_sources.StackedSource([site[h] for h in ins]),
-    row_sources.StackedSource([site[h] for h in outs]),
-  )
+  # Trained streamed from the model: every layer's pair from one forward pass, no store.
+  pairs = StreamingSource(lm, windows[:, :-1], ins, target_hook=outs, skip_separator=False)
+  assert row_sources.is_paired(pairs) and (pairs.d_in, pairs.d_out) == (layers * 16, layers * 16)
+  some = np.array([0, 5, 17, 300])
+  for got, hooks in ((pairs.rows(some), ins), (pairs.target_rows(some), outs)):
+    np.testing.assert_allclose(got, np.concatenate([site[h][some] for h in hooks], -1), atol=1e-5)
+  x_batch, y_batch = pairs.batch(0, 128, seed=0)
+  assert x_batch.shape == y_batch.shape == (128, layers * 16)
   train_settings = {
     "sae.architecture": "jumprelu",
     "sae.layers": layers,

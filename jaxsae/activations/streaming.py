@@ -12,6 +12,7 @@ cheap next to the SAE step it feeds.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import grain
 import jax.numpy as jnp
@@ -26,53 +27,74 @@ _BATCHES = 1 << 40
 
 
 class StreamingSource:
-  """An SAE trainer's activation source that runs `lm` over `windows` at `hook` as it goes."""
+  """An SAE trainer's activation source that runs `lm` over `windows` at `hook` as it goes.
+
+  `hook` may name several sites, whose rows lie side by side (a cross-layer transcoder's inputs:
+  every layer's MLP input), and `target_hook` the site(s) a transcoder writes: the source then
+  yields (input rows, target rows) pairs of the same tokens, both from one forward pass, so no
+  store of every layer is needed."""
 
   def __init__(
     self,
     lm: LanguageModel,
     windows_NxT: np.ndarray,
-    hook: str,
+    hook: str | Sequence[str],
     *,
+    target_hook: str | Sequence[str] | None = None,
     skip_separator: bool = True,
     skip_first: int = 0,
     oversample: float = 1.5,
   ):
-    self.lm, self.hook = lm, hook
+    self.lm = lm
+    self.hooks = (hook,) if isinstance(hook, str) else tuple(hook)
+    self.hook = self.hooks[0] if len(self.hooks) == 1 else ",".join(self.hooks)
+    targets = () if target_hook is None else target_hook
+    self.target_hooks = (targets,) if isinstance(targets, str) else tuple(targets)
     self.windows = np.asarray(windows_NxT, np.int32)
-    self.d_in = hook_widths(lm, (hook,))[hook]
+    widths = hook_widths(lm, self.hooks + self.target_hooks)
+    self.d_in = sum(widths[h] for h in self.hooks)
+    if self.target_hooks:
+      self.d_out = sum(widths[h] for h in self.target_hooks)
+      self.target_rows = self._target_rows  # A paired source (`row_sources.is_paired`).
     self.plan = plan_rows(self.windows, lm.tokenizer.separator_id, skip_separator, skip_first)
     if len(self.plan) == 0:
       raise JaxsaeError("the windows hold no positions to stream; pass more text")
     self.keep = np.zeros(self.windows.shape, bool)
     self.keep[self.plan[:, 0], self.plan[:, 1]] = True
     self.oversample = oversample
-    self._capture = capture_fn(lm.config, (hook,))
+    self._capture = capture_fn(lm.config, tuple(dict.fromkeys(self.hooks + self.target_hooks)))
 
   def __len__(self) -> int:
     return len(self.plan)
 
-  def _activations(self, window_ids: np.ndarray) -> np.ndarray:
+  def _activations(self, window_ids: np.ndarray, hooks: tuple[str, ...]) -> np.ndarray:
     out = self._capture(self.lm.params, jnp.asarray(self.windows[window_ids]))
-    return np.asarray(out[self.hook], np.float32)
+    return np.concatenate([np.asarray(out[h], np.float32) for h in hooks], axis=-1)
 
-  def rows(self, indices: np.ndarray) -> np.ndarray:
-    """Rows of the planned (window, position) list, computed by the model."""
+  def _gather(self, indices: np.ndarray, hooks: tuple[str, ...]) -> np.ndarray:
     picked = self.plan[np.asarray(indices)]
     windows, inverse = np.unique(picked[:, 0], return_inverse=True)
     out = []
     for start in range(0, len(windows), 64):
-      out.append(self._activations(windows[start : start + 64]))
+      out.append(self._activations(windows[start : start + 64], hooks))
     acts = np.concatenate(out)
     return acts[inverse, picked[:, 1]]
 
-  def batch(self, index: int, batch_size: int, seed: int) -> np.ndarray:
-    """Global batch `index`: `batch_size` rows from freshly drawn windows."""
+  def rows(self, indices: np.ndarray) -> np.ndarray:
+    """Rows of the planned (window, position) list, computed by the model."""
+    return self._gather(indices, self.hooks)
+
+  def _target_rows(self, indices: np.ndarray) -> np.ndarray:
+    return self._gather(indices, self.target_hooks)
+
+  def batch(self, index: int, batch_size: int, seed: int):
+    """Global batch `index`: `batch_size` rows from freshly drawn windows (with targets, the
+    pair (input rows, target rows))."""
     kept_per_window = max(len(self.plan) / len(self.windows), 1.0)
     n_windows = min(len(self.windows), math.ceil(self.oversample * batch_size / kept_per_window))
     rng = np.random.default_rng([seed, index])
     chosen = np.sort(rng.choice(len(self.windows), size=n_windows, replace=False))
-    acts = self._activations(chosen)
+    acts = self._activations(chosen, self.hooks + self.target_hooks)
     w, pos = np.nonzero(self.keep[chosen])
     if len(w) < batch_size:
       raise JaxsaeError(
@@ -80,15 +102,19 @@ class StreamingSource:
         "raise oversample or pass more windows"
       )
     pick = np.sort(rng.choice(len(w), size=batch_size, replace=False))
-    return acts[w[pick], pos[pick]]
+    rows = acts[w[pick], pos[pick]]
+    if not self.target_hooks:
+      return rows
+    return rows[:, : self.d_in], rows[:, self.d_in :]
 
   def train_batches(
     self, batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
   ) -> grain.DatasetIterator:
     local = local_batch_size(batch_size, process_count)
 
-    def local_batch(index: int) -> np.ndarray:
+    def local_batch(index: int):
+      mine = slice(process_index * local, (process_index + 1) * local)
       rows = self.batch(int(index), batch_size, seed)
-      return rows[process_index * local : (process_index + 1) * local]
+      return tuple(r[mine] for r in rows) if self.target_hooks else rows[mine]
 
     return iter(grain.MapDataset.range(_BATCHES).map(local_batch).to_iter_dataset())
