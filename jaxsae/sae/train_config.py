@@ -22,12 +22,12 @@ from jaxsae.sae import registry, sweep
 # instead of needing a λ per L0: on the main job's activations at L0 16 (seed 0) it reached FVU
 # 0.0898 against 0.106 with the paper's λ·L0 read off a λ ladder. λ = 1 with the gradient norm
 # clipped at 1/d (optim.clip_norm = -1) is SAELens's recipe on our error (a mean over d, theirs
-# a sum). Both matter together: the tight clip lands the targets (held-out L0 12.6, 16.6, 25.0
+# a sum). Both matter together: the tight clip lands the targets (held-out L0 12.4, 16.6, 25.2
 # for 12, 16, 24), so the weak λ can leave the reconstruction alone. At L0 16 against λ 0.03 /
-# clip 1 (the previous recipe): FVU 0.0868, 0.0877 against 0.0897, 0.0915 (seeds 0, 1) at 1,500
-# steps and 0.0771 against 0.0936 at 15,000 (SAELens: 0.0883, 0.0911; 0.0803). The clip alone
-# costs FVU (0.0996 at 15,000 steps, target 12); SAELens's ε = 0.05, θ₀ = 0.01 on top cost
-# too (0.0881 against 0.0858, same run), so ε = θ₀ = 0.1 stay. experiments/peer_quality has it.
+# clip 1 (the previous recipe), docs/quality (experiments/peer_quality): FVU 0.0877 against
+# 0.0902 (4 seeds) at 1,500 steps and 0.0757 against 0.0936 at 15,000 (SAELens: 0.0896;
+# 0.0803). The clip alone costs FVU (0.0996 at 15,000 steps, target 12); SAELens's ε = 0.05,
+# θ₀ = 0.01 on top cost too (0.0881 against 0.0858, same run), so ε = θ₀ = 0.1 stay.
 RECIPES: dict[str, dict] = {
   "topk": {},
   "batchtopk": {},
