@@ -49,11 +49,14 @@ def test_every_documented_hook_is_captured_with_its_documented_shape(setup):
     "mlp.post": (B, L, F),
     "mlp.out": (B, L, D),
     "resid_post": (B, L, D),
+    "attn.norm_factor": (B, L, 1),
+    "mlp.norm_factor": (B, L, 1),
   }
+  outer = {"logits": (B, L, V), "final.norm_factor": (B, L, 1)}
   assert set(cap) == set(hooks.all_names(CFG))
   for name, value in cap.items():
     layer, site = hooks.parse(name)
-    expected = shapes[site] if layer is not None else ((B, L, V) if name == "logits" else (B, L, D))
+    expected = shapes[site] if layer is not None else outer.get(name, (B, L, D))
     assert value.shape == expected, name
   for site in hooks.BLOCK_SITES:  # Every site is named in the module's documentation.
     assert f"blocks.{{l}}.{site} " in hooks.__doc__

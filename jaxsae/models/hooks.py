@@ -6,6 +6,8 @@ node ablation, pruning and steering. They are stable; add new ones, never rename
 Per layer l (B batch, T positions, D d_model, H heads, K d_head, F d_mlp):
 
   blocks.{l}.resid_pre      (B,T,D)    residual stream entering the block
+  blocks.{l}.attn.norm_factor (B,T,1)  the attention input norm's 1/√(mean(x²) + ε) (1/σ for
+                                       LayerNorm): holding it fixed makes the norm linear
   blocks.{l}.attn.in        (B,T,D)    attention input, after the norm
   blocks.{l}.attn.q         (B,T,H,K)  queries (after QK-norm, before RoPE)
   blocks.{l}.attn.k         (B,T,G,K)  keys, per KV head (G = n_kv_heads, = H unless grouped)
@@ -16,16 +18,19 @@ Per layer l (B batch, T positions, D d_model, H heads, K d_head, F d_mlp):
   blocks.{l}.attn.pattern   (B,H,T,T)  attention probabilities (the sink's share excluded) (f32)
   blocks.{l}.attn.z         (B,T,H,K)  pattern-weighted values, per query head
   blocks.{l}.attn.proj      (B,T,D)    W_O's output before the post-norm  (post-norm models only)
+  blocks.{l}.attn.post_norm_factor (B,T,1) the post-norm's factor         (post-norm models only)
   blocks.{l}.attn.out       (B,T,D)    what attention adds to the residual stream: W_O's output
                                        (and bias), after the post-norm where there is one
   blocks.{l}.resid_mid      (B,T,D)    resid_pre + attn.out (parallel blocks: the MLP reads
                                        resid_pre, not this)
+  blocks.{l}.mlp.norm_factor (B,T,1)   the MLP input norm's factor
   blocks.{l}.mlp.in         (B,T,D)    MLP input, after the norm
   blocks.{l}.mlp.pre        (B,T,F)    MLP pre-activation: the argument of the nonlinearity
                                        (the gate projection in gated MLPs)
   blocks.{l}.mlp.linear     (B,T,F)    the linear ("up") branch of a gated MLP (gated only)
   blocks.{l}.mlp.post       (B,T,F)    MLP neurons: act(pre) [* linear], fc_out's input
   blocks.{l}.mlp.proj       (B,T,D)    fc_out's output before the post-norm (post-norm models only)
+  blocks.{l}.mlp.post_norm_factor (B,T,1)  the post-norm's factor         (post-norm models only)
   blocks.{l}.mlp.out        (B,T,D)    what the MLP adds to the residual stream
   blocks.{l}.resid_post     (B,T,D)    resid_mid + mlp.out
 
@@ -33,6 +38,7 @@ Outside the blocks:
 
   embed.tok                 (B,T,D)    token embedding (times sqrt(D) where the model scales it)
   embed.pos                 (B,T,D)    position embedding (positions="learned" only)
+  final.norm_factor         (B,T,1)    the final norm's factor
   final.normed              (B,T,D)    final residual after the final norm: the unembedding input
   logits                    (B,T,V)    output logits, bigram table included (f32)
 
@@ -63,6 +69,7 @@ CAPTURE_COLLECTION = "captured"
 
 BLOCK_SITES = (
   "resid_pre",
+  "attn.norm_factor",
   "attn.in",
   "attn.q",
   "attn.k",
@@ -73,18 +80,28 @@ BLOCK_SITES = (
   "attn.pattern",
   "attn.z",
   "attn.proj",
+  "attn.post_norm_factor",
   "attn.out",
   "resid_mid",
+  "mlp.norm_factor",
   "mlp.in",
   "mlp.pre",
   "mlp.linear",
   "mlp.post",
   "mlp.proj",
+  "mlp.post_norm_factor",
   "mlp.out",
   "resid_post",
 )
 """Every block site any model has, in forward order; `block_sites(config)` gives one model's."""
 RESIDUAL_SITES = ("resid_pre", "resid_mid", "resid_post")
+NORM_FACTOR_SITES = (
+  "attn.norm_factor",
+  "attn.post_norm_factor",
+  "mlp.norm_factor",
+  "mlp.post_norm_factor",
+)
+"""Each norm's 1/σ, shaped (B, T, 1): not activations (no SAE or circuit node reads them)."""
 PER_HEAD_SITES = ("attn.q", "attn.k", "attn.v", "attn.rot_q", "attn.rot_k", "attn.z")
 """Sites shaped (B, T, heads, d_head); circuit nodes at these sites (`sparse.nodes`) are their
 heads x d_head channels flattened."""
@@ -139,7 +156,7 @@ def block_sites(config) -> tuple[str, ...]:
   if config.positions != "rotary":
     absent |= {"attn.rot_q", "attn.rot_k"}
   if not config.post_norms:
-    absent |= {"attn.proj", "mlp.proj"}
+    absent |= {"attn.proj", "mlp.proj", "attn.post_norm_factor", "mlp.post_norm_factor"}
   if not config.gated_mlp:
     absent.add("mlp.linear")
   return tuple(site for site in BLOCK_SITES if site not in absent)
@@ -158,7 +175,7 @@ def all_names(config) -> list[str]:
   sites = block_sites(config)
   for layer in range(config.n_layers):
     names += [f"blocks.{layer}.{site}" for site in sites]
-  return names + ["final.normed", "logits"]
+  return names + ["final.norm_factor", "final.normed", "logits"]
 
 
 def blocks_needed(names: Iterable[str]) -> int | None:
@@ -169,7 +186,7 @@ def blocks_needed(names: Iterable[str]) -> int | None:
     layer, site = parse(canonical(name))
     if layer is not None:
       needed = max(needed, layer + 1)
-    elif site in ("final.normed", "logits"):
+    elif site in ("final.norm_factor", "final.normed", "logits"):
       return None
   return needed
 
@@ -182,7 +199,7 @@ def parse(name: str) -> tuple[int | None, str]:
   return None, name
 
 
-OUTER_NAMES = ("embed.tok", "embed.pos", "final.normed", "logits")
+OUTER_NAMES = ("embed.tok", "embed.pos", "final.norm_factor", "final.normed", "logits")
 
 
 def name_problem(name: str) -> str | None:

@@ -35,6 +35,7 @@ from flax import traverse_util
 
 from jaxsae.errors import JaxsaeError
 from jaxsae.models import hooks as hooks_lib
+from jaxsae.models import norms
 from jaxsae.models.config import TransformerConfig
 from jaxsae.models.positions import apply_rotary, attention_mask, rotary_inverse_frequencies
 from jaxsae.topk_mask import topk_mask
@@ -98,41 +99,11 @@ def _out_std(cfg: TransformerConfig) -> float:
   return cfg.init_std / math.sqrt(2 * cfg.n_layers)
 
 
-class OffsetRMSNorm(nn.Module):
-  """RMSNorm with a (offset + w) gain (Gemma: offset 1, w initialised to 0):
-  y = x / sqrt(mean(x^2) + eps) * (offset + w), computed in float32."""
-
-  epsilon: float
-  offset: float
-  dtype: Any
-  axis_name: str
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    init = nn.initializers.zeros_init() if self.offset == 1 else nn.initializers.ones_init()
-    w = self.param(
-      "scale", nn.with_logical_partitioning(init, (self.axis_name,)), (x.shape[-1],), jnp.float32
-    )
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
-    return (y * (self.offset + w)).astype(self.dtype)
-
-
-def _norm(cfg: TransformerConfig, name: str, axis_name: str = "embed") -> nn.Module:
-  scale = nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,))
-  if cfg.norm == "rmsnorm" and cfg.norm_scale_offset:
-    return OffsetRMSNorm(
-      cfg.norm_eps, cfg.norm_scale_offset, cfg.compute_dtype, axis_name, name=name
-    )
-  if cfg.norm == "rmsnorm":
-    return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, scale_init=scale, name=name)
-  return nn.LayerNorm(
-    epsilon=cfg.norm_eps,
-    dtype=cfg.compute_dtype,
-    use_bias=cfg.use_bias,
-    scale_init=scale,
-    bias_init=_zeros(("embed",)),
-    name=name,
+def _norm(cfg: TransformerConfig, name: str, axis_name: str = "embed") -> norms.Norm:
+  """The config's norm (`jaxsae.models.norms`: flax's arithmetic, its factor hookable)."""
+  offset = cfg.norm_scale_offset if cfg.norm == "rmsnorm" else 0.0
+  return norms.Norm(
+    cfg.norm, cfg.norm_eps, cfg.compute_dtype, axis_name, offset, cfg.use_bias, name=name
   )
 
 
@@ -261,16 +232,20 @@ class Block(nn.Module):
     def hook(site, value):
       return _block_hook(self, hooks, site, value)
 
+    def normed(norm: str, site: str, x):
+      return _norm(cfg, norm)(x, functools.partial(hook, site))
+
     x_BxTxD = hook("resid_pre", x_BxTxD)
-    attn_in = hook("attn.in", _norm(cfg, "attn_norm")(x_BxTxD))
+    attn_in = hook("attn.in", normed("attn_norm", "attn.norm_factor", x_BxTxD))
     attn_out = Attention(cfg, self.layer, name="attn")(attn_in, hooks)
     if cfg.post_norms:
-      attn_out = hook("attn.out", _norm(cfg, "attn_post_norm")(attn_out))
+      attn_out = hook("attn.out", normed("attn_post_norm", "attn.post_norm_factor", attn_out))
     resid_mid = hook("resid_mid", x_BxTxD + attn_out)
-    mlp_in = hook("mlp.in", _norm(cfg, "mlp_norm")(x_BxTxD if cfg.parallel_block else resid_mid))
+    mlp_read = x_BxTxD if cfg.parallel_block else resid_mid
+    mlp_in = hook("mlp.in", normed("mlp_norm", "mlp.norm_factor", mlp_read))
     mlp_out = MLP(cfg, self.layer, name="mlp")(mlp_in, hooks)
     if cfg.post_norms:
-      mlp_out = hook("mlp.out", _norm(cfg, "mlp_post_norm")(mlp_out))
+      mlp_out = hook("mlp.out", normed("mlp_post_norm", "mlp.post_norm_factor", mlp_out))
     return hook("resid_post", resid_mid + mlp_out)
 
 
@@ -321,7 +296,10 @@ class Transformer(nn.Module):
     if n_blocks is not None:
       return None
 
-    x_BxTxD = hook("final.normed", _norm(cfg, "final_norm")(x_BxTxD))
+    final_norm = _norm(cfg, "final_norm")
+    x_BxTxD = hook(
+      "final.normed", final_norm(x_BxTxD, functools.partial(hook, "final.norm_factor"))
+    )
     if cfg.tied_embeddings:
       logits_BxTxV = embed.attend(x_BxTxD)
     else:
