@@ -1,0 +1,223 @@
+"""Attribution graphs (Ameisen et al. 2025, "Circuit Tracing", §3): the direct effects among a
+prompt's active transcoder features, error nodes, token embeddings and top logits, in the local
+replacement model.
+
+The local replacement model is the original forward pass with every MLP output replaced by the
+dictionaries' reconstruction plus an error term (the same values, `evals.replacement`), and with
+the attention patterns and the norms' 1/σ held at their values on this prompt. The residual
+stream is then linear in what is written to it, so the direct effect of source s on target t is
+
+    A[t, s] = ⟨v_s, ∂r_t / ∂(write at s)⟩
+
+with v_s the source's write: a_s·W_dec[s→l′] for a feature (every layer l′ it writes, for a
+CLT), the error e_l′,p for an error node, the embedding for a token node; and r_t the target's
+read: a feature's pre-activation x_l,p·W_enc[:, f] (its encoder row at its layer's input hook)
+or a logit minus the mean logit at the last position. The gradients come from one jitted,
+vmapped vector-Jacobian product of the frozen forward pass per batch of targets: the patterns
+and 1/σ are `stop_gradient` edits at their hook sites (`attn.pattern`, `*.norm_factor`), and
+each MLP output hook returns sg(value) + a zero the gradient is taken against, so the effect of
+a source reaches a target only through the residual stream (direct effects; no path through an
+MLP or a transcoder's encoder).
+
+Nodes are ordered as circuit-tracer orders them: active features (layer, position, index),
+error nodes (layer-major, L·T), token nodes (T), logit nodes (K); `adjacency[target, source]`.
+Logits: the fewest top tokens whose probabilities sum to `desired_probability`, at most
+`max_logits` (circuit-tracer's rule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsae.errors import JaxsaeError
+from jaxsae.evals import replacement
+from jaxsae.models import hooks as hooks_lib
+from jaxsae.models.language_model import LanguageModel
+from jaxsae.models.transformer import Transformer
+from jaxsae.models.transformer import run as run_model
+
+
+@dataclasses.dataclass
+class Graph:
+  """A prompt's attribution graph. `features` rows are (layer, position, feature index)."""
+
+  tokens: np.ndarray  # (T,)
+  features: np.ndarray  # (F, 3) int
+  activations: np.ndarray  # (F,)
+  logit_tokens: np.ndarray  # (K,)
+  logit_probabilities: np.ndarray  # (K,)
+  adjacency: np.ndarray  # (N, N): [target, source]
+  n_layers: int
+
+  @property
+  def n_pos(self) -> int:
+    return len(self.tokens)
+
+  @property
+  def n_features(self) -> int:
+    return len(self.features)
+
+  @property
+  def error_slice(self) -> slice:
+    return slice(self.n_features, self.n_features + self.n_layers * self.n_pos)
+
+  @property
+  def token_slice(self) -> slice:
+    start = self.error_slice.stop
+    return slice(start, start + self.n_pos)
+
+  @property
+  def logit_slice(self) -> slice:
+    return slice(self.token_slice.stop, self.adjacency.shape[0])
+
+
+def salient_logits(logits_V, max_logits: int, desired_probability: float):
+  """(token ids, probabilities): the fewest top tokens reaching `desired_probability`."""
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits_V, jnp.float32)), np.float64)
+  top = np.argsort(-probs)[:max_logits]
+  cutoff = int(np.searchsorted(np.cumsum(probs[top]), desired_probability)) + 1
+  top = top[:cutoff]
+  return top, probs[top]
+
+
+def _frozen_edits(lm: LanguageModel) -> dict:
+  """stop_gradient at every attention pattern and norm factor: the local replacement model."""
+  names = [
+    name
+    for name in hooks_lib.all_names(lm.config)
+    if name.endswith(".attn.pattern") or name.endswith("norm_factor")
+  ]
+  return {name: jax.lax.stop_gradient for name in names}
+
+
+def compute(
+  lm: LanguageModel,
+  dictionaries: replacement.Dictionaries,
+  tokens,
+  *,
+  max_logits: int = 10,
+  desired_probability: float = 0.95,
+  batch_size: int = 32,
+  skip_first: int = 0,
+) -> Graph:
+  """The attribution graph of `tokens` (a 1-D prompt) under `dictionaries` (per-layer
+  transcoders or a CLT, as `evals.replacement` takes them). Features at the first `skip_first`
+  positions are left out (Gemma's BOS: the attention sink, whose features circuit-tracer drops
+  too); their MLP outputs stay in the error nodes."""
+  sources, targets = replacement._plan(dictionaries)
+  L = len(sources)
+  if len(targets) != L:
+    raise JaxsaeError(f"{L} input hooks but {len(targets)} output hooks: one of each per layer")
+  tokens_1xT = jnp.asarray(np.asarray(tokens, np.int32).reshape(1, -1))
+  T = tokens_1xT.shape[1]
+  model = Transformer(lm.config)
+  ins, outs = [s.hook for s in sources], [t.hook for t in targets]
+  logits, captured = run_model(model, lm.params, tokens_1xT, capture=[*ins, *outs, "embed.tok"])
+  xs = {i: captured[h][0].astype(jnp.float32) for i, h in enumerate(ins)}
+  zs = {i: replacement._encode(sources[i], xs[i]) for i in range(L)}
+  zs = {i: z.at[:skip_first].set(0.0) for i, z in zs.items()}
+  errors = jnp.stack(
+    [captured[t.hook][0].astype(jnp.float32) - replacement._decode(t, zs, xs) for t in targets]
+  )  # L × T × d
+  embeddings = captured["embed.tok"][0].astype(jnp.float32)
+
+  features, activations = [], []
+  for i in range(L):
+    pos, idx = np.nonzero(np.asarray(zs[i]))
+    features.append(np.stack([np.full_like(pos, i), pos, idx], 1))
+    activations.append(np.asarray(zs[i])[pos, idx])
+  features = np.concatenate(features).astype(np.int64)
+  activations = np.concatenate(activations).astype(np.float32)
+  logit_tokens, logit_probs = salient_logits(logits[0, -1], max_logits, desired_probability)
+
+  gradients = _gradient_fn(lm, model, tokens_1xT, ins, outs, L)
+  n_feat, n_logits = len(features), len(logit_tokens)
+  n_nodes = n_feat + L * T + T + n_logits
+  adjacency = np.zeros((n_nodes, n_nodes), np.float32)
+  edges = _edge_fn(sources, targets, features, activations, errors, embeddings)
+
+  # Feature targets: the encoder row at the feature's layer and position.
+  enc = np.stack([np.asarray(sources[l].W_enc)[:, f] for l, _, f in features]) if n_feat else None
+  d_in = [int(sources[i].W_enc.shape[0]) for i in range(L)]
+  for start in range(0, n_feat, batch_size):
+    rows = slice(start, min(start + batch_size, n_feat))
+    cot = _feature_cotangents(features[rows], enc[rows], L, T, d_in, batch_size)
+    g_emb, g_out = gradients(cot, jnp.zeros((batch_size, 1, T, lm.config.vocab_size)))
+    adjacency[rows, : n_feat + L * T + T] = np.asarray(edges(g_emb, g_out))[
+      : rows.stop - rows.start
+    ]
+  # Logit targets: the demeaned logit at the last position.
+  vocab = lm.config.vocab_size
+  for start in range(0, n_logits, batch_size):
+    chunk = logit_tokens[start : start + batch_size]
+    cot_logits = np.zeros((batch_size, 1, T, vocab), np.float32)
+    cot_logits[np.arange(len(chunk)), 0, T - 1] = -1.0 / vocab
+    cot_logits[np.arange(len(chunk)), 0, T - 1, chunk] += 1.0
+    zero_reads = [np.zeros((batch_size, 1, T, d), np.float32) for d in d_in]
+    g_emb, g_out = gradients(zero_reads, jnp.asarray(cot_logits))
+    rows = slice(n_feat + L * T + T + start, n_feat + L * T + T + start + len(chunk))
+    adjacency[rows, : n_feat + L * T + T] = np.asarray(edges(g_emb, g_out))[: len(chunk)]
+  return Graph(
+    np.asarray(tokens_1xT[0]), features, activations, logit_tokens, logit_probs, adjacency, L
+  )
+
+
+def _feature_cotangents(chunk, enc_rows, L, T, d_in, batch_size):
+  """One cotangent per target feature: its encoder row at (its layer's input hook, its
+  position), zero elsewhere; padded to `batch_size`."""
+  out = [np.zeros((batch_size, 1, T, d), np.float32) for d in d_in]
+  for b, ((layer, pos, _), row) in enumerate(zip(chunk, enc_rows, strict=True)):
+    out[layer][b, 0, pos] = row
+  return out
+
+
+def _gradient_fn(lm, model, tokens_1xT, ins, outs, L):
+  """cotangents (on each input hook's value, on the logits) → (∂/∂embedding writes T×d,
+  ∂/∂MLP-output writes L×T×d), batched: the frozen forward's VJP, jitted and vmapped."""
+  frozen = _frozen_edits(lm)
+
+  def forward(inject_emb, inject_out):
+    edits = dict(frozen)
+    edits["embed.tok"] = lambda x: jax.lax.stop_gradient(x) + inject_emb.astype(x.dtype)
+    for j, hook in enumerate(outs):
+      edits[hook] = lambda x, j=j: jax.lax.stop_gradient(x) + inject_out[j].astype(x.dtype)
+    logits, captured = run_model(model, lm.params, tokens_1xT, capture=ins, edits=edits)
+    return [captured[h].astype(jnp.float32) for h in ins], logits.astype(jnp.float32)
+
+  T, d = tokens_1xT.shape[1], lm.config.d_model
+  zeros = (jnp.zeros((1, T, d), jnp.float32), jnp.zeros((L, 1, T, d), jnp.float32))
+  _, vjp = jax.vjp(forward, *zeros)
+
+  @jax.jit
+  def batched(cot_reads, cot_logits):
+    g_emb, g_out = jax.vmap(lambda r, lg: vjp((r, lg)))(list(cot_reads), cot_logits)
+    return g_emb[:, 0], g_out[:, :, 0]  # B × T × d, B × L × T × d
+
+  return lambda cot_reads, cot_logits: batched([jnp.asarray(c) for c in cot_reads], cot_logits)
+
+
+def _edge_fn(sources, targets, features, activations, errors, embeddings):
+  """(gradients) → the B × (features + errors + tokens) row block of direct effects."""
+  L = len(sources)
+  # Each feature's writes: a_s·W_dec[s → j] for every target layer j it writes (else 0).
+  writes = np.zeros((len(features), L, errors.shape[-1]), np.float32)
+  for j, target in enumerate(targets):
+    for i, W in target.writers:
+      mine = np.nonzero(features[:, 0] == i)[0]
+      writes[mine, j] = np.asarray(W)[features[mine, 2]] * activations[mine, None]
+  writes, positions = jnp.asarray(writes), jnp.asarray(features[:, 1])
+
+  @jax.jit
+  def edges(g_emb_BxTxD, g_out_BxLxTxD):
+    feature_edges = sum(  # One target layer at a time: B × F × d at most in memory.
+      jnp.einsum("bfd,fd->bf", g_out_BxLxTxD[:, j, positions], writes[:, j]) for j in range(L)
+    )
+    error_edges = jnp.einsum("bltd,ltd->blt", g_out_BxLxTxD, errors).reshape(len(g_emb_BxTxD), -1)
+    token_edges = jnp.einsum("btd,td->bt", g_emb_BxTxD, embeddings)
+    return jnp.concatenate([feature_edges, error_edges, token_edges], axis=1)
+
+  return edges

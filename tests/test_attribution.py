@@ -1,0 +1,172 @@
+"""Attribution graphs (jaxsae.attribution) on a tiny random model: every edge equals the change
+in its target when its source's write is added to a forward pass whose attention patterns and
+norm factors are pinned to their values (an independent, forward-only computation); a model's
+own MLPs as transcoders give a graph with no error influence; pruning and scores."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_circuit_config
+from jaxsae.attribution import graph as graph_lib
+from jaxsae.attribution import prune as prune_lib
+from jaxsae.models import hooks as hooks_lib
+from jaxsae.models import transformer as T
+from jaxsae.models.language_model import LanguageModel
+from jaxsae.sae.zoo import transcoders as tc_lib
+from jaxsae.text.tokenizer import ByteTokenizer
+
+PROMPT = np.array([7, 40, 99, 3, 250, 17, 64, 5], np.int32)
+
+
+@pytest.fixture(scope="module")
+def lm():
+  config = tiny_circuit_config(activation="relu", n_layers=3)  # MLP = ReLU(x W_in) W_out.
+  return LanguageModel(
+    config, T.init_params(T.Transformer(config), jax.random.key(0)), ByteTokenizer(), {}
+  )
+
+
+def _hooks(layer):
+  return {"input_hook": f"blocks.{layer}.mlp.in", "output_hook": f"blocks.{layer}.mlp.out"}
+
+
+def _random_clt(lm, seed=1, n=12):
+  rng = np.random.default_rng(seed)
+  L, d = lm.config.n_layers, lm.config.d_model
+  w = lambda *shape: rng.normal(0, 0.4, shape).astype(np.float32)  # noqa: E731
+  return tc_lib.CrossLayerTranscoder(
+    w(L, d, n), w(L, n) + 0.3, tuple(w(n, L - i, d) for i in range(L)), w(L, d), "relu",
+    input_hooks=tuple(f"blocks.{i}.mlp.in" for i in range(L)),
+    output_hooks=tuple(f"blocks.{i}.mlp.out" for i in range(L)),
+  )  # fmt: skip
+
+
+def _exact(lm):
+  out = []
+  for layer in range(lm.config.n_layers):
+    mlp = lm.params[f"blocks_{layer}"]["mlp"]
+    W_in, W_out = np.asarray(mlp["fc_in"]["kernel"]), np.asarray(mlp["fc_out"]["kernel"])
+    zeros = lambda n: np.zeros(n, np.float32)  # noqa: E731
+    out.append(
+      tc_lib.Transcoder(
+        W_in, zeros(W_in.shape[1]), W_out, zeros(W_out.shape[1]), "relu", **_hooks(layer)
+      )
+    )
+  return out
+
+
+def _pinned_reads(lm, adds: dict):
+  """(each layer's mlp.in, logits) with every pattern, norm factor and MLP output pinned to
+  the prompt's values, plus `adds` {hook: (T, d) array} added at embed.tok / mlp.out."""
+  model = T.Transformer(lm.config)
+  tokens = jnp.asarray(PROMPT[None])
+  names = hooks_lib.all_names(lm.config)
+  pinned = [
+    n
+    for n in names
+    if n.endswith("attn.pattern") or n.endswith("norm_factor") or n.endswith("mlp.out")
+  ]
+  _, base = T.run(model, lm.params, tokens, capture=pinned)
+  edits = {n: (lambda x, v=base[n]: v) for n in pinned}
+  for hook, add in adds.items():
+    keep = edits.get(hook, lambda x: x)
+    edits[hook] = lambda x, keep=keep, add=add: keep(x) + jnp.asarray(add)[None]
+  ins = [f"blocks.{i}.mlp.in" for i in range(lm.config.n_layers)]
+  logits, cap = T.run(model, lm.params, tokens, capture=ins, edits=edits)
+  return [np.asarray(cap[h][0], np.float64) for h in ins], np.asarray(logits[0, -1], np.float64)
+
+
+def _read(graph, clt, target, reads, logits):
+  if target < graph.n_features:
+    layer, pos, f = graph.features[target]
+    return reads[layer][pos] @ clt.W_enc[layer][:, f]
+  token = graph.logit_tokens[target - graph.logit_slice.start]
+  return logits[token] - logits.mean()
+
+
+def test_every_kind_of_edge_is_the_pinned_models_response_to_that_write(lm):
+  clt = _random_clt(lm)
+  g = graph_lib.compute(lm, clt, PROMPT, batch_size=8, max_logits=4)
+  L, n_pos = lm.config.n_layers, len(PROMPT)
+  assert g.adjacency.shape[0] == g.n_features + L * n_pos + n_pos + len(g.logit_tokens)
+  assert g.n_features > 10 and len(g.logit_tokens) == 4  # A random model: flat, capped at 4.
+  base_reads, base_logits = _pinned_reads(lm, {})
+  emb = np.asarray(
+    T.run(T.Transformer(lm.config), lm.params, jnp.asarray(PROMPT[None]), capture=["embed.tok"])[1][
+      "embed.tok"
+    ][0]
+  )
+  rng = np.random.default_rng(0)
+  checked = 0
+  for target in [
+    *rng.choice(g.n_features, 6, replace=False),
+    g.logit_slice.start,
+    g.logit_slice.start + 1,
+  ]:
+    row = g.adjacency[target]
+    for source in [
+      *np.nonzero(row[: g.n_features])[0][:2],
+      g.error_slice.start + n_pos + 2,
+      g.token_slice.start + 1,
+    ]:
+      adds = {}
+      if source < g.n_features:
+        layer, pos, f = g.features[source]
+        for j in range(layer, L):  # A CLT feature writes its own layer and every later one.
+          write = np.zeros((n_pos, lm.config.d_model), np.float32)
+          write[pos] = g.activations[source] * clt.W_dec[layer][f, j - layer]
+          adds[f"blocks.{j}.mlp.out"] = write
+      elif source < g.token_slice.start:
+        layer, pos = divmod(source - g.n_features, n_pos)
+        err_write = np.zeros((n_pos, lm.config.d_model), np.float32)
+        err_write[pos] = _error(lm, clt, layer)[pos]
+        adds[f"blocks.{layer}.mlp.out"] = err_write
+      else:
+        pos = source - g.token_slice.start
+        tok_write = np.zeros((n_pos, lm.config.d_model), np.float32)
+        tok_write[pos] = emb[pos]
+        adds["embed.tok"] = tok_write
+      reads, logits = _pinned_reads(lm, adds)
+      want = _read(g, clt, target, reads, logits) - _read(g, clt, target, base_reads, base_logits)
+      assert row[source] == pytest.approx(want, rel=2e-3, abs=2e-5), (target, source)
+      checked += abs(want) > 1e-4
+  assert checked >= 10  # Most checked edges are not zero.
+
+
+def _error(lm, clt, layer):
+  ins = [f"blocks.{i}.mlp.in" for i in range(lm.config.n_layers)]
+  _, cap = lm.run(PROMPT[None], capture=[*ins, f"blocks.{layer}.mlp.out"])
+  x = np.stack([np.asarray(cap[h][0]) for h in ins])  # L × T × d: positions as the batch.
+  y_hat = tc_lib.clt_decode(clt, tc_lib.clt_encode(clt, x))[layer]
+  return np.asarray(cap[f"blocks.{layer}.mlp.out"][0]) - y_hat
+
+
+def test_a_models_own_mlps_leave_nothing_to_the_error_nodes(lm):
+  g = graph_lib.compute(lm, _exact(lm), PROMPT, batch_size=16)
+  assert np.abs(g.adjacency[:, g.error_slice]).max() < 1e-4
+  s = prune_lib.scores(g)
+  assert s["replacement"] == pytest.approx(1.0, abs=1e-4)
+  assert s["completeness"] == pytest.approx(1.0, abs=1e-4)
+  noisy = prune_lib.scores(graph_lib.compute(lm, _random_clt(lm), PROMPT, batch_size=16))
+  assert 0 < noisy["replacement"] < 0.999 and 0 < noisy["completeness"] < 0.999
+
+
+def test_pruning_keeps_tokens_and_logits_and_tightens_with_the_threshold(lm):
+  g = graph_lib.compute(lm, _random_clt(lm), PROMPT, batch_size=16)
+  loose, tight = prune_lib.prune(g, 0.95, 0.99), prune_lib.prune(g, 0.5, 0.9)
+  for p in (loose, tight):
+    assert p.node_mask[g.token_slice.start :].all()
+    assert not p.edge_mask[~p.node_mask].any() and not p.edge_mask[:, ~p.node_mask].any()
+  assert tight.node_mask.sum() < loose.node_mask.sum() <= g.adjacency.shape[0]
+  assert tight.edge_mask.sum() < loose.edge_mask.sum()
+  with pytest.raises(ValueError, match="node_threshold=1.5"):
+    prune_lib.prune(g, 1.5)
+
+
+def test_salient_logits_are_the_fewest_reaching_the_probability():
+  logits = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+  tokens, probs = graph_lib.salient_logits(logits, 10, 0.95)
+  assert tokens.tolist() == [0, 1, 2] and probs.sum() == pytest.approx(0.95)
+  assert graph_lib.salient_logits(logits, 2, 0.95)[0].tolist() == [0, 1]
