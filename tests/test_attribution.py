@@ -170,3 +170,58 @@ def test_salient_logits_are_the_fewest_reaching_the_probability():
   tokens, probs = graph_lib.salient_logits(logits, 10, 0.95)
   assert tokens.tolist() == [0, 1, 2] and probs.sum() == pytest.approx(0.95)
   assert graph_lib.salient_logits(logits, 2, 0.95)[0].tolist() == [0, 1]
+
+
+def test_the_frontend_json_lists_the_pruned_graph_as_circuit_tracer_names_it(lm, tmp_path):
+  import json
+
+  from jaxsae.attribution import frontend
+
+  g = graph_lib.compute(lm, _random_clt(lm), PROMPT, batch_size=16, max_logits=3)
+  pruned = prune_lib.prune(g)
+  doc = frontend.document(g, pruned, lm.tokenizer, slug="tiny", scan="random-clt")
+  path = frontend.write(tmp_path, doc)
+  frontend.write(tmp_path, doc)  # Again: the index keeps one entry per slug.
+  back = json.loads(path.read_text())
+  assert set(back) == {"metadata", "qParams", "nodes", "links"}
+  ids = {n["node_id"] for n in back["nodes"]}
+  assert all(link["source"] in ids and link["target"] in ids for link in back["links"])
+  kinds = {n["feature_type"] for n in back["nodes"]}
+  assert {"embedding", "logit", "cross layer transcoder"} <= kinds
+  assert sum(n["feature_type"] == "embedding" for n in back["nodes"]) == len(PROMPT)
+  logits = [n for n in back["nodes"] if n["feature_type"] == "logit"]
+  assert [n["node_id"] for n in logits] == [
+    f"{lm.config.n_layers + 1}_{t}_{len(PROMPT) - 1}" for t in g.logit_tokens
+  ]
+  assert logits[0]["is_target_logit"] and logits[0]["token_prob"] == pytest.approx(
+    g.logit_probabilities[0]
+  )
+  feature = next(n for n in back["nodes"] if n["feature_type"] == "cross layer transcoder")
+  layer, index, pos = (int(v) for v in feature["node_id"].split("_"))
+  row = np.nonzero((g.features == [layer, pos, index]).all(1))[0][0]
+  assert feature["activation"] == pytest.approx(g.activations[row])
+  assert feature["feature"] == (layer + index) * (layer + index + 1) // 2 + index
+  link = back["links"][0]
+  kept = np.nonzero(pruned.edge_mask)
+  assert len(back["links"]) == len(kept[0]) and isinstance(link["weight"], float)
+  index_doc = json.loads((tmp_path / "graph-metadata.json").read_text())
+  assert [m["slug"] for m in index_doc["graphs"]] == ["tiny"]
+  assert back["metadata"]["prompt_tokens"] == [lm.tokenizer.decode([int(t)]) for t in PROMPT]
+
+
+def test_interventions_predicted_by_the_graph_match_the_pinned_model(lm):
+  """Scaling features by 0.999 (small enough that no feature crosses zero; this random model
+  amplifies a 2% change past several thresholds): the graph's linear
+  prediction of the logit changes equals the replacement model's with patterns and norm
+  factors pinned; with them free, the live model's effect is measured as well."""
+  from jaxsae.attribution import interventions
+
+  clt = _random_clt(lm)
+  g = graph_lib.compute(lm, clt, PROMPT, batch_size=16, max_logits=4)
+  early = np.nonzero(g.features[:, 0] == 0)[0][:3]  # Layer-0 features: effects through the rest.
+  predicted = interventions.predicted_logit_effects(g, early, 0.999)
+  pinned = interventions.actual_logit_effects(lm, clt, g, early, 0.999, frozen=True)
+  free = interventions.actual_logit_effects(lm, clt, g, early, 0.999)
+  assert np.abs(pinned).max() > 1e-2
+  np.testing.assert_allclose(predicted, pinned, rtol=2e-3, atol=1e-3 * np.abs(pinned).max())
+  assert np.isfinite(free).all() and np.abs(free).max() > 1e-4

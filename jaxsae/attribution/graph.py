@@ -52,6 +52,7 @@ class Graph:
   logit_probabilities: np.ndarray  # (K,)
   adjacency: np.ndarray  # (N, N): [target, source]
   n_layers: int
+  skip_first: int = 0  # Positions whose features were left out (their MLP output is error).
 
   @property
   def n_pos(self) -> int:
@@ -162,7 +163,14 @@ def compute(
     rows = slice(n_feat + L * T + T + start, n_feat + L * T + T + start + len(chunk))
     adjacency[rows, : n_feat + L * T + T] = np.asarray(edges(g_emb, g_out))[: len(chunk)]
   return Graph(
-    np.asarray(tokens_1xT[0]), features, activations, logit_tokens, logit_probs, adjacency, L
+    np.asarray(tokens_1xT[0]),
+    features,
+    activations,
+    logit_tokens,
+    logit_probs,
+    adjacency,
+    L,
+    skip_first,
   )
 
 

@@ -141,15 +141,18 @@ def _decode(target: _Target, z: dict, x: dict):
   return y
 
 
-def _edits(sources, targets, keep_BxT, errors=None) -> dict:
+def _edits(sources, targets, keep_BxT, errors=None, z_edit=None) -> dict:
   """Hook edits that run the replacement model: each source's input hook records x_i and z_i
-  (leaving x_i alone); each target's output hook becomes ŷ_j (+ e_j) outside `keep_BxT`."""
+  (leaving x_i alone; `z_edit(i, z_i)` may change z_i, an intervention); each target's output
+  hook becomes ŷ_j (+ e_j) outside `keep_BxT`."""
   z, x = {}, {}
   edits = {}
 
   def reader(i):
     def edit(value):
       x[i], z[i] = value, _encode(sources[i], value)
+      if z_edit is not None:
+        z[i] = z_edit(i, z[i])
       return value
 
     return edit
@@ -190,9 +193,13 @@ def run_replacement(
   *,
   error_terms: bool = False,
   skip_first: int = 0,
+  z_edit=None,
+  extra_edits=None,
 ):
   """Logits (B, T, V) of the replacement model on `tokens_BxT`; with `error_terms` each
-  layer adds the original forward's reconstruction error, which gives the original logits."""
+  layer adds the original forward's reconstruction error, which gives the original logits.
+  `z_edit(i, z_i)` changes layer i's features (interventions); `extra_edits` are further hook
+  edits (e.g. pinned attention patterns)."""
   sources, targets = _plan(dictionaries)
   model = Transformer(lm.config)
   tokens = jnp.asarray(tokens_BxT)
@@ -206,7 +213,8 @@ def run_replacement(
     errors = {
       j: captured[t.hook].astype(jnp.float32) - _decode(t, zs, xs) for j, t in enumerate(targets)
     }
-  logits, _ = run_model(model, lm.params, tokens, edits=_edits(sources, targets, keep, errors))
+  edits = {**(extra_edits or {}), **_edits(sources, targets, keep, errors, z_edit)}
+  logits, _ = run_model(model, lm.params, tokens, edits=edits)
   return logits
 
 
