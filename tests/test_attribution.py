@@ -225,3 +225,32 @@ def test_interventions_predicted_by_the_graph_match_the_pinned_model(lm):
   assert np.abs(pinned).max() > 1e-2
   np.testing.assert_allclose(predicted, pinned, rtol=2e-3, atol=1e-3 * np.abs(pinned).max())
   assert np.isfinite(free).all() and np.abs(free).max() > 1e-4
+
+
+def test_the_experiment_writes_a_graph_of_a_saved_model_and_clt(lm, tmp_path):
+  """End to end: a saved model and a CLT in circuit-tracer's format; the viewer's JSON and the
+  results page, whose scores are those of the graph computed here."""
+  import json
+  import subprocess
+  import sys
+
+  from conftest import REPO
+  from jaxsae.models import pretrained
+  from jaxsae.sae.zoo import circuit_tracer
+
+  model = pretrained.save(tmp_path / "model", lm.config, lm.params, lm.tokenizer, {})
+  clt = _random_clt(lm)
+  folder = circuit_tracer.write_clt(tmp_path / "clt", clt)
+  workdir = tmp_path / "out"
+  prompt = "x = ['a"
+  command = [sys.executable, "-m", "experiments.attribution", f"--transcoders={folder}"]
+  command += [f"--model={model}", f"--prompt={prompt}", "--slug=tiny", f"--workdir={workdir}"]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  record = json.loads((workdir / "results.jsonl").read_text())
+  expected = prune_lib.scores(graph_lib.compute(lm, clt, lm.tokenizer.encode(prompt)))
+  assert record["replacement_score"] == pytest.approx(expected["replacement"], rel=1e-4)
+  assert record["tokens"] == len(prompt) and 0 < record["kept_nodes"] < record["nodes"]
+  doc = json.loads((workdir / "graphs" / "tiny.json").read_text())
+  assert len(doc["nodes"]) <= record["kept_nodes"] and doc["links"]
+  assert "## Most influential feature nodes" in (workdir / "results.md").read_text()
