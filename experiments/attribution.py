@@ -7,6 +7,7 @@
 The dictionaries are read as `experiments.replacement` reads them. Writes to <workdir>:
 - graphs/<slug>.json and graphs/graph-metadata.json: the pruned graph in circuit-tracer's
   frontend format (its viewer serves that folder);
+- graph.html: the pruned graph drawn by jaxsae's circuit view (one self-contained page);
 - results.md / results.jsonl: the graph's size before and after pruning, its replacement and
   completeness scores, the salient logits, and the most influential feature nodes.
 """
@@ -19,7 +20,7 @@ import numpy as np
 from absl import flags
 
 from jaxsae import cli, tables
-from jaxsae.attribution import frontend
+from jaxsae.attribution import frontend, view
 from jaxsae.attribution import graph as graph_lib
 from jaxsae.attribution import prune as prune_lib
 from jaxsae.models import pretrained
@@ -93,6 +94,10 @@ def main(argv):
   )
   frontend.write(workdir / "graphs", doc)
   overview = summary(graph, pruned, scores, seconds)
+  view.write_html(
+    workdir / "graph.html", graph, pruned, lm.tokenizer, title=repr(_PROMPT.value),
+    model=_MODEL.value, metrics={k: v for k, v in overview.items() if k != "seconds"},
+  )  # fmt: skip
   logits = [
     {"token": lm.tokenizer.decode([int(t)]), "probability": float(p)}
     for t, p in zip(graph.logit_tokens, graph.logit_probabilities, strict=True)

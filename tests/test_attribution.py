@@ -254,3 +254,6 @@ def test_the_experiment_writes_a_graph_of_a_saved_model_and_clt(lm, tmp_path):
   doc = json.loads((workdir / "graphs" / "tiny.json").read_text())
   assert len(doc["nodes"]) <= record["kept_nodes"] and doc["links"]
   assert "## Most influential feature nodes" in (workdir / "results.md").read_text()
+  html = (workdir / "graph.html").read_text()
+  assert html.count("<circle") == record["kept_nodes"] and "<svg" in html
+  assert 0 < html.count('<path class="e"') <= record["kept_edges"]
