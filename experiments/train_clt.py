@@ -1,0 +1,32 @@
+"""A cross-layer transcoder of every MLP of a model, trained streamed (jaxsae.clt_job).
+
+  python -m experiments.train_clt --workdir=runs/clt          # the shipped model, all 4 layers
+  python -m experiments.train_clt --config.clt.features_per_layer=1024 --config.train.steps=3000
+
+Writes <workdir>/clt (circuit-tracer's CLT files), results.md and results.json: per-layer FVU
+and L0 on held-out windows, the replacement model's CE, ΔCE and KL, and the attribution
+graphs of `clt.prompts` (size, kept nodes and edges, replacement and completeness scores).
+"""
+
+import json
+import pathlib
+
+from absl import flags
+from ml_collections import config_flags
+
+from jaxsae import cli, clt_job
+
+_DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "clt.py")
+_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "CLT job config.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/clt", "Directory for checkpoints and results.")
+
+
+def main(argv):
+  del argv
+  out = clt_job.run(_CONFIG.value, _WORKDIR.value)
+  print((pathlib.Path(_WORKDIR.value) / "results.md").read_text())
+  print(json.dumps({k: out[k] for k in ("ce_original", "ce_replacement", "train_s")}))
+
+
+if __name__ == "__main__":
+  cli.run(main)
