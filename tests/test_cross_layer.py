@@ -213,3 +213,14 @@ def test_the_tanh_penalty_and_its_gradient_by_hand(architecture):
   np.testing.assert_allclose(
     grad, 2.0 * norms / np.cosh(2.0 * z * norms) ** 2 / BATCH, rtol=1e-4, atol=1e-7
   )
+
+
+def test_one_layer_formats_refuse_a_clt_and_name_its_record():
+  from jaxsae.errors import CheckpointError
+  from jaxsae.sae import saelens, transcoder_format
+
+  sae, v, _ = clt("relu")
+  with pytest.raises(CheckpointError, match="cross_layer.record"):
+    transcoder_format.to_record(sae.config, v)
+  with pytest.raises(CheckpointError, match="transcoder"):  # SAELens holds one-site SAEs.
+    saelens.save("/nonexistent", sae.config, v, 1.0)

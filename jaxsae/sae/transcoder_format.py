@@ -46,6 +46,11 @@ def to_record(
 ) -> Transcoder:
   """The record of a dictionary trained on scale·x (and target_scale·y), acting on raw x."""
   arch = config.architecture
+  if config.layers > 1:
+    raise CheckpointError(
+      f"this is a cross-layer transcoder over {config.layers} layers, not one layer's "
+      "transcoder: its record is jaxsae.sae.cross_layer.record"
+    )
   if arch not in ACTIVATIONS:
     raise CheckpointError(
       f"{arch} has no transcoder-record form; records hold {sorted(ACTIVATIONS)} dictionaries"
