@@ -57,8 +57,10 @@ def summary(graph, pruned, scores, seconds: float) -> dict:
 
 def top_features(graph, pruned, tokenizer, n: int = 15) -> list[dict]:
   """The kept feature nodes by influence (the smallest cumulative share first)."""
-  kept = [i for i in np.nonzero(pruned.node_mask[: graph.n_features])[0]]
-  kept.sort(key=lambda i: pruned.cumulative_influence[i])
+  kept = sorted(
+    np.nonzero(pruned.node_mask[: graph.n_features])[0],
+    key=lambda i: pruned.cumulative_influence[i],
+  )
   rows = []
   for i in kept[:n]:
     layer, pos, index = (int(v) for v in graph.features[i])
@@ -75,7 +77,7 @@ def main(argv):
   workdir.mkdir(parents=True, exist_ok=True)
   lm = pretrained.load(_MODEL.value)
   names = _TRANSCODERS.value
-  dictionaries = zoo.load_replacement(names[0] if len(names) == 1 else names)
+  dictionaries = zoo.load_replacement(names)
   tokens = np.asarray(lm.tokenizer.encode(_PROMPT.value), np.int32)
   if _BOS.value:
     tokens = np.concatenate([[lm.tokenizer.separator_id], tokens]).astype(np.int32)

@@ -42,7 +42,7 @@ def main(argv):
   workdir.mkdir(parents=True, exist_ok=True)
   lm = pretrained.load(_MODEL.value)
   names = _TRANSCODERS.value
-  dictionaries = zoo.load_replacement(names[0] if len(names) == 1 else names)
+  dictionaries = zoo.load_replacement(names)
   corpus = model_corpus.for_model(lm)
   split = "validation"
   windows = pipeline.load_windows(

@@ -30,7 +30,6 @@ from jaxsae.models import pretrained
 from jaxsae.sae import cross_layer
 from jaxsae.sae import train as train_lib
 from jaxsae.sae.zoo import circuit_tracer
-from jaxsae.text import model_corpus, pipeline
 
 
 def base_config(architecture: str = "jumprelu") -> ml_collections.ConfigDict:
@@ -74,13 +73,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   L = lm.config.n_layers
   ins = [f"blocks.{i}.{config.clt.input_site}" for i in range(L)]
   outs = [f"blocks.{i}.{config.clt.output_site}" for i in range(L)]
-  corpus = model_corpus.for_model(lm, h)
-  windows = {}
-  for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):
-    loaded = pipeline.load_windows(
-      corpus, split, lm.tokenizer, h.seq_len, h.bos, lm.config.vocab_size
-    )
-    windows[split] = pipeline.sample_windows(loaded, count, config.seed, split)
+  windows = main_job.split_windows(config, lm)
   source = StreamingSource(
     lm,
     windows["train"][:, :-1],

@@ -112,15 +112,23 @@ class Harvested:
   eval_windows: np.ndarray  # (n, seq_len + 1) token windows for ΔCE.
 
 
-def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
+def split_windows(config, lm) -> dict[str, np.ndarray]:
+  """{"train", "validation"}: `harvest.train_windows` and `eval_windows` token windows (+1
+  target each) sampled from the corpus split as the model was trained (held out stays out)."""
   h = config.harvest
   model_corpus.warn_if_other_corpus(lm, h)
-  corpus = model_corpus.for_model(lm, h)  # Split as the model was trained: held out stays out.
+  corpus = model_corpus.for_model(lm, h)
   splits = {}
   for split, count in (("train", h.train_windows), ("validation", h.eval_windows)):
     bos, vocab = h.get("bos", False), lm.config.vocab_size
     windows = pipeline.load_windows(corpus, split, lm.tokenizer, h.seq_len, bos, vocab)
     splits[split] = pipeline.sample_windows(windows, count, config.seed, split)
+  return splits
+
+
+def harvest_stores(config, lm, workdir: pathlib.Path) -> Harvested:
+  h = config.harvest
+  splits = split_windows(config, lm)
   stores = {}
   for split, windows in splits.items():
     if split == "train" and h.streaming:

@@ -34,34 +34,30 @@ def _node(graph: Graph, index: int, pruned: Pruned, tokenizer) -> dict:
   influence = float(pruned.cumulative_influence[index])
   common = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0}
   common |= {"clerp": "", "influence": influence, "activation": None}
-  if index < graph.n_features:
-    layer, pos, feature = (int(v) for v in graph.features[index])
+  node = graph.node(index)
+  layer, pos, idx = node.layer, node.pos, node.index
+  if node.kind == "feature":
     return common | {
-      "node_id": f"{layer}_{feature}_{pos}", "feature": _cantor(layer, feature),
+      "node_id": f"{layer}_{idx}_{pos}", "feature": _cantor(layer, idx),
       "layer": str(layer), "ctx_idx": pos, "feature_type": "cross layer transcoder",
-      "jsNodeId": f"{layer}_{feature}-0", "activation": float(graph.activations[index]),
+      "jsNodeId": f"{layer}_{idx}-0", "activation": float(graph.activations[index]),
     }  # fmt: skip
-  if index < graph.token_slice.start:
-    layer, pos = divmod(index - graph.n_features, graph.n_pos)
+  if node.kind == "error":
     return common | {
       "node_id": f"0_{layer}_{pos}", "feature": -1, "layer": str(layer), "ctx_idx": pos,
       "feature_type": "mlp reconstruction error", "jsNodeId": f"{layer}_{pos}-0",
     }  # fmt: skip
-  if index < graph.logit_slice.start:
-    pos = index - graph.token_slice.start
-    token = int(graph.tokens[pos])
+  if node.kind == "token":
     return common | {
-      "node_id": f"E_{token}_{pos}", "feature": pos, "layer": "E", "ctx_idx": pos,
-      "feature_type": "embedding", "jsNodeId": f"E_{token}-{pos}",
+      "node_id": f"E_{idx}_{pos}", "feature": pos, "layer": "E", "ctx_idx": pos,
+      "feature_type": "embedding", "jsNodeId": f"E_{idx}-{pos}",
     }  # fmt: skip
-  k = index - graph.logit_slice.start
-  token, prob = int(graph.logit_tokens[k]), float(graph.logit_probabilities[k])
-  layer, pos = str(graph.n_layers + 1), graph.n_pos - 1
+  prob, logit_layer = float(graph.logit_probabilities[node.rank]), str(graph.n_layers + 1)
   return common | {
-    "node_id": f"{layer}_{token}_{pos}", "feature": token, "layer": layer, "ctx_idx": pos,
-    "feature_type": "logit", "token_prob": prob, "is_target_logit": k == 0,
-    "jsNodeId": f"L_{token}-{pos}", "influence": None,
-    "clerp": f'Output "{_token_text(tokenizer, token)}" (p={prob:.3f})',
+    "node_id": f"{logit_layer}_{idx}_{pos}", "feature": idx, "layer": logit_layer,
+    "ctx_idx": pos, "feature_type": "logit", "token_prob": prob,
+    "is_target_logit": node.rank == 0, "jsNodeId": f"L_{idx}-{pos}", "influence": None,
+    "clerp": f'Output "{_token_text(tokenizer, idx)}" (p={prob:.3f})',
   }  # fmt: skip
 
 

@@ -28,6 +28,8 @@ Logits: the fewest top tokens whose probabilities sum to `desired_probability`, 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +41,17 @@ from jaxsae.models import hooks as hooks_lib
 from jaxsae.models.language_model import LanguageModel
 from jaxsae.models.transformer import Transformer
 from jaxsae.models.transformer import run as run_model
+
+
+class Node(NamedTuple):
+  """What node i of a graph is: kind "feature" (index: the feature), "error", "token" (index:
+  the token id) or "logit" (index: the token id, rank: its place among the logits)."""
+
+  kind: str
+  layer: int | None
+  pos: int
+  index: int = -1
+  rank: int = -1
 
 
 @dataclasses.dataclass
@@ -75,6 +88,20 @@ class Graph:
   def logit_slice(self) -> slice:
     return slice(self.token_slice.stop, self.adjacency.shape[0])
 
+  def node(self, i: int) -> Node:
+    """Node i, by circuit-tracer's order (module docstring)."""
+    if i < self.n_features:
+      layer, pos, feature = (int(v) for v in self.features[i])
+      return Node("feature", layer, pos, feature)
+    if i < self.token_slice.start:
+      layer, pos = divmod(i - self.n_features, self.n_pos)
+      return Node("error", layer, pos)
+    if i < self.logit_slice.start:
+      pos = i - self.token_slice.start
+      return Node("token", None, pos, int(self.tokens[pos]))
+    k = i - self.logit_slice.start
+    return Node("logit", None, self.n_pos - 1, int(self.logit_tokens[k]), k)
+
 
 def salient_logits(logits_V, max_logits: int, desired_probability: float):
   """(token ids, probabilities): the fewest top tokens reaching `desired_probability`."""
@@ -85,14 +112,15 @@ def salient_logits(logits_V, max_logits: int, desired_probability: float):
   return top, probs[top]
 
 
+def frozen_hooks(config) -> list[str]:
+  """The hooks the local replacement model holds: every attention pattern and norm factor."""
+  names = hooks_lib.all_names(config)
+  return [n for n in names if n.endswith(".attn.pattern") or n.endswith("norm_factor")]
+
+
 def _frozen_edits(lm: LanguageModel) -> dict:
-  """stop_gradient at every attention pattern and norm factor: the local replacement model."""
-  names = [
-    name
-    for name in hooks_lib.all_names(lm.config)
-    if name.endswith(".attn.pattern") or name.endswith("norm_factor")
-  ]
-  return {name: jax.lax.stop_gradient for name in names}
+  """stop_gradient at every `frozen_hooks` site: the local replacement model."""
+  return {name: jax.lax.stop_gradient for name in frozen_hooks(lm.config)}
 
 
 def compute(
@@ -135,33 +163,30 @@ def compute(
   activations = np.concatenate(activations).astype(np.float32)
   logit_tokens, logit_probs = salient_logits(logits[0, -1], max_logits, desired_probability)
 
-  gradients = _gradient_fn(lm, model, tokens_1xT, ins, outs, L)
+  rows_for = _pullbacks(lm, model, tokens_1xT, ins, outs)
   n_feat, n_logits = len(features), len(logit_tokens)
-  n_nodes = n_feat + L * T + T + n_logits
-  adjacency = np.zeros((n_nodes, n_nodes), np.float32)
-  edges = _edge_fn(sources, targets, features, activations, errors, embeddings)
+  n_sources = n_feat + L * T + T
+  adjacency = np.zeros((n_sources + n_logits, n_sources + n_logits), np.float32)
+  writes = jnp.asarray(_feature_writes(targets, features, activations, L, errors.shape[-1]))
+  positions = jnp.asarray(features[:, 1])
+
+  def fill(first_row: int, count: int, pulled) -> None:
+    block = _edges(*pulled, writes, positions, errors, embeddings)
+    adjacency[first_row : first_row + count, :n_sources] = np.asarray(block)[:count]
 
   # Feature targets: the encoder row at the feature's layer and position.
   enc = np.stack([np.asarray(sources[l].W_enc)[:, f] for l, _, f in features]) if n_feat else None
   d_in = [int(sources[i].W_enc.shape[0]) for i in range(L)]
   for start in range(0, n_feat, batch_size):
-    rows = slice(start, min(start + batch_size, n_feat))
-    cot = _feature_cotangents(features[rows], enc[rows], L, T, d_in, batch_size)
-    g_emb, g_out = gradients(cot, jnp.zeros((batch_size, 1, T, lm.config.vocab_size)))
-    adjacency[rows, : n_feat + L * T + T] = np.asarray(edges(g_emb, g_out))[
-      : rows.stop - rows.start
-    ]
+    chunk = features[start : start + batch_size]
+    cot = _feature_cotangents(chunk, enc[start : start + batch_size], T, d_in, batch_size)
+    fill(start, len(chunk), rows_for.features(lm.params, cot))
   # Logit targets: the demeaned logit at the last position.
-  vocab = lm.config.vocab_size
   for start in range(0, n_logits, batch_size):
     chunk = logit_tokens[start : start + batch_size]
-    cot_logits = np.zeros((batch_size, 1, T, vocab), np.float32)
-    cot_logits[np.arange(len(chunk)), 0, T - 1] = -1.0 / vocab
-    cot_logits[np.arange(len(chunk)), 0, T - 1, chunk] += 1.0
-    zero_reads = [np.zeros((batch_size, 1, T, d), np.float32) for d in d_in]
-    g_emb, g_out = gradients(zero_reads, jnp.asarray(cot_logits))
-    rows = slice(n_feat + L * T + T + start, n_feat + L * T + T + start + len(chunk))
-    adjacency[rows, : n_feat + L * T + T] = np.asarray(edges(g_emb, g_out))[: len(chunk)]
+    padded = np.zeros(batch_size, np.int32)
+    padded[: len(chunk)] = chunk
+    fill(n_sources + start, len(chunk), rows_for.logits(lm.params, jnp.asarray(padded)))
   return Graph(
     np.asarray(tokens_1xT[0]),
     features,
@@ -174,58 +199,75 @@ def compute(
   )
 
 
-def _feature_cotangents(chunk, enc_rows, L, T, d_in, batch_size):
+def _feature_cotangents(chunk, enc_rows, T, d_in, batch_size):
   """One cotangent per target feature: its encoder row at (its layer's input hook, its
   position), zero elsewhere; padded to `batch_size`."""
   out = [np.zeros((batch_size, 1, T, d), np.float32) for d in d_in]
   for b, ((layer, pos, _), row) in enumerate(zip(chunk, enc_rows, strict=True)):
     out[layer][b, 0, pos] = row
-  return out
+  return [jnp.asarray(c) for c in out]
 
 
-def _gradient_fn(lm, model, tokens_1xT, ins, outs, L):
-  """cotangents (on each input hook's value, on the logits) → (∂/∂embedding writes T×d,
-  ∂/∂MLP-output writes L×T×d), batched: the frozen forward's VJP, jitted and vmapped."""
+class _Pullbacks(NamedTuple):
+  """Batched VJPs of the frozen forward, jitted: each maps a batch of target reads to
+  (∂/∂embedding writes B×T×d, ∂/∂MLP-output writes B×L×T×d)."""
+
+  features: Callable  # (params, [B×1×T×d_in per layer]) → gradients
+  logits: Callable  # (params, B token ids) → gradients of their demeaned last-position logits
+
+
+def _pullbacks(lm, model, tokens_1xT, ins, outs) -> _Pullbacks:
   frozen = _frozen_edits(lm)
+  blocks_only = {n: f for n, f in frozen.items() if n.startswith("blocks.")}
+  T, d, V, L = tokens_1xT.shape[1], lm.config.d_model, lm.config.vocab_size, len(outs)
+  zeros = (jnp.zeros((1, T, d), jnp.float32), jnp.zeros((L, 1, T, d), jnp.float32))
 
-  def forward(inject_emb, inject_out):
-    edits = dict(frozen)
+  def forward(params, inject_emb, inject_out, reads_only: bool):
+    edits = dict(blocks_only if reads_only else frozen)
     edits["embed.tok"] = lambda x: jax.lax.stop_gradient(x) + inject_emb.astype(x.dtype)
     for j, hook in enumerate(outs):
       edits[hook] = lambda x, j=j: jax.lax.stop_gradient(x) + inject_out[j].astype(x.dtype)
-    logits, captured = run_model(model, lm.params, tokens_1xT, capture=ins, edits=edits)
-    return [captured[h].astype(jnp.float32) for h in ins], logits.astype(jnp.float32)
+    # Feature reads need no final norm or unembedding: the forward stops after the blocks.
+    logits, captured = run_model(
+      model, params, tokens_1xT, capture=ins, edits=edits, stop_early=reads_only
+    )
+    if reads_only:
+      return [captured[h].astype(jnp.float32) for h in ins]
+    return logits[0, -1].astype(jnp.float32)
 
-  T, d = tokens_1xT.shape[1], lm.config.d_model
-  zeros = (jnp.zeros((1, T, d), jnp.float32), jnp.zeros((L, 1, T, d), jnp.float32))
-  _, vjp = jax.vjp(forward, *zeros)
+  def pull(params, reads_only: bool, cotangents):
+    _, vjp = jax.vjp(lambda e, o: forward(params, e, o, reads_only), *zeros)
+    g_emb, g_out = jax.vmap(vjp)(cotangents)
+    return g_emb[:, 0], g_out[:, :, 0]
 
   @jax.jit
-  def batched(cot_reads, cot_logits):
-    g_emb, g_out = jax.vmap(lambda r, lg: vjp((r, lg)))(list(cot_reads), cot_logits)
-    return g_emb[:, 0], g_out[:, :, 0]  # B × T × d, B × L × T × d
+  def features(params, cot_reads):
+    return pull(params, True, list(cot_reads))
 
-  return lambda cot_reads, cot_logits: batched([jnp.asarray(c) for c in cot_reads], cot_logits)
+  @jax.jit
+  def logits(params, tokens_B):
+    return pull(params, False, jax.nn.one_hot(tokens_B, V) - 1.0 / V)
+
+  return _Pullbacks(features, logits)
 
 
-def _edge_fn(sources, targets, features, activations, errors, embeddings):
-  """(gradients) → the B × (features + errors + tokens) row block of direct effects."""
-  L = len(sources)
-  # Each feature's writes: a_s·W_dec[s → j] for every target layer j it writes (else 0).
-  writes = np.zeros((len(features), L, errors.shape[-1]), np.float32)
+def _feature_writes(targets, features, activations, L: int, d: int) -> np.ndarray:
+  """F × L × d: each feature's write a_s·W_dec[s → j] to every target layer j (else 0)."""
+  writes = np.zeros((len(features), L, d), np.float32)
   for j, target in enumerate(targets):
     for i, W in target.writers:
       mine = np.nonzero(features[:, 0] == i)[0]
       writes[mine, j] = np.asarray(W)[features[mine, 2]] * activations[mine, None]
-  writes, positions = jnp.asarray(writes), jnp.asarray(features[:, 1])
+  return writes
 
-  @jax.jit
-  def edges(g_emb_BxTxD, g_out_BxLxTxD):
-    feature_edges = sum(  # One target layer at a time: B × F × d at most in memory.
-      jnp.einsum("bfd,fd->bf", g_out_BxLxTxD[:, j, positions], writes[:, j]) for j in range(L)
-    )
-    error_edges = jnp.einsum("bltd,ltd->blt", g_out_BxLxTxD, errors).reshape(len(g_emb_BxTxD), -1)
-    token_edges = jnp.einsum("btd,td->bt", g_emb_BxTxD, embeddings)
-    return jnp.concatenate([feature_edges, error_edges, token_edges], axis=1)
 
-  return edges
+@jax.jit
+def _edges(g_emb_BxTxD, g_out_BxLxTxD, writes_FxLxD, positions_F, errors_LxTxD, emb_TxD):
+  """The B × (features + errors + tokens) row block of direct effects."""
+  feature_edges = sum(  # One target layer at a time: B × F × d at most in memory.
+    jnp.einsum("bfd,fd->bf", g_out_BxLxTxD[:, j, positions_F], writes_FxLxD[:, j])
+    for j in range(writes_FxLxD.shape[1])
+  )
+  error_edges = jnp.einsum("bltd,ltd->blt", g_out_BxLxTxD, errors_LxTxD)
+  token_edges = jnp.einsum("btd,td->bt", g_emb_BxTxD, emb_TxD)
+  return jnp.concatenate([feature_edges, error_edges.reshape(len(g_emb_BxTxD), -1), token_edges], 1)

@@ -20,9 +20,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsae.attribution import graph as graph_lib
 from jaxsae.attribution.graph import Graph
 from jaxsae.evals import replacement
-from jaxsae.models import hooks as hooks_lib
 from jaxsae.models.transformer import Transformer
 from jaxsae.models.transformer import run as run_model
 
@@ -58,11 +58,7 @@ def actual_logit_effects(
 
   pinned = {}
   if frozen:
-    names = [
-      n
-      for n in hooks_lib.all_names(lm.config)
-      if n.endswith(".attn.pattern") or n.endswith("norm_factor")
-    ]
+    names = graph_lib.frozen_hooks(lm.config)
     _, captured = run_model(Transformer(lm.config), lm.params, tokens, capture=names)
     pinned = {n: (lambda x, v=captured[n]: v) for n in names}
 

@@ -22,25 +22,23 @@ BANDS = ("embedding", "feature", "error", nodes_lib.FINAL_SITE)
 
 def _node(graph: Graph, i: int, pruned: Pruned, tokenizer) -> dict:
   score = float(1.0 - pruned.cumulative_influence[i])
-  if i < graph.n_features:
-    layer, pos, feature = (int(v) for v in graph.features[i])
+  node = graph.node(i)
+  layer, pos, idx = node.layer, node.pos, node.index
+  if node.kind == "feature":
     token = tokenizer.decode([int(graph.tokens[pos])])
-    return {"id": f"L{layer} f{feature} @{pos} {token!r} a={graph.activations[i]:.3g}",
-            "kind": "feature", "channel": feature, "column": layer + 1, "band": "feature",
+    return {"id": f"L{layer} f{idx} @{pos} {token!r} a={graph.activations[i]:.3g}",
+            "kind": "feature", "channel": idx, "column": layer + 1, "band": "feature",
             "layer": layer, "score": score}  # fmt: skip
-  if i < graph.token_slice.start:
-    layer, pos = divmod(i - graph.n_features, graph.n_pos)
+  if node.kind == "error":
     return {"id": f"L{layer} error @{pos}", "kind": "error", "channel": pos,
             "column": layer + 1, "band": "error", "layer": layer, "score": score}  # fmt: skip
-  if i < graph.logit_slice.start:
-    pos = i - graph.token_slice.start
-    token = tokenizer.decode([int(graph.tokens[pos])])
-    return {"id": f"token @{pos} {token!r}", "kind": "embedding", "channel": pos, "column": 0,
-            "band": "embedding", "layer": None, "score": score}  # fmt: skip
-  k = i - graph.logit_slice.start
-  token = int(graph.logit_tokens[k])
-  return {"id": f"logit {token} {tokenizer.decode([token])!r} p={graph.logit_probabilities[k]:.3f}",
-          "kind": "logit", "channel": token, "column": graph.n_layers + 1,
+  if node.kind == "token":
+    return {"id": f"token @{pos} {tokenizer.decode([idx])!r}", "kind": "embedding",
+            "channel": pos, "column": 0, "band": "embedding", "layer": None,
+            "score": score}  # fmt: skip
+  prob = graph.logit_probabilities[node.rank]
+  return {"id": f"logit {idx} {tokenizer.decode([idx])!r} p={prob:.3f}",
+          "kind": "logit", "channel": idx, "column": graph.n_layers + 1,
           "band": nodes_lib.FINAL_SITE, "layer": None, "score": None}  # fmt: skip
 
 

@@ -115,6 +115,8 @@ def load_replacement(paths_or_ids, cache_dir=None) -> list[Transcoder] | CrossLa
   """The dictionaries of a replacement model (`jaxsae.evals.replacement`): a CLT, every layer
   of a circuit-tracer per-layer set folder, or a list of per-layer transcoders (paths or ids,
   first layer first)."""
+  if isinstance(paths_or_ids, (list, tuple)) and len(paths_or_ids) == 1:
+    paths_or_ids = paths_or_ids[0]  # One name: a set, a CLT or a single transcoder, as below.
   if isinstance(paths_or_ids, (list, tuple)):
     return [load_transcoder(p, cache_dir) for p in paths_or_ids]
   found = locate(paths_or_ids, cache_dir)
