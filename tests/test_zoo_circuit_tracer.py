@@ -1,6 +1,6 @@
-"""circuit-tracer's transcoder files (no installable reader here: its pins conflict with this
-environment's transformers), checked against its published formulas computed in numpy, and
-jaxsae's writer read back."""
+"""circuit-tracer's transcoder files, checked against its published formulas computed in numpy,
+and jaxsae's writer read back. circuit-tracer itself (whose pins conflict with this environment's
+transformers) reads what jaxsae writes in tests/test_circuit_tracer_agreement.py."""
 
 import numpy as np
 import pytest

@@ -17,7 +17,16 @@ vmapped vector-Jacobian product of the frozen forward pass per batch of targets:
 and 1/σ are `stop_gradient` edits at their hook sites (`attn.pattern`, `*.norm_factor`), and
 each MLP output hook returns sg(value) + a zero the gradient is taken against, so the effect of
 a source reaches a target only through the residual stream (direct effects; no path through an
-MLP or a transcoder's encoder).
+MLP or a transcoder's encoder). A skip transcoder's x·W_skip is linear in the residual stream,
+so it stays a path: the output hook adds x·W_skip − sg(x·W_skip) (circuit-tracer does the same).
+
+Positions before `skip_first` (Gemma's BOS, the attention sink) are constants of the prompt's
+start: their features are dropped and their error vectors zeroed, so they enter no node, like
+the dictionaries' biases (circuit-tracer's convention, which `tests/test_circuit_tracer_agreement`
+checks edge by edge against circuit-tracer 0.5.0). One difference from circuit-tracer stays: a
+token node's write is the embedding the residual stream receives, `embed.tok`, times √d where
+the model scales it (Gemma); circuit-tracer's NNSight backend writes the unscaled embedding row
+(`embed_weight[tokens]`), so its token edges on Gemma are 1/√d of the direct effect.
 
 Nodes are ordered as circuit-tracer orders them: active features (layer, position, index),
 error nodes (layer-major, L·T), token nodes (T), logit nodes (K); `adjacency[target, source]`.
@@ -65,7 +74,7 @@ class Graph:
   logit_probabilities: np.ndarray  # (K,)
   adjacency: np.ndarray  # (N, N): [target, source]
   n_layers: int
-  skip_first: int = 0  # Positions whose features were left out (their MLP output is error).
+  skip_first: int = 0  # Leading positions with neither features nor errors (constants).
 
   @property
   def n_pos(self) -> int:
@@ -134,9 +143,8 @@ def compute(
   skip_first: int = 0,
 ) -> Graph:
   """The attribution graph of `tokens` (a 1-D prompt) under `dictionaries` (per-layer
-  transcoders or a CLT, as `evals.replacement` takes them). Features at the first `skip_first`
-  positions are left out (Gemma's BOS: the attention sink, whose features circuit-tracer drops
-  too); their MLP outputs stay in the error nodes."""
+  transcoders or a CLT, as `evals.replacement` takes them). The first `skip_first` positions
+  have neither features nor errors (Gemma's BOS: the attention sink; module docstring)."""
   sources, targets = replacement._plan(dictionaries)
   L = len(sources)
   if len(targets) != L:
@@ -149,8 +157,12 @@ def compute(
   xs = {i: captured[h][0].astype(jnp.float32) for i, h in enumerate(ins)}
   zs = {i: replacement._encode(sources[i], xs[i]) for i in range(L)}
   zs = {i: z.at[:skip_first].set(0.0) for i, z in zs.items()}
-  errors = jnp.stack(
-    [captured[t.hook][0].astype(jnp.float32) - replacement._decode(t, zs, xs) for t in targets]
+  errors = (
+    jnp.stack(
+      [captured[t.hook][0].astype(jnp.float32) - replacement._decode(t, zs, xs) for t in targets]
+    )
+    .at[:, :skip_first]
+    .set(0.0)
   )  # L × T × d
   embeddings = captured["embed.tok"][0].astype(jnp.float32)
 
@@ -163,7 +175,7 @@ def compute(
   activations = np.concatenate(activations).astype(np.float32)
   logit_tokens, logit_probs = salient_logits(logits[0, -1], max_logits, desired_probability)
 
-  rows_for = _pullbacks(lm, model, tokens_1xT, ins, outs)
+  rows_for = _pullbacks(lm, model, tokens_1xT, ins, outs, targets)
   n_feat, n_logits = len(features), len(logit_tokens)
   n_sources = n_feat + L * T + T
   adjacency = np.zeros((n_sources + n_logits, n_sources + n_logits), np.float32)
@@ -180,13 +192,15 @@ def compute(
   for start in range(0, n_feat, batch_size):
     chunk = features[start : start + batch_size]
     cot = _feature_cotangents(chunk, enc[start : start + batch_size], T, d_in, batch_size)
-    fill(start, len(chunk), rows_for.features(lm.params, cot))
+    fill(start, len(chunk), rows_for.features(lm.params, rows_for.skips, cot))
   # Logit targets: the demeaned logit at the last position.
   for start in range(0, n_logits, batch_size):
     chunk = logit_tokens[start : start + batch_size]
     padded = np.zeros(batch_size, np.int32)
     padded[: len(chunk)] = chunk
-    fill(n_sources + start, len(chunk), rows_for.logits(lm.params, jnp.asarray(padded)))
+    fill(
+      n_sources + start, len(chunk), rows_for.logits(lm.params, rows_for.skips, jnp.asarray(padded))
+    )
   return Graph(
     np.asarray(tokens_1xT[0]),
     features,
@@ -212,21 +226,33 @@ class _Pullbacks(NamedTuple):
   """Batched VJPs of the frozen forward, jitted: each maps a batch of target reads to
   (∂/∂embedding writes B×T×d, ∂/∂MLP-output writes B×L×T×d)."""
 
-  features: Callable  # (params, [B×1×T×d_in per layer]) → gradients
-  logits: Callable  # (params, B token ids) → gradients of their demeaned last-position logits
+  features: Callable  # (params, skips, [B×1×T×d_in per layer]) → gradients
+  logits: Callable  # (params, skips, B token ids) → gradients of their demeaned last logits
+  skips: tuple  # Per output hook: its W_skip, or None.
 
 
-def _pullbacks(lm, model, tokens_1xT, ins, outs) -> _Pullbacks:
+def _pullbacks(lm, model, tokens_1xT, ins, outs, targets) -> _Pullbacks:
   frozen = _frozen_edits(lm)
   blocks_only = {n: f for n, f in frozen.items() if n.startswith("blocks.")}
   T, d, V, L = tokens_1xT.shape[1], lm.config.d_model, lm.config.vocab_size, len(outs)
   zeros = (jnp.zeros((1, T, d), jnp.float32), jnp.zeros((L, 1, T, d), jnp.float32))
 
-  def forward(params, inject_emb, inject_out, reads_only: bool):
+  def forward(params, skips, inject_emb, inject_out, reads_only: bool):
     edits = dict(blocks_only if reads_only else frozen)
     edits["embed.tok"] = lambda x: jax.lax.stop_gradient(x) + inject_emb.astype(x.dtype)
+    read = {}  # The input hooks' values, for the skip paths of later output hooks.
+    for i, hook in enumerate(ins):
+      edits[hook] = lambda x, i=i: read.setdefault(i, x)
+
+    def write(j, x):
+      x = jax.lax.stop_gradient(x) + inject_out[j].astype(x.dtype)
+      if skips[j] is None:
+        return x
+      linear = read[targets[j].skip_source].astype(jnp.float32) @ skips[j]
+      return x + (linear - jax.lax.stop_gradient(linear)).astype(x.dtype)
+
     for j, hook in enumerate(outs):
-      edits[hook] = lambda x, j=j: jax.lax.stop_gradient(x) + inject_out[j].astype(x.dtype)
+      edits[hook] = lambda x, j=j: write(j, x)
     # Feature reads need no final norm or unembedding: the forward stops after the blocks.
     logits, captured = run_model(
       model, params, tokens_1xT, capture=ins, edits=edits, stop_early=reads_only
@@ -235,20 +261,20 @@ def _pullbacks(lm, model, tokens_1xT, ins, outs) -> _Pullbacks:
       return [captured[h].astype(jnp.float32) for h in ins]
     return logits[0, -1].astype(jnp.float32)
 
-  def pull(params, reads_only: bool, cotangents):
-    _, vjp = jax.vjp(lambda e, o: forward(params, e, o, reads_only), *zeros)
+  def pull(params, skips, reads_only: bool, cotangents):
+    _, vjp = jax.vjp(lambda e, o: forward(params, skips, e, o, reads_only), *zeros)
     g_emb, g_out = jax.vmap(vjp)(cotangents)
     return g_emb[:, 0], g_out[:, :, 0]
 
   @jax.jit
-  def features(params, cot_reads):
-    return pull(params, True, list(cot_reads))
+  def features(params, skips, cot_reads):
+    return pull(params, skips, True, list(cot_reads))
 
   @jax.jit
-  def logits(params, tokens_B):
-    return pull(params, False, jax.nn.one_hot(tokens_B, V) - 1.0 / V)
+  def logits(params, skips, tokens_B):
+    return pull(params, skips, False, jax.nn.one_hot(tokens_B, V) - 1.0 / V)
 
-  return _Pullbacks(features, logits)
+  return _Pullbacks(features, logits, tuple(t.W_skip for t in targets))
 
 
 def _feature_writes(targets, features, activations, L: int, d: int) -> np.ndarray:
