@@ -4,9 +4,12 @@ Run as `python circuit_tracer_side.py SPEC.json` in an environment that holds ci
 0.5.0 (which pins transformers ≤ 4.57.3; see tracer_env.py). SPEC names:
   model_dir  where to save a tiny random Gemma 3 (transformers' Gemma3ForCausalLM, v4 config);
   prompt     token ids;
-  sets       [{"name", "repo_id"}]: transcoder folders jaxsae wrote, each laid out as a Hub repo
-             in the Hub cache HF_HUB_CACHE (offline), loaded with circuit-tracer's own
-             `load_transcoder_from_hub`;
+  sets       [{"name", "repo_id"}]: transcoder folders jaxsae wrote in circuit-tracer's format,
+             each laid out as a Hub repo in the Hub cache HF_HUB_CACHE (offline), loaded with
+             circuit-tracer's own `load_transcoder_from_hub`; or [{"name", "gemma_scope_2":
+             "transcoders" | "clt", "paths"}]: Gemma Scope 2 files jaxsae wrote, one per layer,
+             loaded with circuit-tracer's load_transcoder_set(special_load_fn="gemma-scope-2")
+             or load_gemma_scope_2_clt;
   out_dir    where each set's graph goes as NAME.npz.
 Nothing here imports jaxsae.
 """
@@ -89,6 +92,23 @@ def graph_arrays(model, transcoders, prompt) -> dict:
   }
 
 
+def gemma_scope_2(kind: str, paths: list[str]):
+  from circuit_tracer.transcoder.cross_layer_transcoder import load_gemma_scope_2_clt
+  from circuit_tracer.transcoder.single_layer_transcoder import load_transcoder_set
+
+  hooks = dict(feature_input_hook="mlp.hook_in", feature_output_hook="hook_mlp_out")
+  cpu = dict(device=torch.device("cpu"), dtype=torch.float32)
+  by_layer = dict(enumerate(paths))
+  if kind == "transcoders":
+    return load_transcoder_set(
+      by_layer, scan="gemma-scope-2", special_load_fn="gemma-scope-2", **hooks, **cpu
+    )
+  # circuit-tracer 0.5.0's load_gemma_scope_2_clt reads layers range(max(paths)): one key past
+  # the last layer makes it read them all.
+  by_layer[len(paths)] = paths[-1]
+  return load_gemma_scope_2_clt(by_layer, scan="gemma-scope-2", **hooks, **cpu)
+
+
 def main(spec_file: str) -> None:
   from circuit_tracer import ReplacementModel
   from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
@@ -98,9 +118,12 @@ def main(spec_file: str) -> None:
   tiny_gemma3(model_dir, spec.get("seed", 0))
   out_dir = pathlib.Path(spec["out_dir"])
   for entry in spec["sets"]:
-    transcoders, _ = load_transcoder_from_hub(
-      entry["repo_id"], device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False
-    )
+    if "gemma_scope_2" in entry:
+      transcoders = gemma_scope_2(entry["gemma_scope_2"], entry["paths"])
+    else:
+      transcoders, _ = load_transcoder_from_hub(
+        entry["repo_id"], device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False
+      )
     model = ReplacementModel.from_pretrained_and_transcoders(
       str(model_dir), transcoders, backend="nnsight", device=torch.device("cpu")
     )

@@ -22,7 +22,7 @@ from jaxsae.attribution import graph as graph_lib
 from jaxsae.attribution import prune as prune_lib
 from jaxsae.models import pretrained
 from jaxsae.sae import zoo
-from jaxsae.sae.zoo import circuit_tracer
+from jaxsae.sae.zoo import circuit_tracer, gemma_scope
 from jaxsae.sae.zoo.transcoders import CrossLayerTranscoder, Transcoder
 
 D, N, L = 32, 24, 3  # The side's tiny Gemma 3: d_model 32, 3 layers.
@@ -61,7 +61,8 @@ def _clt(rng) -> CrossLayerTranscoder:
 @pytest.fixture
 def both_sides(tmp_path):
   """{set name: (jaxsae's Graph, circuit-tracer's arrays)} for a per-layer set, a skip set and
-  a CLT, every one written by jaxsae's circuit-tracer writers."""
+  a CLT written by jaxsae in circuit-tracer's format, and the skip set and CLT again in Gemma
+  Scope 2's, each read by jaxsae and by circuit-tracer's own loaders."""
   root = tmp_path
   cache, rng = root / "hub", np.random.default_rng(0)
   folders = {}
@@ -70,13 +71,23 @@ def both_sides(tmp_path):
     layers = {i: _jumprelu_layer(rng, i, skip) for i in range(L)}
     circuit_tracer.write_set(folders[name], layers, model_name="tiny-gemma3")
   folders["clt"] = repo_snapshot(cache, "jaxsae/clt")
-  circuit_tracer.write_clt(folders["clt"], _clt(rng), model_name="tiny-gemma3")
-  spec = {
-    "model_dir": str(root / "model"),
-    "prompt": PROMPT,
-    "sets": [{"name": name, "repo_id": f"jaxsae/{name}"} for name in folders],
-    "out_dir": str(root),
-  }
+  clt = _clt(rng)
+  circuit_tracer.write_clt(folders["clt"], clt, model_name="tiny-gemma3")
+  sets = [{"name": name, "repo_id": f"jaxsae/{name}"} for name in folders]
+  # The same skip set and CLT in Gemma Scope 2's layout.
+  skip_set = zoo.load_replacement(str(folders["skip"]))
+  paths = []
+  for i, tc in enumerate(skip_set):
+    paths.append(gemma_scope.write_transcoder(root / f"gs2/transcoder/layer_{i}_width_1k", tc))
+  folders["gs2_skip"] = [str(p) for p in paths]
+  folders["gs2_clt"] = gemma_scope.write_clt(root / "gs2/clt/width_1k", clt)
+  sets.append({"name": "gs2_skip", "gemma_scope_2": "transcoders"})
+  sets[-1]["paths"] = [str(p / "params.safetensors") for p in paths]
+  sets.append({"name": "gs2_clt", "gemma_scope_2": "clt"})
+  sets[-1]["paths"] = [
+    str(root / f"gs2/clt/width_1k/params_layer_{i}.safetensors") for i in range(L)
+  ]
+  spec = {"model_dir": str(root / "model"), "prompt": PROMPT, "sets": sets, "out_dir": str(root)}
   (root / "spec.json").write_text(json.dumps(spec))
   offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
   tracer_env.run(SIDE, str(root / "spec.json"), env=offline)
@@ -84,10 +95,10 @@ def both_sides(tmp_path):
   lm = pretrained.load(str(root / "model"))
   return {
     name: (
-      graph_lib.compute(lm, zoo.load_replacement(str(folder)), PROMPT, skip_first=1),
+      graph_lib.compute(lm, zoo.load_replacement(folder), PROMPT, skip_first=1),
       dict(np.load(root / f"{name}.npz")),
     )
-    for name, folder in folders.items()
+    for name, folder in ((k, v if isinstance(v, list) else str(v)) for k, v in folders.items())
   }
 
 

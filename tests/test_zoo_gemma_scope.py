@@ -11,7 +11,7 @@ from zoo_helpers import go_offline, inputs, jumprelu_weights, ours, peer, repo_s
 
 from jaxsae.errors import CheckpointError
 from jaxsae.sae import export, zoo
-from jaxsae.sae.zoo import transcoders
+from jaxsae.sae.zoo import gemma_scope, transcoders
 
 D, N = 8, 32
 
@@ -198,3 +198,66 @@ def test_gemma_scope_transcoder_npz_equals_sae_lens(tmp_path, monkeypatch):
   assert 0 < (z != 0).mean() < 1
   np.testing.assert_allclose(z, z_ref, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(transcoders.decode(tc, z), y_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation, skip", [("jumprelu", True), ("relu", False)])
+def test_transcoders_jaxsae_writes_in_gemma_scope_2s_layout_are_what_sae_lens_reads(
+  activation, skip, tmp_path, monkeypatch
+):
+  from sae_lens import SAE
+
+  t = jumprelu_weights(D, N, d_out=D, seed=7, skip=skip)
+  tc = transcoders.Transcoder(
+    W_enc=t["W_enc"],
+    b_enc=t["b_enc"],
+    W_dec=t["W_dec"],
+    b_dec=t["b_dec"],
+    activation=activation,
+    threshold=t["threshold"] if activation == "jumprelu" else None,
+    W_skip=t.get("affine_skip_connection"),
+    input_hook="blocks.0.mlp.in",
+    output_hook="blocks.0.mlp.out",
+  )
+  release = "gemma-scope-2-270m-pt-transcoders-all"
+  sae_id = "layer_0_width_16k_l0_big" + ("_affine" if skip else "")
+  folder = _gemma_3(tmp_path, monkeypatch, release, sae_id, {"placeholder": np.zeros(1)})
+  gemma_scope.write_transcoder(folder, tc, model_name="gemma-3-270m")
+  config = json.loads((folder / "config.json").read_text())
+  assert config["hf_hook_point_in"] == "model.layers.0.pre_feedforward_layernorm.output"
+  assert config["hf_hook_point_out"] == "model.layers.0.post_feedforward_layernorm.output"
+  x = inputs(D, seed=8)
+  z = transcoders.encode(tc, x)
+  y = transcoders.decode(tc, z, x)
+  assert 0 < (z != 0).mean() < 1
+  z_ref, y_ref = peer(SAE.from_pretrained(release, sae_id), x)
+  np.testing.assert_allclose(z_ref, z, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(y_ref, y, atol=1e-5, rtol=1e-5)
+  back = zoo.load_transcoder(folder)
+  assert (back.input_hook, back.output_hook) == (tc.input_hook, tc.output_hook)
+  np.testing.assert_allclose(transcoders.decode(back, transcoders.encode(back, x), x), y, atol=1e-5)
+
+
+def test_a_clt_in_gemma_scope_2s_layout_reads_back_and_topk_is_refused(tmp_path):
+  rng = np.random.default_rng(9)
+  L = 3
+  clt = transcoders.CrossLayerTranscoder(
+    W_enc=rng.normal(size=(L, D, N)).astype(np.float32) * 0.5,
+    b_enc=rng.normal(size=(L, N)).astype(np.float32) * 0.3,
+    W_dec=tuple(rng.normal(size=(N, L - i, D)).astype(np.float32) for i in range(L)),
+    b_dec=rng.normal(size=(L, D)).astype(np.float32),
+    activation="relu",
+  )
+  folder = gemma_scope.write_clt(tmp_path / "clt" / "width_16k_l0_small", clt)
+  back = zoo.load_transcoder(folder)
+  assert back.metadata["source_format"] == "gemma_scope_2_clt" and back.activation == "jumprelu"
+  x = np.stack([inputs(D, rows=16, seed=10 + i) for i in range(L)])
+  z = transcoders.clt_encode(clt, x)
+  assert 0 < (z != 0).mean() < 1
+  np.testing.assert_allclose(transcoders.clt_encode(back, x), z, atol=1e-5)
+  np.testing.assert_allclose(
+    transcoders.clt_decode(back, z, x), transcoders.clt_decode(clt, z, x), atol=1e-4
+  )
+  t = jumprelu_weights(D, N, seed=11)
+  topk = transcoders.Transcoder(t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], "topk", k=4)
+  with pytest.raises(CheckpointError, match="JumpReLU.*'topk'.*circuit_tracer"):
+    gemma_scope.write_transcoder(tmp_path / "topk", topk)

@@ -18,6 +18,11 @@ Gemma 2's embedding SAEs were trained on the unscaled embedding e, while embed.t
 TransformerLens's hook_embed) is √d·e: W_enc / √d and W_dec, b_dec · √d. (sae-lens scales W_enc
 and W_dec the same way but leaves b_dec, so its reconstructions differ from the exact rescaled
 SAE by (√d − 1)·b_dec; its latents are equal.) npz files are read with allow_pickle=False.
+
+`write_transcoder` and `write_clt` export transcoders and CLTs in Gemma Scope 2's layout (what
+circuit-tracer's load_gemma_scope_2_transcoder / load_gemma_scope_2_clt and sae-lens's Gemma 3
+loader read). Gemma Scope 2 holds JumpReLU only: a ReLU dictionary is written as JumpReLU with
+θ = 0 (the same function); TopK ones are refused.
 """
 
 from __future__ import annotations
@@ -207,3 +212,70 @@ def read_clt(folder: pathlib.Path) -> CrossLayerTranscoder:
     )
   except ValueError as e:
     raise CheckpointError(f"{folder} is not a readable Gemma Scope 2 CLT ({e})") from e
+
+
+def _jumprelu_threshold(activation: str, threshold, shape) -> np.ndarray:
+  if activation == "jumprelu":
+    return np.asarray(threshold, np.float32)
+  if activation == "relu":
+    return np.zeros(shape, np.float32)  # ReLU(pre) = pre · 1[pre > 0].
+  raise CheckpointError(
+    f"Gemma Scope 2 files hold JumpReLU dictionaries; this one's activation is {activation!r}: "
+    "write it with jaxsae.sae.zoo.circuit_tracer (TopK) or jaxsae.sae.sparsify_format"
+  )
+
+
+def _write_config(folder: pathlib.Path, model_name, hook_in, hook_out, skip: bool) -> None:
+  cfg = {"architecture": "jump_relu", "model_name": model_name}
+  cfg["hf_hook_point_in"] = hooknames.to_hf_point(hook_in)
+  cfg["hf_hook_point_out"] = hooknames.to_hf_point(hook_out)
+  cfg["affine_connection"] = skip
+  (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def write_transcoder(
+  folder: str | pathlib.Path, tc: Transcoder, model_name: str | None = None
+) -> pathlib.Path:
+  """A Gemma Scope 2 transcoder folder (like transcoder/layer_L_width_16k_l0_small):
+  params.safetensors with w_enc [d_in, n], w_dec [n, d_out], b_enc, b_dec, threshold and, with a
+  skip connection, affine_skip_connection [d_in, d_out]; config.json with architecture,
+  model_name, hf_hook_point_in / _out and affine_connection."""
+  from safetensors.numpy import save_file
+
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+  t = {"w_enc": f32(tc.W_enc), "w_dec": f32(tc.W_dec), "b_enc": f32(tc.b_enc)}
+  t["b_dec"] = f32(tc.b_dec)
+  t["threshold"] = _jumprelu_threshold(tc.activation, tc.threshold, tc.b_enc.shape)
+  if tc.W_skip is not None:
+    t["affine_skip_connection"] = f32(tc.W_skip)
+  save_file(t, str(folder / SAFETENSORS_FILE))
+  model = model_name or tc.metadata.get("model")
+  _write_config(folder, model, tc.input_hook, tc.output_hook, tc.W_skip is not None)
+  return folder
+
+
+def write_clt(
+  folder: str | pathlib.Path, clt: CrossLayerTranscoder, model_name: str | None = None
+) -> pathlib.Path:
+  """A Gemma Scope 2 CLT folder: params_layer_{i}.safetensors per layer, w_dec [n, L, d] with
+  zeros for the layers before i (which the readers drop), plus config.json from layer 0's hooks."""
+  from safetensors.numpy import save_file
+
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  L, d, n = clt.W_enc.shape
+  thresholds = _jumprelu_threshold(clt.activation, clt.threshold, (L, n))
+  for i in range(L):
+    w_dec = np.zeros((n, L, clt.b_dec.shape[-1]), np.float32)
+    w_dec[:, i:] = clt.W_dec[i]
+    t = {"w_enc": np.ascontiguousarray(clt.W_enc[i], np.float32), "w_dec": w_dec}
+    t.update(b_enc=np.asarray(clt.b_enc[i], np.float32), b_dec=np.asarray(clt.b_dec[i], np.float32))
+    t["threshold"] = thresholds[i]
+    if clt.W_skip is not None:
+      t["affine_skip_connection"] = np.ascontiguousarray(clt.W_skip[i], np.float32)
+    save_file(t, str(folder / f"params_layer_{i}.safetensors"))
+  hooks = (clt.input_hooks or (None,))[0], (clt.output_hooks or (None,))[0]
+  _write_config(folder, model_name or clt.metadata.get("model"), *hooks, clt.W_skip is not None)
+  return folder

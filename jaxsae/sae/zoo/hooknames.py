@@ -73,6 +73,15 @@ def layer_in(text: str) -> int | None:
   return int(m.group(1)) if m else None
 
 
+def to_hf_point(hook: str | None) -> str | None:
+  """model.layers.L.<point> for a jaxsae hook whose site HF_POINTS names (else None)."""
+  m = re.fullmatch(r"blocks\.(\d+)\.(.+)", hooks.canonical(hook) if hook else "")
+  points = {site: point for point, site in HF_POINTS.items()}
+  if not m or m.group(2) not in points:
+    return None
+  return f"model.layers.{m.group(1)}.{points[m.group(2)]}"
+
+
 def gemma_scope_2(folder: str) -> tuple[str | None, str | None, str | None]:
   """(input hook, output hook, site folder) from a path holding e.g.
   resid_post_all/layer_9_width_16k_l0_small."""
