@@ -16,6 +16,11 @@ def result():
   return harness.run(["topk", "relu"], **SHAPE, repeats=1, peer=True)
 
 
+def result_shell() -> dict:
+  """A report without rows, as `harness.run` writes one."""
+  return {k: v for k, v in harness.run([], **SHAPE, repeats=1, peer=False).items() if k != "rows"}
+
+
 def _positive(value) -> bool:
   return value is not None and math.isfinite(value) and value > 0
 
@@ -136,3 +141,27 @@ def test_the_loop_is_timed_in_steady_state_beside_the_step(tmp_path):
     loop.time_train_loop("topk", **SHAPE, steps=15, log_every=10)
   row = harness.benchmark_architecture("topk", **SHAPE, repeats=1, peer=False, loop=True)
   assert row["loop_overhead"] == pytest.approx(row["tokens_per_s"] / row["loop_tokens_per_s"] - 1)
+
+
+@pytest.mark.slow
+def test_transcoder_and_clt_steps_are_timed_beside_sparsifys_transcoder():
+  assert sae_step.shape(16, {"transcode": "True"}) == sae_step.Shape(16, 16, 1)
+  assert sae_step.shape(16, {"layers": "3"}) == sae_step.Shape(48, 48, 3)
+  assert not sae_step.shape(16, {}).transcoder
+  transcoder = harness.benchmark_architecture("topk:transcode=True", **SHAPE, repeats=1)
+  assert transcoder["transcoder"] and transcoder["layers"] == 1
+  assert "SAELens does not train transcoders" in transcoder["saelens_note"]
+  assert "transcoder" in transcoder["sparsify_note"] and _positive(transcoder["sparsify_ratio"])
+  assert transcoder["sparsify_ratio"] == pytest.approx(
+    transcoder["tokens_per_s"] / transcoder["sparsify_tokens_per_s"]
+  )
+  assert transcoder["target"].startswith("≥ 1.5× sparsify") and transcoder["target_met"] in (
+    "yes",
+    "no",
+  )
+  clt = harness.benchmark_architecture("jumprelu:layers=2", **SHAPE, repeats=1)
+  assert clt["layers"] == 2 and clt["transcoder"] and _positive(clt["tokens_per_s"])
+  assert "2 per-layer TopK transcoders of n/2" in clt["sparsify_note"]
+  assert all(math.isfinite(v) for v in clt["losses"]) and clt["target_met"] == "—"
+  page = report.markdown({**result_shell(), "rows": [transcoder, clt]})
+  assert "sparsify (jumprelu:layers=2): eai-sparsify" in page

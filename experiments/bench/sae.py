@@ -9,6 +9,9 @@ for TopK), in one process.
       --repeats=20 --loop --out=runs/bench_main    # the main job's shape, loop included
   python -m experiments.bench.sae --out=/tmp/b --peer=False \
       --architectures=topk,topk:topk_path=dense,topk:compute_dtype=bfloat16
+  python -m experiments.bench.sae --architectures=topk:transcode=True,jumprelu:layers=4 \
+      --d=128 --n=4096 --k=32 --batch=1024 --repeats=20 --out=runs/bench_transcoders
+      # a transcoder, and a CLT over 4 sites of width d, beside sparsify's transcoder
 
 Writes OUT/sae_bench.json and OUT/sae_bench.md (jaxsae.bench.report); --readme replaces the
 table between `<!-- bench:sae -->` and `<!-- /bench:sae -->` in that file. The peers are timed

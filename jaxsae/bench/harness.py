@@ -31,6 +31,8 @@ TARGETS = {
   "relu": Target(1.0, 1 / 0.85, "≥ 1× SAELens, ≥ 85% of matmul peak"),
 }
 
+TRANSCODER_SPARSIFY_RATIO = 1.5  # A transcoder step's tokens/s over sparsify's transcoder's.
+
 
 def load_average() -> float | None:
   """The 1-minute load average: other work on the machine makes every figure noisier."""
@@ -74,15 +76,22 @@ def benchmark_architecture(
   TopK row gets sparsify's step (`sparsify_timing`, else timed here). With `loop`, also the
   trainer's own loop (`bench.loop`) and what it adds to the step."""
   architecture, overrides = sae_step.parse_spec(spec)
+  widths = sae_step.shape(d, overrides)
+  if widths.d_in != d:  # A CLT: its floor is that of its full width.
+    peak = floor_lib.matmul_peak(batch, widths.d_in, n, repeats)
   peak = peak or floor_lib.matmul_peak(batch, d, n, repeats)
   ours = sae_step.time_train_step(
     architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, mesh=mesh, overrides=overrides
   )
-  fl = floor_lib.floor(architecture, d=d, n=n, k=k, batch=batch, repeats=repeats, peak=peak)
+  fl = floor_lib.floor(
+    architecture, d=widths.d_in, n=n, k=k, batch=batch, repeats=repeats, peak=peak
+  )
   row = {
     "architecture": architecture,
     "variant": "+".join(f"{key}={value}" for key, value in overrides.items()),
     "d": d,
+    "layers": widths.layers,
+    "transcoder": widths.transcoder,
     "n": n,
     "k": k if architecture in sae_step.K_ARCHITECTURES else None,
     "batch": batch,
@@ -106,6 +115,8 @@ def benchmark_architecture(
     "saelens_note": "",
   }
   reason = "not requested (--peer=False)" if not peer else peers.unavailable_reason(architecture)
+  if widths.transcoder and not reason:
+    reason = "SAELens does not train transcoders"
   if overrides and not reason:
     reason = "not run for variants"
   if reason:
@@ -120,14 +131,25 @@ def benchmark_architecture(
       saelens_note=f"sae-lens {theirs.version}, torch {theirs.threads} threads",
     )
   row["loop_tokens_per_s"] = row["loop_overhead"] = None
-  if loop:
+  if loop and not widths.transcoder:
     looped = loop_lib.time_train_loop(architecture, d=d, n=n, k=k, batch=batch, overrides=overrides)
     row["loop_tokens_per_s"] = looped.tokens_per_s
     row["loop_overhead"] = ours.tokens_per_s / looped.tokens_per_s - 1
-  row.update(_sparsify_columns(architecture, ours, peer, sparsify_timing, d, n, k, batch, repeats))
+  if widths.transcoder:
+    row.update(_sparsify_transcoder_columns(ours, peer, widths.layers, d, n, k, batch, repeats))
+  else:
+    row.update(
+      _sparsify_columns(architecture, ours, peer, sparsify_timing, d, n, k, batch, repeats)
+    )
   target = None if overrides else TARGETS.get(architecture)
   row["target"] = target.text if target else ""
   row["target_met"] = target_met(row)
+  if widths.transcoder and widths.layers == 1:
+    row["target"] = f"≥ {TRANSCODER_SPARSIFY_RATIO}× sparsify's transcoder"
+    ratio = row["sparsify_ratio"]
+    row["target_met"] = (
+      "—" if ratio is None else ("yes" if ratio >= TRANSCODER_SPARSIFY_RATIO else "no")
+    )
   return row
 
 
@@ -147,6 +169,29 @@ def _sparsify_columns(architecture, ours, peer, timing, d, n, k, batch, repeats)
     "sparsify_ratio": ours.tokens_per_s / timing.tokens_per_s,
     "sparsify_losses": list(timing.losses),
     "sparsify_note": f"eai-sparsify {timing.version}, Adam, torch {timing.threads} threads",
+  }
+
+
+def _sparsify_transcoder_columns(ours, peer, layers, d, n, k, batch, repeats) -> dict:
+  """sparsify's transcoder beside a transcoder row; beside a CLT over L layers, sparsify's
+  per-layer transcoders (it has no CLT) of n/L latents and k/L active each, L steps per batch."""
+  columns = dict.fromkeys(
+    ("sparsify_step_ms", "sparsify_tokens_per_s", "sparsify_ratio", "sparsify_losses")
+  )
+  reason = "not requested (--peer=False)" if not peer else peers.sparsify_unavailable_reason("topk")
+  if reason:
+    return {**columns, "sparsify_note": reason}
+  timing = peers.time_sparsify_step(
+    d=d, n=n // layers, k=max(1, k // layers), batch=batch, repeats=repeats, transcode=True
+  )
+  seconds = timing.seconds * layers
+  what = "transcoder" if layers == 1 else f"{layers} per-layer TopK transcoders of n/{layers}"
+  return {
+    "sparsify_step_ms": seconds * 1e3,
+    "sparsify_tokens_per_s": batch / seconds,
+    "sparsify_ratio": ours.tokens_per_s / (batch / seconds),
+    "sparsify_losses": list(timing.losses),
+    "sparsify_note": f"eai-sparsify {timing.version} {what}, Adam, torch {timing.threads} threads",
   }
 
 

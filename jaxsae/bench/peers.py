@@ -142,9 +142,11 @@ def time_sparsify_step(
   repeats: int = 5,
   seed: int = 0,
   threads: int | None = None,
+  transcode: bool = False,
 ) -> PeerResult:
   """Median seconds of one sparsify TopK training step (after one warm-up step) on random
-  rows; `losses` are its FVUs."""
+  rows; `losses` are its FVUs. `transcode`: its transcoder (random targets of width d, no
+  centering of the input), fed (x, y) pairs."""
   reason = sparsify_unavailable_reason("topk")
   if reason:
     raise RuntimeError(reason)
@@ -155,17 +157,20 @@ def time_sparsify_step(
 
   with _torch_threads(threads) as threads:
     torch.manual_seed(seed)
-    sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), "cpu", dtype=torch.float32)
+    cfg = SparseCoderConfig(num_latents=n, k=k, transcode=transcode)
+    sae = SparseCoder(d, cfg, "cpu", dtype=torch.float32)
     adam = torch.optim.Adam(sae.parameters(), lr=optim.default_learning_rate(n))
-    x = torch.randn(batch, d, generator=torch.Generator().manual_seed(seed))
-    sae.b_dec.data = x.mean(0)  # As its trainer does on the first batch.
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, d, generator=generator)
+    y = torch.randn(batch, d, generator=generator) if transcode else None
+    sae.b_dec.data = (x if y is None else y).mean(0)  # As its trainer does on the first batch.
     since_fired = torch.zeros(n, dtype=torch.long)
     losses = []
 
     def run():
       with torch.no_grad():
         sae.set_decoder_norm_to_unit_norm()
-      out = sae(x, dead_mask=None)
+      out = sae(x, y, dead_mask=None)
       (out.fvu + out.multi_topk_fvu / 8).backward()
       sae.remove_gradient_parallel_to_decoder_directions()
       adam.step()

@@ -70,6 +70,10 @@ def machine_line(report: dict[str, Any]) -> str:
   )
 
 
+def _label(row: dict[str, Any]) -> str:
+  return row["architecture"] + (f":{row['variant']}" if row.get("variant") else "")
+
+
 def markdown(report: dict[str, Any]) -> str:
   """The table of every row, then the machine it was measured on."""
   by_note: dict[str, list[str]] = {}
@@ -77,6 +81,11 @@ def markdown(report: dict[str, Any]) -> str:
     if row["saelens_note"]:
       by_note.setdefault(row["saelens_note"], []).append(row["architecture"])
   notes = [f"SAELens ({', '.join(archs)}): {note}." for note, archs in by_note.items()]
+  sparsify = {}
+  for row in report["rows"]:
+    if row.get("sparsify_note") and row.get("sparsify_ratio") is not None:
+      sparsify.setdefault(row["sparsify_note"], []).append(_label(row))
+  notes += [f"sparsify ({', '.join(rows)}): {note}." for note, rows in sparsify.items()]
   return (
     "\n\n".join([table(report["rows"], COLUMNS), f"Machine: {machine_line(report)}", *notes]) + "\n"
   )

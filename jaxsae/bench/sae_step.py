@@ -36,8 +36,10 @@ class StepResult(timing.StepTiming):
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
   """ "topk:topk_path=dense+compute_dtype=bfloat16" -> ("topk", {"topk_path": "dense", ...}).
 
-  Keys are `sae.*` fields, or `dead_window_tokens` (e.g. the batch size, so that latents silent
-  in one step count as dead and AuxK runs)."""
+  Keys are `sae.*` fields, `dead_window_tokens` (e.g. the batch size, so that latents silent
+  in one step count as dead and AuxK runs), or `transcode=True` (a transcoder: random targets of
+  the input's width). `layers=L` makes a cross-layer transcoder over L sites of width d each
+  (inputs and targets L·d wide; `shape` gives the widths)."""
   architecture, _, rest = spec.partition(":")
   overrides = {}
   for item in filter(None, rest.split("+")):
@@ -46,6 +48,27 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
       raise ValueError(f"benchmark variant {spec!r}: {item!r} is not key=value")
     overrides[key] = value
   return architecture, overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """The widths a spec trains at: inputs d_in, targets d_out (None: an SAE), over `layers`."""
+
+  d_in: int
+  d_out: int | None
+  layers: int
+
+  @property
+  def transcoder(self) -> bool:
+    return self.d_out is not None
+
+
+def shape(d: int, overrides: dict[str, str] | None) -> Shape:
+  """The widths of a spec's step at site width d (see `parse_spec`)."""
+  overrides = overrides or {}
+  layers = int(overrides.get("layers", 1))
+  transcode = _typed(False, overrides.get("transcode", "false")) or layers > 1
+  return Shape(d * layers, d * layers if transcode else None, layers)
 
 
 def _typed(old, value: str):
@@ -71,23 +94,31 @@ def bench_config(
   config.sae.k = k if architecture in K_ARCHITECTURES else min(config.sae.k, n)
   config.train.batch_size = batch
   config.train.steps = steps
+  widths = shape(d, overrides)
   for key, value in (overrides or {}).items():
     if key == "dead_window_tokens":
       config.train.dead_window_tokens = int(value)
+    elif key == "transcode":
+      continue  # `shape` reads it.
     elif key in config.sae:
       config.sae[key] = _typed(config.sae[key], value)
     else:
       raise ValueError(
         f"unknown benchmark override {key!r}: use sae.* fields or dead_window_tokens"
       )
-  train_config.validate(config, n_devices=jax.device_count(), d_in=d)
+  train_config.validate(config, n_devices=jax.device_count(), d_in=widths.d_in, d_out=widths.d_out)
   return config
 
 
-def random_batch(trainer: SAETrainer, d: int, batch: int, seed: int = 0) -> jax.Array:
-  """Standard normal (batch, d) float32 rows, placed as the trainer places a global batch."""
-  rows = np.random.default_rng(seed).standard_normal((batch, d), dtype=np.float32)
-  return sharding.global_batch({"x": rows}, trainer.mesh)["x"]
+def random_batch(trainer: SAETrainer, d: int, batch: int, seed: int = 0, d_out=None):
+  """Standard normal (batch, d) float32 rows, placed as the trainer places a global batch; with
+  `d_out`, a pair (inputs, targets of width d_out)."""
+  rng = np.random.default_rng(seed)
+  rows = {"x": rng.standard_normal((batch, d), dtype=np.float32)}
+  if d_out is not None:
+    rows["y"] = rng.standard_normal((batch, d_out), dtype=np.float32)
+  placed = sharding.global_batch(rows, trainer.mesh)
+  return placed["x"] if d_out is None else (placed["x"], placed["y"])
 
 
 def time_train_step(
@@ -104,10 +135,12 @@ def time_train_step(
 ) -> StepResult:
   """Median seconds of one training step (after one compiling step) and the losses seen."""
   config = bench_config(architecture, d=d, n=n, k=k, batch=batch, overrides=overrides)
-  trainer = SAETrainer.build(config, d, mesh)
-  step = trainer.make_step(scale=1.0)
-  x = random_batch(trainer, d, batch, seed)
-  state = trainer.init_state(jax.random.key(seed), np.zeros(d, np.float32))
+  widths = shape(d, overrides)
+  trainer = SAETrainer.build(config, widths.d_in, mesh, d_out=widths.d_out)
+  step = trainer.make_step(scale=1.0, target_scale=1.0 if widths.transcoder else None)
+  x = random_batch(trainer, widths.d_in, batch, seed, widths.d_out)
+  b_dec = np.zeros(widths.d_out or widths.d_in, np.float32)
+  state = trainer.init_state(jax.random.key(seed), b_dec)
   group = trainer.groups[0].name
   held = {"state": state, "metrics": None}
 
