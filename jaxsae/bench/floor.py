@@ -1,6 +1,7 @@
 """What a step cannot beat on this machine, measured in the same process.
 
 Matmul peak: the FLOP/s of a jitted float32 (B×d) @ (d×n) matmul, the encoder's shape.
+Both are measured with the batch's rows split over every device, as the step splits them.
 
 TopK floor: the jitted encoder and its top-k, `top_k((x − b_dec) W_enc + b_enc, k)`. A k-sparse
 step needs the dense encoder forward and the selection; everything else (the k-sparse decode,
@@ -30,7 +31,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from jaxsae import sharding
 from jaxsae.bench import timing
 
 # Dense matmuls of shape B×d×n per training step (see the module docstring).
@@ -56,12 +60,21 @@ def dense_step_flops(architecture: str, batch: int, d: int, n: int) -> float:
 
 
 def _operands(batch: int, d: int, n: int, seed: int = 0):
-  """x (B×d), W_enc (d×n), b_enc (n), b_dec (d): float32 on the default device."""
+  """x (B×d), W_enc (d×n), b_enc (n), b_dec (d): float32, x's rows split over every device (as
+  the trainer's data axis splits a batch, so that each device's share runs in parallel) and
+  the rest replicated."""
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((batch, d), dtype=np.float32)
   w = rng.standard_normal((d, n), dtype=np.float32) / np.float32(d**0.5)
   b_enc = rng.standard_normal(n, dtype=np.float32) * np.float32(0.01)
-  return tuple(jax.device_put(a) for a in (x, w, b_enc, np.zeros(d, np.float32)))
+  mesh = sharding.make_mesh()
+  rows = mesh.size if batch % mesh.size == 0 else 1
+  split = NamedSharding(mesh, P(sharding.DATA if rows > 1 else None))
+  replicated = NamedSharding(mesh, P())
+  return (
+    jax.device_put(x, split),
+    *(jax.device_put(a, replicated) for a in (w, b_enc, np.zeros(d, np.float32))),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
