@@ -94,6 +94,8 @@ def test_two_processes_train_saes_like_one_process(tmp_path):
     one = load_file(str(tmp_path / "one" / "saes" / label / "sae.safetensors"))
     assert sorted(two) == sorted(one)
     for name in one:
-      np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+      # Cross-process and in-process all-reduces sum in different orders; Adam turns that
+      # rounding of a near-zero gradient into up to ~1e-5 of a weight (lr here is 1.6e-3).
+      np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-5, err_msg=name)
     assert not np.array_equal(one["params/W_dec"], np.zeros_like(one["params/W_dec"]))
   assert (tmp_path / "two" / "checkpoints" / "8").is_dir()

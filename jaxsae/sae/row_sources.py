@@ -2,9 +2,10 @@
 
 A source is anything with `__len__`, `d_in` and `rows(indices) -> float32 (len, d_in)`:
 `ArraySource` wraps an in-memory array; the activation store and the streaming source of the
-language-model pipeline speak the same protocol. `train_batches` shuffles row indices with grain
-and gathers each batch's rows in one call, so it is checkpointable (the iterator's position is
-saved with the train state) and fast for in-memory data.
+language-model pipeline speak the same protocol. `train_batches` walks a seeded permutation per
+epoch with grain, one batch per element, and gathers each batch's rows in one call, so it is
+checkpointable (the iterator's position is saved with the train state) and fast for in-memory
+data.
 
 A transcoder trains on pairs: a `PairSource` holds an input source and a target source aligned
 row by row (row i of both is the same token: two hooks of one store, or two stores harvested
@@ -198,9 +199,32 @@ def local_batch_size(
   return batch_size // process_count
 
 
+_EPOCHS = 1 << 40  # "Forever": grain datasets are lazy, so this costs nothing.
+# Two threads read a few batches ahead: a batch is one element, gathered in one call.
+_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+
+
 def _index_batches(source, batch_size, read, *, seed, process_index, process_count):
-  """Shuffled row indices, batched, each batch read with `read(indices)`."""
+  """Global batch b of epoch e is rows order_e[b·B, (b+1)·B) of a seeded permutation per epoch
+  (the last N mod B rows of each epoch's order wait for a later epoch); this process reads its
+  slice with `read(indices)`. One grain element per batch: a per-row shuffled index stream
+  (grain's MapDataset.shuffle) costs a Python call per row, which at the main job's shape took
+  more host time than the step."""
   local = local_batch_size(batch_size, process_count, len(source))
-  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
-  ds = ds[process_index::process_count].batch(local, drop_remainder=True)
-  return iter(ds.map(read).to_iter_dataset())
+  n, per_epoch = len(source), len(source) // batch_size
+  orders: dict[int, np.ndarray] = {}
+
+  def order(epoch: int) -> np.ndarray:
+    if epoch not in orders:
+      if len(orders) > 1:  # Keep two epochs: prefetching threads may straddle a boundary.
+        orders.pop(min(orders))
+      orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+    return orders[epoch]
+
+  def batch(index: int):
+    epoch, b = divmod(int(index), per_epoch)
+    start = b * batch_size + process_index * local
+    return read(order(epoch)[start : start + local])
+
+  dataset = grain.MapDataset.range(_EPOCHS * per_epoch).map(batch)
+  return iter(dataset.to_iter_dataset(_READ_OPTIONS))
