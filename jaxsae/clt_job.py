@@ -1,4 +1,5 @@
-"""A cross-layer transcoder of every MLP of a model, trained streamed, and its replacement model.
+"""A cross-layer transcoder of every MLP of a model, trained streamed, and its replacement model
+(with `clt.cross_layer=False`, per-layer transcoders of every MLP, trained the same way).
 
     model windows ─(one forward: every layer's mlp.in and mlp.out)→ CLT training (sae.layers = L)
       → circuit-tracer's CLT files → the replacement model on held-out windows
@@ -40,6 +41,9 @@ def base_config(architecture: str = "jumprelu") -> ml_collections.ConfigDict:
   c.clt.input_site = "mlp.in"  # Each layer's features read this site...
   c.clt.output_site = "mlp.out"  # ...and write this one at their layer and every later one.
   c.clt.features_per_layer = 512
+  # False: per-layer transcoders of every layer instead (each feature writes its own layer),
+  # trained together from the same forward passes and written as circuit-tracer's set.
+  c.clt.cross_layer = True
   # Prompts whose attribution graphs are computed after training (text, next token attributed).
   c.clt.prompts = ("def f(x):\n    return x", "items = [[1, 2], [3, 4]", "name = 'abc")
   c.sae.k = 32  # The JumpReLU target: active features per token over every layer.
@@ -84,6 +88,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   )
   sae = main_job.sae_part(_without_clt(config))
   sae.sae.layers = L
+  sae.sae.cross_layer = config.clt.cross_layer
   sae.sae.n_latents = L * config.clt.features_per_layer
   start = time.perf_counter()
   result = train_lib.train(sae, workdir / "train", source, progress_desc="train clt")
@@ -91,7 +96,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   group = result.groups[0]
   params = result.member_params(group.name)
   record = cross_layer.record(group.config, params, result.scale, result.target_scale, ins, outs)
-  folder = circuit_tracer.write_clt(workdir / "clt", record, model_name=str(h.model))
+  if config.clt.cross_layer:
+    folder = circuit_tracer.write_clt(workdir / "clt", record, model_name=str(h.model))
+  else:
+    by_layer = dict(enumerate(record))
+    folder = circuit_tracer.write_set(workdir / "transcoders", by_layer, model_name=str(h.model))
   report = replacement.evaluate(lm, record, windows["validation"], skip_first=h.skip_first)
   graphs = []
   for prompt in config.clt.prompts:
@@ -110,12 +119,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     "layers": report.rows(),
     "graphs": graphs,
     "train_s": train_s,
-    "clt": str(folder),
+    "dictionaries": str(folder),
     "ce_original": report.ce_original,
     "ce_replacement": report.ce_replacement,
   }
+  kind = "Cross-layer transcoder" if config.clt.cross_layer else "Per-layer transcoders"
   page = [
-    f"# Cross-layer transcoder of {h.model}",
+    f"# {kind} of {h.model}",
     f"\n{L} layers × {config.clt.features_per_layer} {group.config.architecture} features, "
     f"{config.train.steps} steps of {config.train.batch_size} streamed rows "
     f"({train_s:.0f} s). Per layer on {len(windows['validation'])} held-out windows, and the "

@@ -1,5 +1,6 @@
-"""The CLT job end to end on the shipped model: a CLT of all 4 MLPs trained streamed, written
-as circuit-tracer's CLT, the replacement model and attribution graphs reported."""
+"""The CLT job end to end on the shipped model: a CLT (or per-layer transcoders) of all 4 MLPs
+trained streamed, written in circuit-tracer's format, the replacement model and attribution
+graphs reported."""
 
 import json
 
@@ -11,14 +12,21 @@ from jaxsae.sae import zoo
 
 
 @pytest.mark.slow
-def test_a_streamed_clt_of_every_mlp_replaces_them_and_draws_graphs(tmp_path):
+@pytest.mark.parametrize("cross_layer", [True, False])
+def test_a_streamed_clt_of_every_mlp_replaces_them_and_draws_graphs(cross_layer, tmp_path):
   c = clt_job.base_config()
   c.clt.features_per_layer, c.clt.prompts = 32, ("x = [1, 2",)
+  c.clt.cross_layer = cross_layer
   c.train.steps, c.train.batch_size, c.train.log_every, c.train.checkpoint_every = 30, 128, 10, 30
   c.harvest.train_windows, c.harvest.eval_windows, c.harvest.seq_len = 16, 4, 32
   out = clt_job.run(c, tmp_path)
-  clt = zoo.load_replacement(str(tmp_path / "clt"))
-  assert clt.n_layers == 4 and clt.W_enc.shape[-1] == 32 and clt.activation == "jumprelu"
+  if cross_layer:
+    clt = zoo.load_replacement(str(tmp_path / "clt"))
+    assert clt.n_layers == 4 and clt.W_enc.shape[-1] == 32 and clt.activation == "jumprelu"
+  else:  # Per-layer transcoders, written as circuit-tracer's set.
+    tcs = zoo.load_replacement(out["dictionaries"])
+    assert [tc.W_enc.shape for tc in tcs] == [(128, 32)] * 4
+    assert [tc.output_hook for tc in tcs] == [f"blocks.{i}.mlp.out" for i in range(4)]
   assert [r["hook"] for r in out["layers"]] == [f"blocks.{i}.mlp.out" for i in range(4)]
   assert all(0 < r["fvu"] < 1 for r in out["layers"])  # Better than the mean, after 30 steps.
   assert out["ce_replacement"] > out["ce_original"]

@@ -224,3 +224,33 @@ def test_one_layer_formats_refuse_a_clt_and_name_its_record():
     transcoder_format.to_record(sae.config, v)
   with pytest.raises(CheckpointError, match="transcoder"):  # SAELens holds one-site SAEs.
     saelens.save("/nonexistent", sae.config, v, 1.0)
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "relu"])
+def test_without_cross_layer_writes_the_features_are_per_layer_transcoders(architecture):
+  """sae.cross_layer=False: each feature writes its own layer only, and the record is the list
+  of per-layer transcoders computing what the module computes (scales folded)."""
+  sae, v, x = clt(architecture, cross_layer=False)
+
+  def output(z):
+    return sae.apply(v, z, method=lambda m, z: m.decode(z))
+
+  writes = np.abs(np.asarray(jax.jacobian(output)(jnp.ones((1, N)))[0])).reshape(L, D_OUT, N)
+  np.testing.assert_array_equal(writes.sum(1).T > 0, np.arange(N)[:, None] % L == np.arange(L))
+  grad = jax.grad(lambda p: sae.apply({**v, "params": p}, x).sum())(v["params"])["W_dec"]
+  blocks = np.abs(np.asarray(grad)).reshape(N, L, D_OUT).sum(-1) > 0
+  assert not blocks[np.arange(N)[:, None] % L != np.arange(L)[None, :]].any()
+
+  c, c_y = 0.7, 1.9
+  want = by_layer(np.asarray(sae.apply(v, x)) / c_y)
+  ins, outs = [f"blocks.{i}.mlp.in" for i in range(L)], [f"blocks.{i}.mlp.out" for i in range(L)]
+  record = cross_layer.record(sae.config, v["params"], c, c_y, ins, outs)
+  assert [type(r).__name__ for r in record] == ["Transcoder"] * L
+  assert [(r.input_hook, r.output_hook) for r in record] == list(zip(ins, outs, strict=True))
+  fired = 0.0
+  for layer, (tc, x_l) in enumerate(zip(record, by_layer(np.asarray(x) / c), strict=True)):
+    assert tc.W_enc.shape == (D, N // L) and tc.W_dec.shape == (N // L, D_OUT)
+    z = transcoders.encode(tc, x_l)
+    fired += (z != 0).mean() / L
+    np.testing.assert_allclose(transcoders.decode(tc, z), want[layer], rtol=1e-4, atol=1e-5)
+  assert 0 < fired < 1

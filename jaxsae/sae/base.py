@@ -229,7 +229,10 @@ class SparseAutoencoder(nn.Module):
     """A CLT's M: which blocks of each W_dec row its latent may write (`cross_layer`)."""
     index = self.axes.latent_offset(self.n_local) + jnp.arange(self.n_local)
     return cross_layer.decoder_mask(
-      index, self.config.layers, self.config.d_target // self.config.layers
+      index,
+      self.config.layers,
+      self.config.d_target // self.config.layers,
+      self.config.cross_layer,
     )
 
   @property

@@ -46,6 +46,9 @@ class SAEConfig:
                     layers' activations side by side (d_in = L·d, d_out = L·d_out per layer),
                     n_latents counts every layer's features (n/L per layer), and a feature of
                     layer l reads x_l and writes y_l′ for every l′ ≥ l. 1: one site.
+  cross_layer:      with layers > 1, False keeps each feature to its own layer (l′ = l):
+                    per-layer transcoders of every layer, trained together from one forward
+                    pass (their loss is the same sum of per-layer normalized errors).
   n_latents:        dictionary size n.
   k:                active latents per token (topk; batchtopk keeps k·B over a batch of B).
   k_aux:            AuxK: how many dead latents reconstruct the residual; 0 turns AuxK off;
@@ -129,6 +132,7 @@ class SAEConfig:
   transcode: bool = False
   skip: bool = False
   layers: int = 1
+  cross_layer: bool = True
   tanh_c: float = -1.0
 
   def __post_init__(self):

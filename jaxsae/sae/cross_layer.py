@@ -19,6 +19,10 @@ checkpoints and evaluations need nothing new:
   writes to every layer, with the blocks of layers before its own held at zero: the decoder
   used is M ⊙ W_dec (`decoder_mask`), so those blocks get no gradient and stay at zero.
 
+With `cross_layer` False the mask keeps only each feature's own block: per-layer transcoders
+of all L layers, trained together from one forward pass (their record is a list of
+`Transcoder`s; the other blocks cost (L − 1)/L of the decoder's memory and FLOPs).
+
 Decoder row norms are so over all target layers, as the tanh and L1 penalties and the unit-norm
 constraint want. The price of the plain matrix is the zero blocks: (L − 1)/2L of the decoder
 (circuit-tracer's [n/L, L − l, d] per layer stores none); `to_record` drops them.
@@ -66,10 +70,12 @@ def layer_of(index_N: jax.Array, layers: int) -> jax.Array:
   return index_N % layers
 
 
-def decoder_mask(index_N: jax.Array, layers: int, d_out: int) -> jax.Array:
-  """M (n_local × L·d_out): 1 where latent g may write (layers ≥ its own), else 0."""
-  target_layer = jnp.arange(layers * d_out) // d_out
-  return (target_layer[None, :] >= layer_of(index_N, layers)[:, None]).astype(jnp.float32)
+def decoder_mask(index_N: jax.Array, layers: int, d_out: int, cross: bool = True) -> jax.Array:
+  """M (n_local × L·d_out): 1 where latent g may write (layers ≥ its own; with `cross` False,
+  its own only), else 0."""
+  target_layer = jnp.arange(layers * d_out)[None, :] // d_out
+  own = layer_of(index_N, layers)[:, None]
+  return (target_layer >= own if cross else target_layer == own).astype(jnp.float32)
 
 
 def pre_activations(x_BxLD: jax.Array, W_enc_DxN: jax.Array, layers: int, matmul) -> jax.Array:
@@ -96,9 +102,10 @@ def record(
 ):
   """The CLT as a `zoo.transcoders.CrossLayerTranscoder` on raw activations (both scales
   folded; the zero blocks dropped): what circuit-tracer's format and the replacement model
-  read. TopK and BatchTopK CLTs have no such record (circuit-tracer's CLTs are JumpReLU or
-  ReLU)."""
-  from jaxsae.sae.zoo.transcoders import CrossLayerTranscoder
+  read; with `cross_layer` False, the list of per-layer `Transcoder`s instead. TopK and
+  BatchTopK CLTs have no such record (circuit-tracer's CLTs are JumpReLU or ReLU; their top-k
+  runs over every layer's features at once, which no per-layer transcoder does)."""
+  from jaxsae.sae.zoo.transcoders import CrossLayerTranscoder, Transcoder
 
   if config.architecture not in ("relu", "jumprelu"):
     raise ValueError(
@@ -109,6 +116,21 @@ def record(
   p = {k: np.asarray(v, np.float32) for k, v in params.items()}
   d_out = config.d_target // L
   W_dec = p["W_dec"].reshape(-1, L, L, d_out)  # feature, layer read, layer written, d_out
+  if not config.cross_layer:
+    hooks = lambda names, l: names[l] if names else None  # noqa: E731
+    return [
+      Transcoder(
+        W_enc=p["W_enc"][:, l::L] * c,
+        b_enc=p["b_enc"][l::L],
+        W_dec=W_dec[:, l, l] / c_y,
+        b_dec=p["b_dec"].reshape(L, d_out)[l] / c_y,
+        activation=config.architecture,
+        threshold=p["threshold"][l::L] if "threshold" in p else None,
+        input_hook=hooks(input_hooks, l),
+        output_hook=hooks(output_hooks, l),
+      )
+      for l in range(L)
+    ]
   return CrossLayerTranscoder(
     W_enc=np.stack([p["W_enc"][:, l::L] * c for l in range(L)]),
     b_enc=np.stack([p["b_enc"][l::L] for l in range(L)]),

@@ -92,6 +92,9 @@ def _defaults() -> ml_collections.ConfigDict:
   # L > 1: a cross-layer transcoder over L layers, fed L sites side by side (inputs and targets
   # each L·d wide, `row_sources.StackedSource`); n_latents counts every layer's features.
   c.sae.layers = 1
+  c.sae.cross_layer = (
+    True  # False with layers > 1: per-layer transcoders of all L, trained at once.
+  )
 
   # Lists to sweep over; their product is trained in one pass (empty: the value above).
   c.sweep = ml_collections.ConfigDict()
