@@ -54,3 +54,23 @@ def test_train_export_and_quickstart(tmp_path):
   assert saved["tokens"] == 16 * 64
   assert "asyncio" in quick.stdout  # The model's own corpus, from its metadata.
   assert (tmp_path / "q" / "report.md").read_text().startswith("| model |")
+
+
+def test_the_attribution_study_writes_its_page_tables_and_figure(tmp_path):
+  """Per-layer transcoders and a CLT at one tiny budget, a graph per prompt of one task, the
+  weight-sparse circuits beside them and the step beside sparsify's transcoders."""
+  out = tmp_path / "study"
+  _run(
+    "experiments.attribution_study", f"--workdir={out}", f"--publish={tmp_path / 'docs'}",
+    "--targets=8", "--steps=10", "--features_per_layer=16", "--pairs=1", "--max_len=32",
+    "--tasks=closing_quote", "--bench_repeats=1",
+  )  # fmt: skip
+  page = (tmp_path / "docs" / "RESULTS.md").read_text()
+  assert "## Attribution graphs of circuit tasks" in page and "figures/frontier.png" in page
+  assert (tmp_path / "docs" / "figures" / "frontier.png").stat().st_size > 5000
+  frontier = (out / "frontier.csv").read_text().splitlines()
+  assert [line.split(",")[0] for line in frontier[1:]] == ["per-layer", "cross-layer"]
+  graphs = (out / "graphs.csv").read_text().splitlines()
+  assert len(graphs) == 3 and all(",closing_quote,2," in line for line in graphs[1:])
+  assert "| sparse | closing_quote |" in page  # The weight-sparse circuit of the same task.
+  assert len((out / "speed.csv").read_text().splitlines()) == 3
