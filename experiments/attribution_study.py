@@ -43,6 +43,9 @@ _TASKS = flags.DEFINE_list(
 )
 _PAIRS = flags.DEFINE_integer("pairs", 4, "Contrast pairs per task (two prompts each).")
 _MAX_LEN = flags.DEFINE_integer("max_len", 64, "Longest prompt, in tokens (the end is kept).")
+_WINDOWS = flags.DEFINE_list(
+  "windows", [], "TRAIN,EVAL: the job's training and held-out windows (default: its own)."
+)
 _REPEATS = flags.DEFINE_integer("bench_repeats", 10, "Timed steps per speed measurement.")
 _CIRCUITS = flags.DEFINE_string(
   "circuits", "docs/circuits/results.csv", "Pruned weight-sparse circuits to set beside."
@@ -60,6 +63,8 @@ def train(kind: str, target: int, workdir: pathlib.Path) -> dict:
   c.clt.cross_layer, c.clt.prompts = KINDS[kind], ()
   c.clt.features_per_layer = _FEATURES.value
   c.sae.k, c.train.steps = target, _STEPS.value
+  if _WINDOWS.value:
+    c.harvest.train_windows, c.harvest.eval_windows = (int(w) for w in _WINDOWS.value)
   start = time.perf_counter()
   out = clt_job.run(c, workdir)
   out["wall_s"] = time.perf_counter() - start

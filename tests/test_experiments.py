@@ -63,7 +63,7 @@ def test_the_attribution_study_writes_its_page_tables_and_figure(tmp_path):
   _run(
     "experiments.attribution_study", f"--workdir={out}", f"--publish={tmp_path / 'docs'}",
     "--targets=8", "--steps=10", "--features_per_layer=16", "--pairs=1", "--max_len=32",
-    "--tasks=closing_quote", "--bench_repeats=1",
+    "--tasks=closing_quote", "--bench_repeats=1", "--windows=16,4",
   )  # fmt: skip
   page = (tmp_path / "docs" / "RESULTS.md").read_text()
   assert "## Attribution graphs of circuit tasks" in page and "figures/frontier.png" in page
