@@ -19,9 +19,9 @@ import pathlib
 import sys
 
 import numpy as np
-import tokenizers
 import torch
 import transformers
+from char_tokenizer import tokenizer_json
 
 VOCAB = 128
 
@@ -55,11 +55,7 @@ def tiny_gemma3(folder: pathlib.Path, seed: int) -> None:
       if "norm" in key:
         p.add_(0.3 * torch.randn_like(p))
   model.save_pretrained(folder)
-  chars = [chr(c) for c in range(32, 127)]
-  vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2} | {c: i + 3 for i, c in enumerate(chars)}
-  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-  tok.add_special_tokens(["<unk>", "<bos>", "<eos>"])
-  tok.save(str(folder / "tokenizer.json"))
+  tokenizer_json(folder / "tokenizer.json")
   fast = transformers.PreTrainedTokenizerFast(
     tokenizer_file=str(folder / "tokenizer.json"),
     bos_token="<bos>",
@@ -70,7 +66,7 @@ def tiny_gemma3(folder: pathlib.Path, seed: int) -> None:
   fast.save_pretrained(folder)
 
 
-def graph_arrays(model, transcoders, prompt) -> dict:
+def graph_arrays(model, prompt) -> dict:
   from circuit_tracer import attribute
   from circuit_tracer.graph import compute_graph_scores, prune_graph
 
@@ -127,7 +123,7 @@ def main(spec_file: str) -> None:
     model = ReplacementModel.from_pretrained_and_transcoders(
       str(model_dir), transcoders, backend="nnsight", device=torch.device("cpu")
     )
-    np.savez(out_dir / f"{entry['name']}.npz", **graph_arrays(model, transcoders, spec["prompt"]))
+    np.savez(out_dir / f"{entry['name']}.npz", **graph_arrays(model, spec["prompt"]))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tokenizers
 import torch
 import transformers
+from char_tokenizer import tokenizer_json
 
 from jaxsae.errors import CheckpointError
 from jaxsae.models import families, pretrained, sampling
@@ -80,15 +80,6 @@ FAMILIES = {
     rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
   ),
 }
-
-
-def tokenizer_json(path) -> None:
-  """A character-level tokenizer whose ids fit VOCAB: <unk>, <bos>, <eos>, then printable ASCII."""
-  chars = [chr(c) for c in range(32, 127)]
-  vocab = {"<unk>": 0, "<bos>": 1, "<eos>": 2} | {c: i + 3 for i, c in enumerate(chars)}
-  tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-  tok.add_special_tokens(["<unk>", "<bos>", "<eos>"])
-  tok.save(str(path))
 
 
 def save_family(name: str, folder, seed: int = 0) -> transformers.PreTrainedModel:

@@ -100,7 +100,8 @@ def _shapes_from(local_root):
   return shapes
 
 
-def _gemma_3(tmp_path, monkeypatch, release, sae_id, t, config_json=None):
+def _gemma_3(tmp_path, monkeypatch, release, sae_id, t=None, config_json=None):
+  """The release's folder in an offline Hub cache, with params `t` (None: written later)."""
   from sae_lens.loading import pretrained_sae_loaders as loaders
   from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
@@ -109,7 +110,8 @@ def _gemma_3(tmp_path, monkeypatch, release, sae_id, t, config_json=None):
   root = repo_snapshot(tmp_path / "hub", entry.repo_id)
   folder = root / entry.saes_map[sae_id]
   folder.mkdir(parents=True)
-  save_file(t, str(folder / "params.safetensors"))
+  if t is not None:
+    save_file(t, str(folder / "params.safetensors"))
   if config_json is not None:
     (folder / "config.json").write_text(json.dumps(config_json))
   monkeypatch.setattr(loaders, "get_safetensors_tensor_shapes", _shapes_from(root))
@@ -220,7 +222,7 @@ def test_transcoders_jaxsae_writes_in_gemma_scope_2s_layout_are_what_sae_lens_re
   )
   release = "gemma-scope-2-270m-pt-transcoders-all"
   sae_id = "layer_0_width_16k_l0_big" + ("_affine" if skip else "")
-  folder = _gemma_3(tmp_path, monkeypatch, release, sae_id, {"placeholder": np.zeros(1)})
+  folder = _gemma_3(tmp_path, monkeypatch, release, sae_id)
   gemma_scope.write_transcoder(folder, tc, model_name="gemma-3-270m")
   config = json.loads((folder / "config.json").read_text())
   assert config["hf_hook_point_in"] == "model.layers.0.pre_feedforward_layernorm.output"

@@ -157,13 +157,10 @@ def compute(
   xs = {i: captured[h][0].astype(jnp.float32) for i, h in enumerate(ins)}
   zs = {i: replacement._encode(sources[i], xs[i]) for i in range(L)}
   zs = {i: z.at[:skip_first].set(0.0) for i, z in zs.items()}
-  errors = (
-    jnp.stack(
-      [captured[t.hook][0].astype(jnp.float32) - replacement._decode(t, zs, xs) for t in targets]
-    )
-    .at[:, :skip_first]
-    .set(0.0)
+  errors = jnp.stack(
+    [captured[t.hook][0].astype(jnp.float32) - replacement._decode(t, zs, xs) for t in targets]
   )  # L × T × d
+  errors = errors.at[:, :skip_first].set(0.0)
   embeddings = captured["embed.tok"][0].astype(jnp.float32)
 
   features, activations = [], []
@@ -192,15 +189,13 @@ def compute(
   for start in range(0, n_feat, batch_size):
     chunk = features[start : start + batch_size]
     cot = _feature_cotangents(chunk, enc[start : start + batch_size], T, d_in, batch_size)
-    fill(start, len(chunk), rows_for.features(lm.params, rows_for.skips, cot))
+    fill(start, len(chunk), rows_for.features(lm.params, cot))
   # Logit targets: the demeaned logit at the last position.
   for start in range(0, n_logits, batch_size):
     chunk = logit_tokens[start : start + batch_size]
     padded = np.zeros(batch_size, np.int32)
     padded[: len(chunk)] = chunk
-    fill(
-      n_sources + start, len(chunk), rows_for.logits(lm.params, rows_for.skips, jnp.asarray(padded))
-    )
+    fill(n_sources + start, len(chunk), rows_for.logits(lm.params, jnp.asarray(padded)))
   return Graph(
     np.asarray(tokens_1xT[0]),
     features,
@@ -226,9 +221,8 @@ class _Pullbacks(NamedTuple):
   """Batched VJPs of the frozen forward, jitted: each maps a batch of target reads to
   (∂/∂embedding writes B×T×d, ∂/∂MLP-output writes B×L×T×d)."""
 
-  features: Callable  # (params, skips, [B×1×T×d_in per layer]) → gradients
-  logits: Callable  # (params, skips, B token ids) → gradients of their demeaned last logits
-  skips: tuple  # Per output hook: its W_skip, or None.
+  features: Callable  # (params, [B×1×T×d_in per layer]) → gradients
+  logits: Callable  # (params, B token ids) → gradients of their demeaned last-position logits
 
 
 def _pullbacks(lm, model, tokens_1xT, ins, outs, targets) -> _Pullbacks:
@@ -274,7 +268,11 @@ def _pullbacks(lm, model, tokens_1xT, ins, outs, targets) -> _Pullbacks:
   def logits(params, skips, tokens_B):
     return pull(params, skips, False, jax.nn.one_hot(tokens_B, V) - 1.0 / V)
 
-  return _Pullbacks(features, logits, tuple(t.W_skip for t in targets))
+  skips = tuple(t.W_skip for t in targets)  # Arguments of the jits, not captured constants.
+  return _Pullbacks(
+    lambda params, cot_reads: features(params, skips, cot_reads),
+    lambda params, tokens_B: logits(params, skips, tokens_B),
+  )
 
 
 def _feature_writes(targets, features, activations, L: int, d: int) -> np.ndarray:

@@ -20,8 +20,8 @@ from jaxsae.bench import machine, peers, sae_step
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  min_peer_ratio: float  # Our tokens/s over SAELens's.
-  max_step_over_floor: float
+  min_peer_ratio: float | None  # Our tokens/s over SAELens's (None: not a target).
+  max_step_over_floor: float | None
   text: str
   min_sparsify_ratio: float | None = None  # Our tokens/s over sparsify's.
 
@@ -30,8 +30,8 @@ TARGETS = {
   "topk": Target(8.0, 1.25, "≥ 8× SAELens, ≥ 1.5× sparsify, ≤ 1.25× floor", 1.5),
   "relu": Target(1.0, 1 / 0.85, "≥ 1× SAELens, ≥ 85% of matmul peak"),
 }
-
-TRANSCODER_SPARSIFY_RATIO = 1.5  # A transcoder step's tokens/s over sparsify's transcoder's.
+# A one-site transcoder's step (any variant) against sparsify's transcoder.
+TRANSCODER_TARGET = Target(None, None, "≥ 1.5× sparsify's transcoder", 1.5)
 
 
 def load_average() -> float | None:
@@ -40,19 +40,31 @@ def load_average() -> float | None:
   return averages[0] if averages else None
 
 
+def target_for(row: dict[str, Any]) -> Target | None:
+  """A one-site transcoder's `TRANSCODER_TARGET`, else the plain architecture's (variants and
+  CLTs have none)."""
+  if row.get("transcoder"):
+    return TRANSCODER_TARGET if row.get("layers") == 1 else None
+  return None if row.get("variant") else TARGETS.get(row["architecture"])
+
+
 def target_met(row: dict[str, Any]) -> str:
-  """Whether `row` meets its target: yes/no, "(floor only)" without the peer, "—" for none."""
-  target = None if row.get("variant") else TARGETS.get(row["architecture"])
+  """Whether `row` meets its target: yes/no, "(floor only)" without SAELens where the target
+  names it, "—" for none (or without sparsify where it is the only peer named)."""
+  target = target_for(row)
   if target is None:
     return "—"
-  floor_ok = row["step_over_floor"] <= target.max_step_over_floor
-  if row["saelens_ratio"] is None:
-    return ("yes" if floor_ok else "no") + " (floor only)"
-  peers_ok = row["saelens_ratio"] >= target.min_peer_ratio
+  ok = target.max_step_over_floor is None or row["step_over_floor"] <= target.max_step_over_floor
+  if target.min_peer_ratio is not None:
+    if row["saelens_ratio"] is None:
+      return ("yes" if ok else "no") + " (floor only)"
+    ok = ok and row["saelens_ratio"] >= target.min_peer_ratio
   sparsify_ratio = row.get("sparsify_ratio")
   if target.min_sparsify_ratio is not None and sparsify_ratio is not None:
-    peers_ok = peers_ok and sparsify_ratio >= target.min_sparsify_ratio
-  return "yes" if floor_ok and peers_ok else "no"
+    ok = ok and sparsify_ratio >= target.min_sparsify_ratio
+  elif target.min_peer_ratio is None:
+    return "—"  # sparsify was the target and did not run.
+  return "yes" if ok else "no"
 
 
 def benchmark_architecture(
@@ -135,63 +147,38 @@ def benchmark_architecture(
     looped = loop_lib.time_train_loop(architecture, d=d, n=n, k=k, batch=batch, overrides=overrides)
     row["loop_tokens_per_s"] = looped.tokens_per_s
     row["loop_overhead"] = ours.tokens_per_s / looped.tokens_per_s - 1
-  if widths.transcoder:
-    row.update(_sparsify_transcoder_columns(ours, peer, widths.layers, d, n, k, batch, repeats))
-  else:
-    row.update(
-      _sparsify_columns(architecture, ours, peer, sparsify_timing, d, n, k, batch, repeats)
-    )
-  target = None if overrides else TARGETS.get(architecture)
+  row.update(
+    _sparsify_columns(architecture, widths, ours, peer, sparsify_timing, d, n, k, batch, repeats)
+  )
+  target = target_for(row)
   row["target"] = target.text if target else ""
   row["target_met"] = target_met(row)
-  if widths.transcoder and widths.layers == 1:
-    row["target"] = f"≥ {TRANSCODER_SPARSIFY_RATIO}× sparsify's transcoder"
-    ratio = row["sparsify_ratio"]
-    row["target_met"] = (
-      "—" if ratio is None else ("yes" if ratio >= TRANSCODER_SPARSIFY_RATIO else "no")
-    )
   return row
 
 
-def _sparsify_columns(architecture, ours, peer, timing, d, n, k, batch, repeats) -> dict:
-  columns = dict.fromkeys(
-    ("sparsify_step_ms", "sparsify_tokens_per_s", "sparsify_ratio", "sparsify_losses")
-  )
-  reason = (
-    "not requested (--peer=False)" if not peer else peers.sparsify_unavailable_reason(architecture)
-  )
+def _sparsify_columns(architecture, widths, ours, peer, timing, d, n, k, batch, repeats) -> dict:
+  """sparsify beside a row: its TopK step beside a TopK row (`timing`, else timed here), its
+  transcoder beside a transcoder row, and beside a CLT over L layers its L per-layer
+  transcoders (it has no CLT) of n/L latents and k/L active each, L steps per batch."""
+  kind = "topk" if widths.transcoder else architecture
+  reason = "not requested (--peer=False)" if not peer else peers.sparsify_unavailable_reason(kind)
   if reason:
-    return {**columns, "sparsify_note": reason}
+    columns = ("sparsify_step_ms", "sparsify_tokens_per_s", "sparsify_ratio", "sparsify_losses")
+    return {**dict.fromkeys(columns), "sparsify_note": reason}
+  L, what = widths.layers, ""
+  if widths.transcoder:
+    timing = peers.time_sparsify_step(
+      d=d, n=n // L, k=max(1, k // L), batch=batch, repeats=repeats, transcode=True
+    )
+    what = " transcoder" if L == 1 else f" {L} per-layer TopK transcoders of n/{L}"
   timing = timing or peers.time_sparsify_step(d=d, n=n, k=k, batch=batch, repeats=repeats)
+  tokens_per_s = timing.tokens_per_s / L
   return {
-    "sparsify_step_ms": timing.seconds * 1e3,
-    "sparsify_tokens_per_s": timing.tokens_per_s,
-    "sparsify_ratio": ours.tokens_per_s / timing.tokens_per_s,
+    "sparsify_step_ms": timing.seconds * L * 1e3,
+    "sparsify_tokens_per_s": tokens_per_s,
+    "sparsify_ratio": ours.tokens_per_s / tokens_per_s,
     "sparsify_losses": list(timing.losses),
-    "sparsify_note": f"eai-sparsify {timing.version}, Adam, torch {timing.threads} threads",
-  }
-
-
-def _sparsify_transcoder_columns(ours, peer, layers, d, n, k, batch, repeats) -> dict:
-  """sparsify's transcoder beside a transcoder row; beside a CLT over L layers, sparsify's
-  per-layer transcoders (it has no CLT) of n/L latents and k/L active each, L steps per batch."""
-  columns = dict.fromkeys(
-    ("sparsify_step_ms", "sparsify_tokens_per_s", "sparsify_ratio", "sparsify_losses")
-  )
-  reason = "not requested (--peer=False)" if not peer else peers.sparsify_unavailable_reason("topk")
-  if reason:
-    return {**columns, "sparsify_note": reason}
-  timing = peers.time_sparsify_step(
-    d=d, n=n // layers, k=max(1, k // layers), batch=batch, repeats=repeats, transcode=True
-  )
-  seconds = timing.seconds * layers
-  what = "transcoder" if layers == 1 else f"{layers} per-layer TopK transcoders of n/{layers}"
-  return {
-    "sparsify_step_ms": seconds * 1e3,
-    "sparsify_tokens_per_s": batch / seconds,
-    "sparsify_ratio": ours.tokens_per_s / (batch / seconds),
-    "sparsify_losses": list(timing.losses),
-    "sparsify_note": f"eai-sparsify {timing.version} {what}, Adam, torch {timing.threads} threads",
+    "sparsify_note": f"eai-sparsify {timing.version}{what}, Adam, torch {timing.threads} threads",
   }
 
 

@@ -70,22 +70,26 @@ def machine_line(report: dict[str, Any]) -> str:
   )
 
 
-def _label(row: dict[str, Any]) -> str:
-  return row["architecture"] + (f":{row['variant']}" if row.get("variant") else "")
+def _notes(peer: str, rows, note_key: str, label) -> list[str]:
+  """One line per distinct note of `peer`, naming the rows (by `label`) that carry it."""
+  by_note: dict[str, list[str]] = {}
+  for row in rows:
+    if row.get(note_key):
+      by_note.setdefault(row[note_key], []).append(label(row))
+  return [f"{peer} ({', '.join(labels)}): {note}." for note, labels in by_note.items()]
 
 
 def markdown(report: dict[str, Any]) -> str:
-  """The table of every row, then the machine it was measured on."""
-  by_note: dict[str, list[str]] = {}
-  for row in report["rows"]:
-    if row["saelens_note"]:
-      by_note.setdefault(row["saelens_note"], []).append(row["architecture"])
-  notes = [f"SAELens ({', '.join(archs)}): {note}." for note, archs in by_note.items()]
-  sparsify = {}
-  for row in report["rows"]:
-    if row.get("sparsify_note") and row.get("sparsify_ratio") is not None:
-      sparsify.setdefault(row["sparsify_note"], []).append(_label(row))
-  notes += [f"sparsify ({', '.join(rows)}): {note}." for note, rows in sparsify.items()]
+  """The table of every row, then the machine it was measured on and the peers' notes."""
+  rows = report["rows"]
+  timed_sparsify = [row for row in rows if row.get("sparsify_ratio") is not None]
+  notes = _notes("SAELens", rows, "saelens_note", lambda row: row["architecture"])
+  notes += _notes(
+    "sparsify",
+    timed_sparsify,
+    "sparsify_note",
+    lambda row: row["architecture"] + (f":{row['variant']}" if row.get("variant") else ""),
+  )
   return (
     "\n\n".join([table(report["rows"], COLUMNS), f"Machine: {machine_line(report)}", *notes]) + "\n"
   )

@@ -116,22 +116,7 @@ def record(
   p = {k: np.asarray(v, np.float32) for k, v in params.items()}
   d_out = config.d_target // L
   W_dec = p["W_dec"].reshape(-1, L, L, d_out)  # feature, layer read, layer written, d_out
-  if not config.cross_layer:
-    hooks = lambda names, l: names[l] if names else None  # noqa: E731
-    return [
-      Transcoder(
-        W_enc=p["W_enc"][:, l::L] * c,
-        b_enc=p["b_enc"][l::L],
-        W_dec=W_dec[:, l, l] / c_y,
-        b_dec=p["b_dec"].reshape(L, d_out)[l] / c_y,
-        activation=config.architecture,
-        threshold=p["threshold"][l::L] if "threshold" in p else None,
-        input_hook=hooks(input_hooks, l),
-        output_hook=hooks(output_hooks, l),
-      )
-      for l in range(L)
-    ]
-  return CrossLayerTranscoder(
+  clt = CrossLayerTranscoder(
     W_enc=np.stack([p["W_enc"][:, l::L] * c for l in range(L)]),
     b_enc=np.stack([p["b_enc"][l::L] for l in range(L)]),
     W_dec=tuple(W_dec[:, l, l:] / c_y for l in range(L)),
@@ -141,3 +126,19 @@ def record(
     input_hooks=tuple(input_hooks),
     output_hooks=tuple(output_hooks),
   )
+  if config.cross_layer:
+    return clt
+  hook = lambda names, l: names[l] if names else None  # noqa: E731
+  return [  # Each layer's own block of the decoder: the only one it writes.
+    Transcoder(
+      W_enc=clt.W_enc[l],
+      b_enc=clt.b_enc[l],
+      W_dec=clt.W_dec[l][:, 0],
+      b_dec=clt.b_dec[l],
+      activation=clt.activation,
+      threshold=None if clt.threshold is None else clt.threshold[l],
+      input_hook=hook(clt.input_hooks, l),
+      output_hook=hook(clt.output_hooks, l),
+    )
+    for l in range(L)
+  ]

@@ -14,6 +14,7 @@ from the same windows), and its batches are (input rows, target rows) tuples.
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import grain
@@ -212,14 +213,11 @@ def _index_batches(source, batch_size, read, *, seed, process_index, process_cou
   more host time than the step."""
   local = local_batch_size(batch_size, process_count, len(source))
   n, per_epoch = len(source), len(source) // batch_size
-  orders: dict[int, np.ndarray] = {}
 
+  # Two epochs cached (prefetching threads may straddle a boundary); lru_cache is thread-safe.
+  @functools.lru_cache(maxsize=2)
   def order(epoch: int) -> np.ndarray:
-    if epoch not in orders:
-      if len(orders) > 1:  # Keep two epochs: prefetching threads may straddle a boundary.
-        orders.pop(min(orders))
-      orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-    return orders[epoch]
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
   def batch(index: int):
     epoch, b = divmod(int(index), per_epoch)

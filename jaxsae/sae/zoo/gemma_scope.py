@@ -225,6 +225,16 @@ def _jumprelu_threshold(activation: str, threshold, shape) -> np.ndarray:
   )
 
 
+def _params(W_enc, W_dec, b_enc, b_dec, threshold, W_skip) -> dict[str, np.ndarray]:
+  """One params(_layer_i).safetensors: Gemma Scope 2's names, float32."""
+  f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
+  t = {"w_enc": f32(W_enc), "w_dec": f32(W_dec), "b_enc": f32(b_enc), "b_dec": f32(b_dec)}
+  t["threshold"] = f32(threshold)
+  if W_skip is not None:
+    t["affine_skip_connection"] = f32(W_skip)
+  return t
+
+
 def _write_config(folder: pathlib.Path, model_name, hook_in, hook_out, skip: bool) -> None:
   cfg = {"architecture": "jump_relu", "model_name": model_name}
   cfg["hf_hook_point_in"] = hooknames.to_hf_point(hook_in)
@@ -244,12 +254,8 @@ def write_transcoder(
 
   folder = pathlib.Path(folder)
   folder.mkdir(parents=True, exist_ok=True)
-  f32 = lambda a: np.ascontiguousarray(a, np.float32)  # noqa: E731
-  t = {"w_enc": f32(tc.W_enc), "w_dec": f32(tc.W_dec), "b_enc": f32(tc.b_enc)}
-  t["b_dec"] = f32(tc.b_dec)
-  t["threshold"] = _jumprelu_threshold(tc.activation, tc.threshold, tc.b_enc.shape)
-  if tc.W_skip is not None:
-    t["affine_skip_connection"] = f32(tc.W_skip)
+  threshold = _jumprelu_threshold(tc.activation, tc.threshold, tc.b_enc.shape)
+  t = _params(tc.W_enc, tc.W_dec, tc.b_enc, tc.b_dec, threshold, tc.W_skip)
   save_file(t, str(folder / SAFETENSORS_FILE))
   model = model_name or tc.metadata.get("model")
   _write_config(folder, model, tc.input_hook, tc.output_hook, tc.W_skip is not None)
@@ -270,11 +276,8 @@ def write_clt(
   for i in range(L):
     w_dec = np.zeros((n, L, clt.b_dec.shape[-1]), np.float32)
     w_dec[:, i:] = clt.W_dec[i]
-    t = {"w_enc": np.ascontiguousarray(clt.W_enc[i], np.float32), "w_dec": w_dec}
-    t.update(b_enc=np.asarray(clt.b_enc[i], np.float32), b_dec=np.asarray(clt.b_dec[i], np.float32))
-    t["threshold"] = thresholds[i]
-    if clt.W_skip is not None:
-      t["affine_skip_connection"] = np.ascontiguousarray(clt.W_skip[i], np.float32)
+    skip = None if clt.W_skip is None else clt.W_skip[i]
+    t = _params(clt.W_enc[i], w_dec, clt.b_enc[i], clt.b_dec[i], thresholds[i], skip)
     save_file(t, str(folder / f"params_layer_{i}.safetensors"))
   hooks = (clt.input_hooks or (None,))[0], (clt.output_hooks or (None,))[0]
   _write_config(folder, model_name or clt.metadata.get("model"), *hooks, clt.W_skip is not None)
