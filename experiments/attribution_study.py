@@ -1,29 +1,37 @@
-"""Per-layer transcoders against a cross-layer transcoder on the shipped model: their FVU-vs-L0
-frontiers and replacement models, attribution graphs of circuit tasks beside the pruned
-weight-sparse circuits of the same tasks, and the training step beside sparsify's transcoder.
+"""Per-layer transcoders against a cross-layer transcoder, on the shipped byte model (all 4 MLPs)
+and on Gemma 3 270M (all 18, streamed): their FVU-vs-L0 frontiers and replacement models,
+attribution graphs of circuit tasks (beside the pruned weight-sparse circuits of the same tasks on
+the byte model), and each training step beside sparsify's per-layer transcoders.
 
   python -m experiments.attribution_study --workdir=runs/attribution_study \
       --publish=docs/attribution
 
-Each dictionary is the CLT job's (`jaxsae/clt_job.py`: JumpReLU, 4 × 512 features, trained
-streamed from the model), once with `clt.cross_layer=False` (per-layer transcoders) and once
-without, at each target total L0 of --targets. Graphs: the first --pairs contrast pairs of each
-task of --tasks from the model's held-out code (`jaxsae.sparse.task_suite`), both prompts of a
-pair, pruned at circuit-tracer's thresholds; the weight-sparse circuits are the rows of
---circuits (docs/circuits/results.csv, `experiments.prune`) for the same tasks. Writes
-RESULTS.md, frontier.csv, graphs.csv, speed.csv and figures/frontier.png to the workdir (and
---publish). The frontier and graph runs resume from the workdir's results.json files.
+Each dictionary is the CLT job's (`jaxsae/clt_job.py`, JumpReLU, trained streamed from the model;
+Gemma's windows and sizes are experiments/configs/clt_gemma3.py's), once with
+`clt.cross_layer=False` (per-layer transcoders) and once without, at each target total L0 of the
+model's plan (`PLANS`; --targets, --steps, --features_per_layer and --pairs override every
+model's). Graphs: the first pairs of each task of --tasks from the model's held-out text
+(`jaxsae.sparse.task_suite`, with the model's own tokenizer), both prompts of a pair, pruned at
+circuit-tracer's thresholds; the weight-sparse circuits are the rows of --circuits
+(docs/circuits/results.csv, `experiments.prune`). Writes RESULTS.md, frontier.csv, layers.csv,
+graphs.csv, speed.csv and figures/frontier.png to the workdir (and --publish). Every dictionary
+and its graphs resume from their folder (the byte model's in the workdir, others' in
+<workdir>/<model>).
 """
 
 import csv
+import dataclasses
 import json
 import pathlib
 import shutil
 import time
+from collections.abc import Callable
 
+import ml_collections
 import numpy as np
 from absl import flags
 
+from experiments.configs import clt, clt_gemma3
 from jaxsae import cli, clt_job, tables
 from jaxsae.attribution import graph as graph_lib
 from jaxsae.attribution import prune as prune_lib
@@ -33,15 +41,36 @@ from jaxsae.sae import zoo
 from jaxsae.sparse.task_suite import build_suite
 from jaxsae.text import model_corpus
 
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """One model's part of the study."""
+
+  title: str
+  config: Callable[[], ml_collections.ConfigDict]  # The CLT job's config for this model.
+  targets: tuple[int, ...]  # Target total L0s (over every layer) of each kind.
+  steps: int
+  features_per_layer: int
+  pairs: int  # Contrast pairs per task (two prompts each).
+
+
+PLANS = {
+  "default": Plan("The shipped byte model", clt.get_config, (16, 48), 1500, 512, 4),
+  # 600 steps of 256 rows (154k tokens) per dictionary: what 2 CPU cores stream through Gemma's
+  # 18 layers and a 28M-parameter CLT decoder inside the study's hour.
+  "gemma-3-270m": Plan("Gemma 3 270M", clt_gemma3.get_config, (32, 96), 600, 256, 2),
+}
+
 _WORKDIR = flags.DEFINE_string("workdir", "runs/attribution_study", "Where results go.")
 _PUBLISH = flags.DEFINE_string("publish", None, "Also copy the page and tables here.")
-_TARGETS = flags.DEFINE_list("targets", ["16", "48"], "Target total L0 of each dictionary.")
-_STEPS = flags.DEFINE_integer("steps", 1500, "Training steps of 1,024 streamed rows.")
-_FEATURES = flags.DEFINE_integer("features_per_layer", 512, "Features of each layer.")
+_MODELS = flags.DEFINE_list("models", list(PLANS), f"Models of the study, of {list(PLANS)}.")
+_TARGETS = flags.DEFINE_list("targets", None, "Target total L0s (default: each model's plan).")
+_STEPS = flags.DEFINE_integer("steps", None, "Training steps (default: each model's plan).")
+_FEATURES = flags.DEFINE_integer("features_per_layer", None, "Features of each layer (ditto).")
 _TASKS = flags.DEFINE_list(
   "tasks", ["closing_quote", "bracket_depth", "closing_bracket_type"], "Circuit tasks."
 )
-_PAIRS = flags.DEFINE_integer("pairs", 4, "Contrast pairs per task (two prompts each).")
+_PAIRS = flags.DEFINE_integer("pairs", None, "Contrast pairs per task (default: the plan's).")
 _MAX_LEN = flags.DEFINE_integer("max_len", 64, "Longest prompt, in tokens (the end is kept).")
 _WINDOWS = flags.DEFINE_list(
   "windows", [], "TRAIN,EVAL: the job's training and held-out windows (default: its own)."
@@ -54,63 +83,93 @@ _CIRCUIT_MODELS = ("sparse", "dense")
 KINDS = {"per-layer": False, "cross-layer": True}
 
 
-def train(kind: str, target: int, workdir: pathlib.Path) -> dict:
+def plan_for(model: str) -> Plan:
+  """The model's plan with the flags that override every model's applied."""
+  if model not in PLANS:
+    raise ValueError(f"--models names {model!r}; the study has plans for {sorted(PLANS)}")
+  p = PLANS[model]
+  return dataclasses.replace(
+    p,
+    targets=tuple(int(t) for t in _TARGETS.value) if _TARGETS.value else p.targets,
+    steps=_STEPS.value or p.steps,
+    features_per_layer=_FEATURES.value or p.features_per_layer,
+    pairs=_PAIRS.value or p.pairs,
+  )
+
+
+def job_config(plan: Plan, kind: str, target: int) -> ml_collections.ConfigDict:
+  c = plan.config()
+  c.clt.cross_layer, c.clt.prompts = KINDS[kind], ()
+  c.clt.features_per_layer = plan.features_per_layer
+  c.sae.k, c.train.steps = target, plan.steps
+  if _WINDOWS.value:
+    c.harvest.train_windows, c.harvest.eval_windows = (int(w) for w in _WINDOWS.value)
+  return c
+
+
+def train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
   """One dictionary and its replacement-model report (cached in workdir/results.json)."""
   done = workdir / "results.json"
   if done.exists():
     return json.loads(done.read_text())
-  c = clt_job.base_config()
-  c.clt.cross_layer, c.clt.prompts = KINDS[kind], ()
-  c.clt.features_per_layer = _FEATURES.value
-  c.sae.k, c.train.steps = target, _STEPS.value
-  if _WINDOWS.value:
-    c.harvest.train_windows, c.harvest.eval_windows = (int(w) for w in _WINDOWS.value)
   start = time.perf_counter()
-  out = clt_job.run(c, workdir)
+  out = clt_job.run(config, workdir)
   out["wall_s"] = time.perf_counter() - start
   done.write_text(json.dumps(out, indent=2, default=float))
   return out
 
 
-def frontier_row(kind: str, target: int, out: dict) -> dict:
-  layers = out["layers"]
+def frontier_row(model: str, kind: str, target: int, out: dict) -> dict:
+  fvus = [r["fvu"] for r in out["layers"]]
   return {
-    "kind": kind, "target_l0": target, "total_l0": sum(r["l0"] for r in layers),
-    "mean_fvu": float(np.mean([r["fvu"] for r in layers])),
-    **{f"fvu_{r['layer']}": r["fvu"] for r in layers},
+    "model": model, "kind": kind, "target_l0": target,
+    "total_l0": sum(r["l0"] for r in out["layers"]), "mean_fvu": float(np.mean(fvus)),
+    "best_layer_fvu": min(fvus), "worst_layer_fvu": max(fvus),
     "ce_original": out["ce_original"], "ce_replacement": out["ce_replacement"],
-    "delta_ce": layers[0]["delta_ce"], "kl": layers[0]["kl"],
+    "delta_ce": out["layers"][0]["delta_ce"], "kl": out["layers"][0]["kl"],
     "train_s": out["train_s"], "wall_s": out["wall_s"],
   }  # fmt: skip
 
 
-def task_prompts(lm) -> dict[str, list[np.ndarray]]:
+def layer_rows(model: str, kind: str, target: int, out: dict) -> list[dict]:
+  return [
+    {"model": model, "kind": kind, "target_l0": target, "layer": r["layer"], "l0": r["l0"],
+     "fvu": r["fvu"]}
+    for r in out["layers"]
+  ]  # fmt: skip
+
+
+def task_prompts(lm, pairs: int) -> dict[str, list[np.ndarray]]:
   docs = model_corpus.for_model(lm).read("validation")
-  suite = build_suite(
-    docs, lm.tokenizer, _PAIRS.value, _MAX_LEN.value, controls=False, names=_TASKS.value
-  )
+  suite = build_suite(docs, lm.tokenizer, pairs, _MAX_LEN.value, controls=False, names=_TASKS.value)
   return {
     name: [ex.prompt_ids for pair in task.pairs for ex in (pair.a, pair.b)]
     for name, task in suite.items()
   }
 
 
-def graph_rows(lm, kind, target, dictionaries, prompts) -> list[dict]:
+def graph_rows(lm, model, kind, target, out, prompts, skip_first, workdir) -> list[dict]:
+  """Per task, the mean over its prompts' graphs (cached in workdir/graphs.json)."""
+  done = workdir / "graphs.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  dictionaries = zoo.load_replacement(out["dictionaries"])
   rows = []
   for task, prompt_list in prompts.items():
     start, found = time.perf_counter(), []
     for tokens in prompt_list:
-      g = graph_lib.compute(lm, dictionaries, tokens, batch_size=64)
+      g = graph_lib.compute(lm, dictionaries, tokens, batch_size=64, skip_first=skip_first)
       pruned, scores = prune_lib.prune(g), prune_lib.scores(g)
       kept = pruned.node_mask[: g.n_features]
       found.append([g.n_features, kept.sum(), pruned.edge_mask.sum(), *scores.values()])
     mean = np.mean(np.asarray(found, np.float64), 0)
     rows.append({
-      "kind": kind, "target_l0": target, "task": task, "prompts": len(prompt_list),
-      "active_features": mean[0], "kept_features": mean[1], "kept_edges": mean[2],
-      "replacement": mean[3], "completeness": mean[4],
+      "model": model, "kind": kind, "target_l0": target, "task": task,
+      "prompts": len(prompt_list), "active_features": mean[0], "kept_features": mean[1],
+      "kept_edges": mean[2], "replacement": mean[3], "completeness": mean[4],
       "seconds_per_graph": (time.perf_counter() - start) / len(prompt_list),
     })  # fmt: skip
+  done.write_text(json.dumps(rows, indent=2, default=float))
   return rows
 
 
@@ -127,14 +186,17 @@ def circuit_rows(path: pathlib.Path) -> list[dict]:
   return [{k: r[k] for k in ("model", "task", "reached", "nodes", "edges")} for r in keep]
 
 
-def speed_rows() -> list[dict]:
-  """One step of each kind at the job's shape, beside sparsify's per-layer transcoders."""
-  n, rows = 4 * _FEATURES.value, []
+def speed_rows(model: str, lm, plan: Plan, batch: int) -> list[dict]:
+  """One step of each kind at the model's training shape, beside sparsify's L per-layer
+  transcoders of n/L features (it has no CLT)."""
+  L, d = lm.config.n_layers, lm.config.d_model
+  n, k, rows = L * plan.features_per_layer, plan.targets[0], []
   for kind, cross in KINDS.items():
-    spec = "jumprelu:layers=4" + ("" if cross else "+cross_layer=False")
-    r = harness.benchmark_architecture(spec, d=128, n=n, k=32, batch=1024, repeats=_REPEATS.value)
+    spec = f"jumprelu:layers={L}" + ("" if cross else "+cross_layer=False")
+    r = harness.benchmark_architecture(spec, d=d, n=n, k=k, batch=batch, repeats=_REPEATS.value)
     rows.append({
-      "kind": kind, "ms_per_step": r["step_ms"], "tokens_per_s": r["tokens_per_s"],
+      "model": model, "kind": kind, "layers": L, "d": d, "features": n, "batch": batch,
+      "ms_per_step": r["step_ms"], "tokens_per_s": r["tokens_per_s"],
       "sparsify_tokens_per_s": r["sparsify_tokens_per_s"], "x_sparsify": r["sparsify_ratio"],
       "sparsify": r["sparsify_note"],
     })  # fmt: skip
@@ -147,46 +209,69 @@ def figure(frontier: list[dict], path: pathlib.Path) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for kind in KINDS:
-    pts = sorted((r["total_l0"], r["mean_fvu"]) for r in frontier if r["kind"] == kind)
-    ax.plot(*zip(*pts, strict=True), "o-", label=kind)
-  ax.set_xlabel("total L0 over the 4 layers (held out)")
-  ax.set_ylabel("mean per-layer FVU (held out)")
-  ax.legend()
+  models = list(dict.fromkeys(r["model"] for r in frontier))
+  fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.5), squeeze=False)
+  for ax, model in zip(axes[0], models, strict=True):
+    for kind in KINDS:
+      pts = sorted(
+        (r["total_l0"], r["mean_fvu"]) for r in frontier if (r["model"], r["kind"]) == (model, kind)
+      )
+      ax.plot(*zip(*pts, strict=True), "o-", label=kind)
+    ax.set_title(PLANS[model].title)
+    ax.set_xlabel("total L0 over every layer (held out)")
+    ax.set_ylabel("mean per-layer FVU (held out)")
+    ax.legend()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
 
-def page(frontier, graphs, circuits, speed, total_s: float) -> str:
-  return "\n".join(
-    [
-      "# Transcoders and cross-layer transcoders of the shipped model",
-      "",
-      "Generated by `python -m experiments.attribution_study --workdir=runs/attribution_study "
-      f"--publish=docs/attribution` ({total_s / 60:.1f} minutes on this machine).",
-      "",
-      f"JumpReLU dictionaries of all 4 MLPs ({_FEATURES.value} features per layer, "
-      f"{_STEPS.value} steps of 1,024 rows streamed from the model), per-layer transcoders "
-      "(`clt.cross_layer=False`) and a CLT, at each target total L0. FVU and L0 on held-out "
-      "windows; CE and KL of the replacement model without error terms.",
-      "",
-      "![frontier](figures/frontier.png)",
-      "",
-      tables.markdown(frontier),
-      "",
-      "## Attribution graphs of circuit tasks",
-      "",
-      f"Mean over {2 * _PAIRS.value} prompts per task (both prompts of the first {_PAIRS.value} "
-      f"held-out contrast pairs, at most {_MAX_LEN.value} tokens), pruned at node 0.8 / edge "
-      "0.98: active features, the feature "
-      "nodes and edges pruning keeps, and the unpruned graph's replacement and completeness "
-      "scores.",
-      "",
-      tables.markdown(graphs),
-      "",
+def _without_model(rows: list[dict]) -> list[dict]:
+  return [{k: v for k, v in r.items() if k != "model"} for r in rows]
+
+
+def layer_table(layers: list[dict]) -> list[dict]:
+  """Held-out FVU per layer (rows) of each dictionary (columns)."""
+  columns = list(dict.fromkeys((r["kind"], r["target_l0"]) for r in layers))
+  fvu = {(r["kind"], r["target_l0"], r["layer"]): r["fvu"] for r in layers}
+  return [
+    {"layer": layer, **{f"{kind} @ {target}": fvu[kind, target, layer] for kind, target in columns}}
+    for layer in sorted({r["layer"] for r in layers})
+  ]
+
+
+def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
+  plan = s["plan"]
+  mine = {name: [r for r in s[name] if r["model"] == model] for name in ("frontier", "graphs")}
+  lines = [
+    f"## {plan.title}",
+    "",
+    f"JumpReLU dictionaries of all {s['layers']} MLPs ({plan.features_per_layer} features per "
+    f"layer, {plan.steps} steps of {s['batch']:,} rows streamed from the model; "
+    f"`{s['config']}`), per-layer transcoders (`clt.cross_layer=False`) and a CLT, at each "
+    f"target total L0. FVU and L0 on {s['eval_windows']} held-out windows; CE and KL of the "
+    "replacement model without error terms. Wall seconds per dictionary: its training and its "
+    "replacement-model evaluation.",
+    "",
+    tables.markdown(_without_model(mine["frontier"])),
+    "",
+    "Held-out FVU per layer:",
+    "",
+    tables.markdown(layer_table(s["layers_rows"])),
+    "",
+    "### Attribution graphs of circuit tasks",
+    "",
+    f"Mean over {2 * plan.pairs} prompts per task (both prompts of the first {plan.pairs} "
+    f"held-out contrast pairs, in the model's own tokens, at most {_MAX_LEN.value} of them), "
+    "pruned at node 0.8 / edge 0.98: active features, the feature nodes and edges pruning "
+    "keeps, and the unpruned graph's replacement and completeness scores.",
+    "",
+    tables.markdown(_without_model(mine["graphs"])),
+    "",
+  ]
+  if model == "default":
+    lines += [
       "Pruned weight-sparse circuits of the same tasks (`docs/circuits`: channels of the "
       "weight-sparse model and of its dense twin, found by pruning, not by attribution). Their "
       "nodes are model channels at every site; a graph's are dictionary features at MLP sites, "
@@ -194,43 +279,81 @@ def page(frontier, graphs, circuits, speed, total_s: float) -> str:
       "",
       tables.markdown(circuits) if circuits else "(docs/circuits/results.csv not found)",
       "",
-      "## Training step beside sparsify's transcoder",
-      "",
-      "One step of each dictionary at its training shape (4 sites of d = 128, "
-      f"{4 * _FEATURES.value} features, batch 1,024; `experiments.bench.sae`'s harness), beside "
-      "sparsify's 4 per-layer TopK transcoders of n/4 features (it has no CLT):",
-      "",
-      tables.markdown(speed),
-      "",
     ]
-  )
+  lines += [
+    "### Training step beside sparsify's transcoder",
+    "",
+    f"One step of each dictionary at its training shape ({s['layers']} sites of "
+    f"d = {s['d']}, {s['layers'] * plan.features_per_layer:,} features, batch {s['batch']:,}; "
+    "`experiments.bench.sae`'s harness), beside sparsify's per-layer TopK transcoders of n/L "
+    "features (it has no CLT):",
+    "",
+    tables.markdown(_without_model(s["speed"])),
+    "",
+  ]
+  return lines
+
+
+def page(sections: dict[str, dict], circuits: list[dict], total_s: float) -> str:
+  lines = [
+    "# Transcoders and cross-layer transcoders of real models",
+    "",
+    "Generated by `python -m experiments.attribution_study --workdir=runs/attribution_study "
+    f"--publish=docs/attribution` ({total_s / 60:.1f} minutes on this machine, counting only "
+    "what this run computed: a rerun reuses each finished dictionary and its graphs).",
+    "",
+    "![frontier](figures/frontier.png)",
+    "",
+  ]
+  for model, s in sections.items():
+    lines += section(model, s, circuits)
+  return "\n".join(lines)
+
+
+def study_model(model: str, workdir: pathlib.Path) -> dict:
+  """Train, evaluate and graph one model's dictionaries; time their steps."""
+  plan = plan_for(model)
+  lm = pretrained.load(model)
+  prompts = task_prompts(lm, plan.pairs)
+  home = workdir if model == "default" else workdir / model
+  s = {"plan": plan, "frontier": [], "layers_rows": [], "graphs": []}
+  for kind in KINDS:
+    for target in plan.targets:
+      config = job_config(plan, kind, target)
+      run_dir = home / f"{kind}_l0_{target}"
+      out = train(config, run_dir)
+      s["frontier"].append(frontier_row(model, kind, target, out))
+      s["layers_rows"] += layer_rows(model, kind, target, out)
+      skip_first = config.harvest.skip_first
+      s["graphs"] += graph_rows(lm, model, kind, target, out, prompts, skip_first, run_dir)
+  s.update(
+    layers=lm.config.n_layers, d=lm.config.d_model, batch=config.train.batch_size,
+    eval_windows=config.harvest.eval_windows,
+    config=f"experiments/configs/{plan.config.__module__.rsplit('.', 1)[-1]}.py",
+  )  # fmt: skip
+  s["speed"] = speed_rows(model, lm, plan, config.train.batch_size)
+  return s
 
 
 def main(argv):
   del argv
   workdir = pathlib.Path(_WORKDIR.value)
   start = time.perf_counter()
-  lm = pretrained.load("default")
-  prompts = task_prompts(lm)
-  frontier, graphs = [], []
-  for kind in KINDS:
-    for target in (int(t) for t in _TARGETS.value):
-      run_dir = workdir / f"{kind}_l0_{target}"
-      out = train(kind, target, run_dir)
-      frontier.append(frontier_row(kind, target, out))
-      graphs += graph_rows(lm, kind, target, zoo.load_replacement(out["dictionaries"]), prompts)
-  speed = speed_rows()
+  sections = {model: study_model(model, workdir) for model in _MODELS.value}
   circuits = circuit_rows(pathlib.Path(_CIRCUITS.value))
-  figure(frontier, workdir / "figures" / "frontier.png")
-  for name, rows in (("frontier", frontier), ("graphs", graphs), ("speed", speed)):
+  every = {
+    name: [r for s in sections.values() for r in s[key]]
+    for name, key in (("frontier", "frontier"), ("layers", "layers_rows"), ("graphs", "graphs"),
+                      ("speed", "speed"))
+  }  # fmt: skip
+  figure(every["frontier"], workdir / "figures" / "frontier.png")
+  for name, rows in every.items():
     tables.write_csv(workdir / f"{name}.csv", rows)
-  (workdir / "RESULTS.md").write_text(
-    page(frontier, graphs, circuits, speed, time.perf_counter() - start)
-  )
+  (workdir / "RESULTS.md").write_text(page(sections, circuits, time.perf_counter() - start))
   if _PUBLISH.value:
     out = pathlib.Path(_PUBLISH.value)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    for name in ("RESULTS.md", "frontier.csv", "graphs.csv", "speed.csv"):
+    for name in ("RESULTS.md", *(f"{n}.csv" for n in every)):
       shutil.copy(workdir / name, out / name)
     shutil.copy(workdir / "figures" / "frontier.png", out / "figures" / "frontier.png")
   print((workdir / "RESULTS.md").read_text())

@@ -63,14 +63,21 @@ def test_the_attribution_study_writes_its_page_tables_and_figure(tmp_path):
   _run(
     "experiments.attribution_study", f"--workdir={out}", f"--publish={tmp_path / 'docs'}",
     "--targets=8", "--steps=10", "--features_per_layer=16", "--pairs=1", "--max_len=32",
-    "--tasks=closing_quote", "--bench_repeats=1", "--windows=16,4",
+    "--tasks=closing_quote", "--bench_repeats=1", "--windows=16,4", "--models=default",
   )  # fmt: skip
   page = (tmp_path / "docs" / "RESULTS.md").read_text()
-  assert "## Attribution graphs of circuit tasks" in page and "figures/frontier.png" in page
+  assert "## The shipped byte model" in page and "### Attribution graphs of circuit tasks" in page
+  assert "figures/frontier.png" in page
   assert (tmp_path / "docs" / "figures" / "frontier.png").stat().st_size > 5000
   frontier = (out / "frontier.csv").read_text().splitlines()
-  assert [line.split(",")[0] for line in frontier[1:]] == ["per-layer", "cross-layer"]
+  assert [line.split(",")[:2] for line in frontier[1:]] == [
+    ["default", "per-layer"],
+    ["default", "cross-layer"],
+  ]
+  layers = (out / "layers.csv").read_text().splitlines()
+  assert len(layers) == 1 + 2 * 4  # Each dictionary's 4 layers.
   graphs = (out / "graphs.csv").read_text().splitlines()
   assert len(graphs) == 3 and all(",closing_quote,2," in line for line in graphs[1:])
   assert "| sparse | closing_quote |" in page  # The weight-sparse circuit of the same task.
   assert len((out / "speed.csv").read_text().splitlines()) == 3
+  assert (out / "cross-layer_l0_8" / "graphs.json").is_file()  # A rerun reuses the graphs.

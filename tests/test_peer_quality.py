@@ -139,3 +139,12 @@ def test_the_study_compares_every_trainer_on_the_same_batches(tmp_path):
   c.quality.trainers = "jaxsae,sparsify-lion"
   with pytest.raises(ValueError, match="unknown \\['sparsify-lion'\\]; choose from"):
     study.run(c, tmp_path)
+
+
+def test_shards_share_the_runs_between_processes():
+  runs = list(range(7))
+  shares = [runs[study.share(f"{i}/3")] for i in range(3)]
+  assert shares == [[0, 3, 6], [1, 4], [2, 5]] and runs[study.share("0/1")] == runs
+  for bad in ("3/3", "1", "a/b", "0/0"):
+    with pytest.raises(ValueError, match=f"quality.shard='{bad}': write i/n"):
+      study.share(bad)

@@ -12,7 +12,12 @@ The 10× rows of the published page come from the same workdir with
     --config.quality.lambdas.saelens_jumprelu_target=12,20 --config.quality.lambdas.jaxsae_jumprelu=12,20
   --config.quality.budgets=10 --config.quality.seeds=0 --config.quality.trainers=jaxsae-relu,saelens-relu \
     --config.quality.lambdas.jaxsae_relu=0.012,0.008,0.005 --config.quality.lambdas.saelens_relu=1.5,1.0
-(15,000 steps each; Gated has no 10× rows yet).
+  --config.quality.budgets=10 --config.quality.seeds=0 --config.quality.trainers=jaxsae-gated
+    --config.quality.lambdas.jaxsae_gated=0.012,0.008
+  --config.quality.budgets=10 --config.quality.seeds=0 --config.quality.trainers=saelens-gated
+    --config.quality.lambdas.saelens_gated=1.4,0.9 --config.quality.peer_threads=1
+    --config.quality.shard=0/2 (and 1/2 beside it: one process per core)
+(15,000 steps each).
 
 Gemma 3 270M's page: experiments/configs/peer_quality_gemma3.py (its docstring has the command).
 """

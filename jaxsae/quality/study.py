@@ -91,6 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.quality.budgets = "1"  # Multiples of train.steps, comma-separated (e.g. "1,10").
   c.quality.trainers = "jaxsae,sparsify-signum,sparsify-adam,sparsify-adam-constant,saelens"
   c.quality.peer_threads = 0  # torch threads for the peers; 0: every usable core.
+  # "i/n": this process takes the i-th of n shares of the runs (every n-th (budget, seed,
+  # trainer, λ) from the i-th), so n processes share one workdir, e.g. one per core with
+  # peer_threads=1, where small peer steps use one thread better than two.
+  c.quality.shard = "0/1"
   # Held-out windows spliced for ΔCE and CE recovered (0: all of harvest.eval_windows; L0, FVU
   # and dead fraction always use the whole held-out store), and windows per spliced forward
   # (its logits are B × T × vocabulary: lower it for large vocabularies).
@@ -149,6 +153,17 @@ def runs_of(config) -> list[tuple[str, float | None]]:
       )
     runs += [(name, lam) for lam in ladder]
   return runs
+
+
+def share(shard: str) -> slice:
+  """The runs of shard "i/n": every n-th from the i-th."""
+  try:
+    i, n = (int(t) for t in str(shard).split("/"))
+  except ValueError:
+    i, n = -1, 0
+  if not 0 <= i < n:
+    raise ValueError(f"quality.shard={shard!r}: write i/n with 0 ≤ i < n, e.g. 0/2 and 1/2")
+  return slice(i, None, n)
 
 
 def _key(r: dict) -> tuple:
@@ -252,7 +267,7 @@ def train_one(
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
   """Train and evaluate every (trainer, budget, seed) not yet in results.jsonl; all rows."""
-  runs = runs_of(config)
+  runs, mine = runs_of(config), share(config.quality.shard)
   job = main_job_config(config)
   main_job.validate(job)
   job.harvest.hook = hooks_lib.canonical(job.harvest.hook)
@@ -267,36 +282,37 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
   reference = downstream.reference_losses(lm, windows, h.hook, h.skip_first, q.eval_batch_size)
   out = workdir / RESULTS
   done = _done(out)
-  for budget in _numbers(config.quality.budgets):
-    for seed in _numbers(config.quality.seeds):
-      for name, lam in runs:
-        lr = learning_rate(name, job)
-        if (name, budget, seed, lam, lr) in done:
-          continue
-        print(
-          f"[quality] {name}, budget {budget}× ({config.train.steps * budget} steps), seed {seed}"
-        )
-        sae_config, variables, wall, version = train_one(
-          name, lam, job, data, workdir, budget, seed, config.quality.peer_threads,
-          config.quality.saelens_normalize,
-        )  # fmt: skip
-        measured = downstream.held_out_and_spliced(
-          lm, windows, h.hook, evaluate.encode_decode(sae_config), variables,
-          data.held_out, reference, h.skip_first, q.eval_batch_size,
-        )  # fmt: skip
-        row = {
-          "trainer": name,
-          "budget": budget,
-          "steps": config.train.steps * budget,
-          "seed": seed,
-          "architecture": TRAINERS[name][1],
-          "sparsity_coefficient": lam,
-          "lr": lr,
-          **{k: measured[k] for k in ("fvu", "l0", "dead_fraction", "delta_ce", "ce_recovered")},
-          "train_s": wall,
-          "version": version,
-        }
-        print(f"[quality] {name}: FVU {row['fvu']:.4f}, ΔCE {row['delta_ce']:.4f}, {wall:.0f} s")
-        with out.open("a") as f:
-          f.write(json.dumps(row) + "\n")
+  every = [
+    (budget, seed, name, lam)
+    for budget in _numbers(config.quality.budgets)
+    for seed in _numbers(config.quality.seeds)
+    for name, lam in runs
+  ]
+  for budget, seed, name, lam in every[mine]:
+    lr = learning_rate(name, job)
+    if (name, budget, seed, lam, lr) in done:
+      continue
+    print(f"[quality] {name}, budget {budget}× ({config.train.steps * budget} steps), seed {seed}")
+    sae_config, variables, wall, version = train_one(
+      name, lam, job, data, workdir, budget, seed, q.peer_threads, q.saelens_normalize
+    )
+    measured = downstream.held_out_and_spliced(
+      lm, windows, h.hook, evaluate.encode_decode(sae_config), variables,
+      data.held_out, reference, h.skip_first, q.eval_batch_size,
+    )  # fmt: skip
+    row = {
+      "trainer": name,
+      "budget": budget,
+      "steps": config.train.steps * budget,
+      "seed": seed,
+      "architecture": TRAINERS[name][1],
+      "sparsity_coefficient": lam,
+      "lr": lr,
+      **{k: measured[k] for k in ("fvu", "l0", "dead_fraction", "delta_ce", "ce_recovered")},
+      "train_s": wall,
+      "version": version,
+    }
+    print(f"[quality] {name}: FVU {row['fvu']:.4f}, ΔCE {row['delta_ce']:.4f}, {wall:.0f} s")
+    with out.open("a") as f:
+      f.write(json.dumps(row) + "\n")
   return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
