@@ -288,6 +288,28 @@ def test_streaming_rows_equal_the_models_and_batches_resume(lm, windows):
   assert distances.max() < 1e-4
 
 
+def test_a_streamed_sample_is_whole_windows_and_one_forward_gives_its_pairs(lm, windows):
+  from jaxsae.activations.streaming import StreamingSource
+  from jaxsae.sae import row_sources
+
+  source = StreamingSource(lm, windows, HOOKS[0], target_hook=HOOKS[1])
+  index = row_sources.sample_indices(source, 40, seed=1)
+  assert len(index) == 40 and np.all(np.diff(index) > 0)
+  np.testing.assert_array_equal(index, row_sources.sample_indices(source, 40, seed=1))
+  used = np.unique(source.plan[index, 0])
+  per_window = np.bincount(source.plan[:, 0], minlength=len(windows))
+  assert per_window[used[:-1]].sum() < 40 <= per_window[used].sum()  # As few windows as hold 40.
+  calls = []
+  capture = source._capture
+  source._capture = lambda *a: calls.append(1) or capture(*a)
+  inputs, targets = source.rows(index), source.target_rows(index)
+  assert len(calls) == 1  # Both sides of the pair from one forward.
+  _, cache = lm.run(windows, capture=HOOKS[:2])
+  w, pos, _ = source.plan[index].T
+  np.testing.assert_allclose(inputs, np.asarray(cache[HOOKS[0]])[w, pos], atol=1e-5)
+  np.testing.assert_allclose(targets, np.asarray(cache[HOOKS[1]])[w, pos], atol=1e-5)
+
+
 def test_skip_first_leaves_the_first_positions_of_every_window_out(lm, windows, tmp_path):
   sep = lm.tokenizer.separator_id
   every = harvest_lib.plan_rows(windows, sep, skip_separator=False)

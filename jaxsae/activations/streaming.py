@@ -63,6 +63,7 @@ class StreamingSource:
     self.keep[self.plan[:, 0], self.plan[:, 1]] = True
     self.oversample = oversample
     self._capture = capture_fn(lm.config, tuple(dict.fromkeys(self.hooks + self.target_hooks)))
+    self._last: tuple[bytes, np.ndarray] | None = None  # The last gathered indices and rows.
 
   def __len__(self) -> int:
     return len(self.plan)
@@ -71,21 +72,41 @@ class StreamingSource:
     out = self._capture(self.lm.params, jnp.asarray(self.windows[window_ids]))
     return np.concatenate([np.asarray(out[h], np.float32) for h in hooks], axis=-1)
 
-  def _gather(self, indices: np.ndarray, hooks: tuple[str, ...]) -> np.ndarray:
-    picked = self.plan[np.asarray(indices)]
-    windows, inverse = np.unique(picked[:, 0], return_inverse=True)
-    out = []
-    for start in range(0, len(windows), 64):
-      out.append(self._activations(windows[start : start + 64], hooks))
-    acts = np.concatenate(out)
-    return acts[inverse, picked[:, 1]]
+  def _gather(self, indices: np.ndarray, inputs: bool) -> np.ndarray:
+    """Input (or target) rows at `indices`. One forward gives both: a paired source's
+    `rows(i)` then `target_rows(i)` (the trainer's initial statistics) run the model once."""
+    indices = np.asarray(indices)
+    key = indices.tobytes()
+    if self._last is None or self._last[0] != key:
+      picked = self.plan[indices]
+      windows, inverse = np.unique(picked[:, 0], return_inverse=True)
+      out = []
+      for start in range(0, len(windows), 64):
+        out.append(self._activations(windows[start : start + 64], self.hooks + self.target_hooks))
+      self._last = key, np.concatenate(out)[inverse, picked[:, 1]]
+    both = self._last[1]
+    return both[:, : self.d_in] if inputs else both[:, self.d_in :]
 
   def rows(self, indices: np.ndarray) -> np.ndarray:
     """Rows of the planned (window, position) list, computed by the model."""
-    return self._gather(indices, self.hooks)
+    return self._gather(indices, inputs=True)
 
   def _target_rows(self, indices: np.ndarray) -> np.ndarray:
-    return self._gather(indices, self.target_hooks)
+    targets = self._gather(indices, inputs=False)
+    self._last = None  # The pair is read: free its rows.
+    return targets
+
+  def sample_indices(self, count: int, seed: int) -> np.ndarray:
+    """`count` planned rows for the trainer's initial statistics (`row_sources.sample_indices`):
+    every kept position of as few seeded random windows as hold them, so the sample costs a
+    forward of about count / (kept per window) windows, not one window per row (a sample of
+    2,048 rows of 2,048 Gemma windows would run ~1,300 of them)."""
+    count = min(count, len(self.plan))
+    order = np.random.default_rng(seed).permutation(len(self.windows))
+    per_window = np.bincount(self.plan[:, 0], minlength=len(self.windows))
+    n_windows = int(np.searchsorted(np.cumsum(per_window[order]), count)) + 1
+    chosen = np.isin(self.plan[:, 0], order[:n_windows])
+    return np.flatnonzero(chosen)[:count]
 
   def batch(self, index: int, batch_size: int, seed: int):
     """Global batch `index`: `batch_size` rows from freshly drawn windows (with targets, the

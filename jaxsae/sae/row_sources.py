@@ -147,7 +147,10 @@ def as_source(data) -> ActivationSource:
 
 
 def sample_indices(source: ActivationSource, count: int, seed: int) -> np.ndarray:
-  """`count` distinct row indices (all if the source is smaller), drawn reproducibly, sorted."""
+  """`count` distinct row indices (all if the source is smaller), drawn reproducibly, sorted;
+  a source that draws its own (a streaming source: whole windows, one forward each) does."""
+  if hasattr(source, "sample_indices"):
+    return np.sort(source.sample_indices(count, seed))
   rng = np.random.default_rng(seed)
   count = min(count, len(source))
   return np.sort(rng.choice(len(source), size=count, replace=False))
