@@ -247,7 +247,7 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
   lines = [
     f"## {plan.title}",
     "",
-    f"JumpReLU dictionaries of all {s['layers']} MLPs ({plan.features_per_layer} features per "
+    f"JumpReLU dictionaries of all {s['n_layers']} MLPs ({plan.features_per_layer} features per "
     f"layer, {plan.steps} steps of {s['batch']:,} rows streamed from the model; "
     f"`{s['config']}`), per-layer transcoders (`clt.cross_layer=False`) and a CLT, at each "
     f"target total L0. FVU and L0 on {s['eval_windows']} held-out windows; CE and KL of the "
@@ -258,7 +258,7 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
     "",
     "Held-out FVU per layer:",
     "",
-    tables.markdown(layer_table(s["layers_rows"])),
+    tables.markdown(layer_table(s["layers"])),
     "",
     "### Attribution graphs of circuit tasks",
     "",
@@ -283,8 +283,8 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
   lines += [
     "### Training step beside sparsify's transcoder",
     "",
-    f"One step of each dictionary at its training shape ({s['layers']} sites of "
-    f"d = {s['d']}, {s['layers'] * plan.features_per_layer:,} features, batch {s['batch']:,}; "
+    f"One step of each dictionary at its training shape ({s['n_layers']} sites of "
+    f"d = {s['d']}, {s['n_layers'] * plan.features_per_layer:,} features, batch {s['batch']:,}; "
     "`experiments.bench.sae`'s harness), beside sparsify's per-layer TopK transcoders of n/L "
     "features (it has no CLT):",
     "",
@@ -316,18 +316,18 @@ def study_model(model: str, workdir: pathlib.Path) -> dict:
   lm = pretrained.load(model)
   prompts = task_prompts(lm, plan.pairs)
   home = workdir if model == "default" else workdir / model
-  s = {"plan": plan, "frontier": [], "layers_rows": [], "graphs": []}
+  s = {"plan": plan, "frontier": [], "layers": [], "graphs": []}
   for kind in KINDS:
     for target in plan.targets:
       config = job_config(plan, kind, target)
       run_dir = home / f"{kind}_l0_{target}"
       out = train(config, run_dir)
       s["frontier"].append(frontier_row(model, kind, target, out))
-      s["layers_rows"] += layer_rows(model, kind, target, out)
+      s["layers"] += layer_rows(model, kind, target, out)
       skip_first = config.harvest.skip_first
       s["graphs"] += graph_rows(lm, model, kind, target, out, prompts, skip_first, run_dir)
   s.update(
-    layers=lm.config.n_layers, d=lm.config.d_model, batch=config.train.batch_size,
+    n_layers=lm.config.n_layers, d=lm.config.d_model, batch=config.train.batch_size,
     eval_windows=config.harvest.eval_windows,
     config=f"experiments/configs/{plan.config.__module__.rsplit('.', 1)[-1]}.py",
   )  # fmt: skip
@@ -342,10 +342,9 @@ def main(argv):
   sections = {model: study_model(model, workdir) for model in _MODELS.value}
   circuits = circuit_rows(pathlib.Path(_CIRCUITS.value))
   every = {
-    name: [r for s in sections.values() for r in s[key]]
-    for name, key in (("frontier", "frontier"), ("layers", "layers_rows"), ("graphs", "graphs"),
-                      ("speed", "speed"))
-  }  # fmt: skip
+    name: [r for s in sections.values() for r in s[name]]
+    for name in ("frontier", "layers", "graphs", "speed")
+  }
   figure(every["frontier"], workdir / "figures" / "frontier.png")
   for name, rows in every.items():
     tables.write_csv(workdir / f"{name}.csv", rows)

@@ -68,9 +68,11 @@ class StreamingSource:
   def __len__(self) -> int:
     return len(self.plan)
 
-  def _activations(self, window_ids: np.ndarray, hooks: tuple[str, ...]) -> np.ndarray:
+  def _activations(self, window_ids: np.ndarray) -> np.ndarray:
+    """Every input site's rows, then every target site's, side by side."""
     out = self._capture(self.lm.params, jnp.asarray(self.windows[window_ids]))
-    return np.concatenate([np.asarray(out[h], np.float32) for h in hooks], axis=-1)
+    sites = self.hooks + self.target_hooks
+    return np.concatenate([np.asarray(out[h], np.float32) for h in sites], axis=-1)
 
   def _gather(self, indices: np.ndarray, inputs: bool) -> np.ndarray:
     """Input (or target) rows at `indices`. One forward gives both: a paired source's
@@ -82,7 +84,7 @@ class StreamingSource:
       windows, inverse = np.unique(picked[:, 0], return_inverse=True)
       out = []
       for start in range(0, len(windows), 64):
-        out.append(self._activations(windows[start : start + 64], self.hooks + self.target_hooks))
+        out.append(self._activations(windows[start : start + 64]))
       self._last = key, np.concatenate(out)[inverse, picked[:, 1]]
     both = self._last[1]
     return both[:, : self.d_in] if inputs else both[:, self.d_in :]
@@ -115,7 +117,7 @@ class StreamingSource:
     n_windows = min(len(self.windows), math.ceil(self.oversample * batch_size / kept_per_window))
     rng = np.random.default_rng([seed, index])
     chosen = np.sort(rng.choice(len(self.windows), size=n_windows, replace=False))
-    acts = self._activations(chosen, self.hooks + self.target_hooks)
+    acts = self._activations(chosen)
     w, pos = np.nonzero(self.keep[chosen])
     if len(w) < batch_size:
       raise JaxsaeError(
