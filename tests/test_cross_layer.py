@@ -240,6 +240,13 @@ def test_without_cross_layer_writes_the_features_are_per_layer_transcoders(archi
   grad = jax.grad(lambda p: sae.apply({**v, "params": p}, x).sum())(v["params"])["W_dec"]
   blocks = np.abs(np.asarray(grad)).reshape(N, L, D_OUT).sum(-1) > 0
   assert not blocks[np.arange(N)[:, None] % L != np.arange(L)[None, :]].any()
+  # The block-by-block product is the masked dense one, whatever the other blocks hold.
+  W = jax.random.normal(jax.random.key(3), (N, L * D_OUT))
+  z = jax.random.normal(jax.random.key(4), (5, N))
+  mask = cross_layer.decoder_mask(jnp.arange(N), L, D_OUT, cross=False)
+  np.testing.assert_allclose(
+    cross_layer.own_layer_decode(z, W, L, jnp.matmul), z @ (W * mask), rtol=1e-5, atol=1e-5
+  )
 
   c, c_y = 0.7, 1.9
   want = by_layer(np.asarray(sae.apply(v, x)) / c_y)

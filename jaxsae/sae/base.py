@@ -252,7 +252,12 @@ class SparseAutoencoder(nn.Module):
   def decode(self, z_BxN: jax.Array, x_BxD: jax.Array | None = None) -> jax.Array:
     """ŷ = z W_dec + b_dec (+ x̃ W_skip, which needs the input x̃); partial products summed
     over latent shards."""
-    return self.axes.sum_latents(self.matmul(z_BxN, self.decoder)) + self.output_bias(x_BxD)
+    cfg = self.config
+    if cfg.layers > 1 and not cfg.cross_layer:  # Per-layer transcoders: their own blocks only.
+      y = cross_layer.own_layer_decode(z_BxN, self.W_dec, cfg.layers, self.matmul)
+    else:
+      y = self.matmul(z_BxN, self.decoder)
+    return self.axes.sum_latents(y) + self.output_bias(x_BxD)
 
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
     """The reconstruction (an SAE) or prediction (a transcoder) at inference."""
