@@ -148,3 +148,25 @@ def test_shards_share_the_runs_between_processes():
   for bad in ("3/3", "1", "a/b", "0/0"):
     with pytest.raises(ValueError, match=f"quality.shard='{bad}': write i/n"):
       study.share(bad)
+
+
+def test_an_architecture_can_be_read_at_its_own_matched_l0():
+  """quality.match_l0: a family that cannot reach L0 = k (Gemma's ReLU) is compared, every
+  trainer of it, at another L0, by the same log–log reading of each ladder."""
+  run = dict(budget=1, seed=0, delta_ce=0.5, ce_recovered=0.9, dead_fraction=0.0, train_s=1.0)
+  rows = [
+    {**run, "trainer": "jaxsae", "architecture": "topk", "fvu": 0.3, "l0": 8.0},
+    {**run, "trainer": "jaxsae-relu", "architecture": "relu", "sparsity_coefficient": 0.1,
+     "fvu": 0.2, "l0": 10.0},
+    {**run, "trainer": "jaxsae-relu", "architecture": "relu", "sparsity_coefficient": 0.01,
+     "fvu": 0.1, "l0": 40.0},
+  ]  # fmt: skip
+  config = {"sae": {"k": 8}, "quality": {"match_l0": {"relu": 20.0, "gated": 0.0}}}
+  match = report.matched_l0(config)
+  assert (match["relu"], match["gated"], match["topk"]) == (20.0, 8, 8)
+  by_name = {r["trainer"]: r for r in report.summary_rows(rows, 1, match)}
+  assert by_name["jaxsae-relu"]["FVU (mean)"] == pytest.approx(0.02**0.5)  # Halfway in log L0.
+  assert by_name["jaxsae-relu"]["L0"].startswith("20 (λ ladder")
+  assert by_name["jaxsae"]["FVU (mean)"] == 0.3
+  at_k = report.summary_rows(rows, 1, report.matched_l0({"sae": {"k": 8}}))
+  assert np.isnan(next(r for r in at_k if r["trainer"] == "jaxsae-relu")["FVU (mean)"])

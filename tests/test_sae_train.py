@@ -298,6 +298,29 @@ def test_the_fitted_encoder_scale_is_the_least_squares_first_reconstruction():
   np.testing.assert_allclose(np.asarray(w), 0.5 * w_plain, rtol=1e-5, atol=1e-7)
 
 
+def test_a_fitted_jumprelu_threshold_starts_each_latent_at_a_share_k_over_n():
+  """sae.jumprelu_fit_threshold: θ₀ of each latent is the (1 − k/n) quantile of its
+  pre-activation on the initial sample (by hand), so the first L0 is about k, not the 4k of the
+  recipe's fixed θ₀ here; the flag changes nothing else."""
+  overrides = {"sae.architecture": "jumprelu", "sae.jumprelu_penalty": "target", "sae.k": 2}
+  config = tiny_config(**overrides, **{"sae.jumprelu_fit_threshold": True})
+  init = train_lib.initial_statistics(config, row_sources.ArraySource(ROWS))
+  rows, b_dec = init.fit_rows, init.b_dec
+  fitted = train_lib.SAETrainer.build(config, 16).init_state(jax.random.key(0), b_dec, rows)
+  plain_trainer = train_lib.SAETrainer.build(tiny_config(**overrides), 16)
+  plain = plain_trainer.init_state(jax.random.key(0), b_dec, rows).params["jumprelu"]
+  p = {k: np.asarray(v[0]) for k, v in fitted.params["jumprelu"].items()}
+  for name in ("W_enc", "W_dec", "b_enc"):
+    np.testing.assert_array_equal(p[name], np.asarray(plain[name][0]))
+  pre = (rows - b_dec) @ p["W_enc"] + p["b_enc"]
+  want = np.maximum(np.quantile(pre, 1 - 2 / 64, axis=0), np.asarray(plain["threshold"][0]))
+  np.testing.assert_allclose(p["threshold"], want, rtol=1e-4, atol=1e-6)
+  assert abs((pre > p["threshold"]).sum(1).mean() - 2) < 0.5
+  assert (pre > np.asarray(plain["threshold"][0])).sum(1).mean() > 6
+  with pytest.raises(ConfigError, match="jumprelu_fit_threshold fits a JumpReLU threshold"):
+    train_lib.SAETrainer.build(tiny_config(**{"sae.jumprelu_fit_threshold": True}), 16)
+
+
 @pytest.mark.slow
 def test_gated_fits_its_encoder_scale_and_jumprelu_and_relu_keep_theirs():
   """Gated's gate is unchanged by W_enc ← s·W_enc (b_gate = b_mag = 0), so its first

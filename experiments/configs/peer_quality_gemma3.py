@@ -13,11 +13,23 @@ near ten minutes on 2 CPU cores; the budget is the study's (800 steps of 1,024).
 from experiments.configs import gemma3
 from jaxsae.quality.study import base_config
 
-# Target-L0 ladders (Gemma Scope 2's quadratic penalty, both sides) bracketing L0 = 32.
+# Target-L0 ladders (Gemma Scope 2's quadratic penalty, both sides) bracketing L0 = 32, and λ
+# ladders of the L1 families bracketing their matched L0 (below).
 LAMBDAS = {
   "jaxsae_jumprelu": "24,44",
   "saelens_jumprelu_target": "24,44",
+  "jaxsae_relu": "0.002,0.004,0.007",
+  "saelens_relu": "1.3,3.2",
+  "jaxsae_gated": "0.002,0.0007",
+  "saelens_gated": "1.3,0.45",
 }
+# ReLU and Gated are compared at L0 = 128, not k = 32. On these rows, scaled to E‖x‖² = d, the
+# mean is 94% of ‖x‖² (the centered rows' norm is ~5.4 of √640 ≈ 25), and one direction holds
+# 43% of the centered variance (bimodal, ±10). An L1 penalty weighs a feature by its magnitude:
+# the few large directions pay for themselves and the many small ones do not, so raising λ
+# towards L0 32 kills latents wholesale instead of sparsifying them (jaxsae's ReLU: λ 0.002 →
+# L0 182, FVU 0.19, 4% dead; 0.007 → L0 92, FVU 0.42, 42% dead; Gated 0.014 → L0 0.9).
+MATCH_L0 = {"relu": 128.0, "gated": 128.0}
 
 
 def get_config():
@@ -33,9 +45,11 @@ def get_config():
   c.quality.trainers = ",".join([
     "jaxsae", "sparsify-adam-constant", "saelens",
     "jaxsae-batchtopk", "saelens-batchtopk",
+    "jaxsae-relu", "saelens-relu", "jaxsae-gated", "saelens-gated",
     "jaxsae-jumprelu", "saelens-jumprelu-target",
   ])  # fmt: skip
   c.quality.lambdas.update(LAMBDAS)
+  c.quality.match_l0.update(MATCH_L0)
   # Gemma's residual norms are in the thousands: SAELens gets its own input scaling (as Gemma
   # Scope 2 trains); sparsify has none and trains on the raw rows, as its users do.
   c.quality.saelens_normalize = "expected_average_only_in"

@@ -4,6 +4,7 @@ run and a figure of held-out FVU per trainer; regenerated from <workdir>/results
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import pathlib
@@ -36,17 +37,26 @@ def _matched(runs: list[dict], key: str, l0: float) -> float:
   return findings.interpolate_log([r["l0"] for r in runs], values, l0)
 
 
-def summary_rows(rows: list[dict], budget: int, k: int) -> list[dict]:
+def matched_l0(config: dict) -> dict[str, float]:
+  """The L0 each architecture is read at: `quality.match_l0`'s, else sae.k."""
+  k = config["sae"]["k"]
+  match = config.get("quality", {}).get("match_l0", {})
+  return collections.defaultdict(lambda: k, {a: v or k for a, v in match.items()})
+
+
+def summary_rows(rows: list[dict], budget: int, match: dict[str, float]) -> list[dict]:
   """One row per trainer at `budget`: means over its seeds, architectures in turn, best (lowest
-  FVU) first within each. λ trainers are read at L0 = k from each seed's ladder."""
+  FVU) first within each. λ trainers are read at their architecture's L0 in `match`
+  (`matched_l0`) from each seed's ladder."""
   out = []
   at = [r for r in rows if r["budget"] == budget]
   for name, lr in dict.fromkeys((r["trainer"], r.get("lr")) for r in at):
     mine = [r for r in at if r["trainer"] == name and r.get("lr") == lr]
     seeds = sorted({r["seed"] for r in mine})
+    k = match[mine[0].get("architecture", "topk")]
     per_seed = [[r for r in mine if r["seed"] == s] for s in seeds]
 
-    def mean(key, per_seed=per_seed):
+    def mean(key, per_seed=per_seed, k=k):
       return statistics.fmean(_matched(runs, key, k) for runs in per_seed)
 
     ladder = mine[0].get("sparsity_coefficient") is not None
@@ -61,7 +71,7 @@ def summary_rows(rows: list[dict], budget: int, k: int) -> list[dict]:
       "FVU (each seed)": " ".join(f"{_matched(runs, 'fvu', k):.4f}" for runs in per_seed),
       "ΔCE": mean("delta_ce"),
       "CE recovered": mean("ce_recovered"),
-      "L0": f"{k} (λ ladder: L0 {l0s})" if ladder else f"{mean('l0'):.1f}",
+      "L0": f"{k:g} (λ ladder: L0 {l0s})" if ladder else f"{mean('l0'):.1f}",
       "dead": mean("dead_fraction"),
       "train s": f"{statistics.fmean(r['train_s'] for r in per_seed[0]):.0f}",
     })  # fmt: skip
@@ -69,7 +79,7 @@ def summary_rows(rows: list[dict], budget: int, k: int) -> list[dict]:
   return sorted(out, key=lambda r: (order.get(r["architecture"], 9), r["FVU (mean)"]))
 
 
-def figure(rows: list[dict], k: int, path: pathlib.Path) -> None:
+def figure(rows: list[dict], match: dict[str, float], path: pathlib.Path) -> None:
   from matplotlib.figure import Figure  # Not pyplot: the caller's backend is left alone.
 
   budgets = sorted({r["budget"] for r in rows})
@@ -77,7 +87,7 @@ def figure(rows: list[dict], k: int, path: pathlib.Path) -> None:
   ax = fig.add_subplot()
   labels, y = [], 0
   for budget in budgets:
-    for summary in reversed(summary_rows(rows, budget, k)):
+    for summary in reversed(summary_rows(rows, budget, match)):
       ax.scatter(
         [float(x) for x in summary["FVU (each seed)"].split()],
         [y] * len(summary["FVU (each seed)"].split()),
@@ -87,7 +97,7 @@ def figure(rows: list[dict], k: int, path: pathlib.Path) -> None:
       labels.append(f"{summary['trainer']} lr {summary['lr']} ({budget}×)")
       y += 1
   ax.set_yticks(range(len(labels)), labels)
-  ax.set_xlabel(f"held-out FVU at L0 = {k} (dots: seeds; bar: mean)")
+  ax.set_xlabel("held-out FVU at each architecture's L0 (dots: seeds; bar: mean)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)
 
@@ -137,13 +147,22 @@ def page(rows: list[dict], config: dict) -> str:
     "- nan: the trainer's λ ladder never reached L0 = k, so it has no value at matched L0 "
     "(its L0s are listed).",
   ]
+  match = matched_l0(config)
+  other = {a: v for a, v in config.get("quality", {}).get("match_l0", {}).items() if v}
+  if other:
+    lines.append(
+      "- Read at another L0 than k (`quality.match_l0`, where the family does not reach "
+      "L0 = k at a usable FVU within this budget; the study's config says why): "
+      + ", ".join(f"{a} at L0 = {v:g}" for a, v in other.items())
+      + "."
+    )
   for budget in sorted({r["budget"] for r in rows}):
     steps = next(r["steps"] for r in rows if r["budget"] == budget)
     lines += [
       "",
       f"## {budget}× the base budget ({steps:,} steps, {steps * t['batch_size']:,} activations)",
       "",
-      tables.markdown(summary_rows(rows, budget, s["k"]), COLUMNS),
+      tables.markdown(summary_rows(rows, budget, match), COLUMNS),
     ]
   lines += ["", "![held-out FVU per trainer](figures/fvu.png)"]
   return "\n".join(lines)
@@ -156,7 +175,7 @@ def write(workdir: str | pathlib.Path, publish: str | pathlib.Path | None = None
   written = []
   for out in [workdir] + ([pathlib.Path(publish)] if publish else []):
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    figure(rows, config["sae"]["k"], out / "figures" / "fvu.png")
+    figure(rows, matched_l0(config), out / "figures" / "fvu.png")
     tables.write_csv(out / "results.csv", rows)
     name = "RESULTS.md" if out != workdir else "results.md"
     (out / name).write_text(page(rows, config) + "\n", encoding="utf-8")

@@ -116,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.quality.lambdas = ml_collections.ConfigDict(
     {lambdas_key(name): "" for name, t in TRAINERS.items() if t[1] in LAMBDA_ARCHITECTURES}
   )
+  # The L0 each λ architecture is read at (0: sae.k), for a model where a family cannot reach
+  # L0 = k at a usable FVU within the budget: every trainer of it is then compared at this L0.
+  c.quality.match_l0 = ml_collections.ConfigDict({a: 0.0 for a in LAMBDA_ARCHITECTURES})
   return c
 
 

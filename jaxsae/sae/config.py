@@ -66,6 +66,11 @@ class SAEConfig:
   jumprelu_bandwidth: ε of the rectangle kernel. The paper's 0.001 is for E‖x̃‖² = 1; here
                     -1 means 0.001·√d, the same value on our E‖x̃‖² = d scale.
   jumprelu_init_threshold: θ₀, with the same convention (-1 means 0.001·√d).
+  jumprelu_fit_threshold: True: θ₀ of each latent is instead the (1 − k/n) quantile of its
+                    pre-activation on the trainer's initial sample, so training starts near
+                    L0 = k rather than with every latent whose pre-activation clears 0.001·√d
+                    firing (~40% of a Gemma 3 CLT's), which the target penalty takes hundreds
+                    of steps to bring down.
   jumprelu_penalty: "l0": λ·L0 (the paper's eq. 10); "target": λ·(2/k)·(L0 − k)² per token,
                     Gemma Scope 2's quadratic penalty around a target L0 of k (as SAELens's
                     "quadratic" mode), so k sets the L0 and λ how firmly.
@@ -121,6 +126,7 @@ class SAEConfig:
   prolu_penalty: str = "l1"
   jumprelu_bandwidth: float = -1.0
   jumprelu_init_threshold: float = -1.0
+  jumprelu_fit_threshold: bool = False
   jumprelu_penalty: str = "l0"
   batchtopk_momentum: float = 0.99
   tied_init: bool = True
@@ -227,6 +233,12 @@ class SAEConfig:
       f"sae.tanh_c={self.tanh_c} must be positive (the tanh penalty's c), or -1 (off)",
     )
     config_check.require(self.aux_alpha >= 0, p, f"sae.aux_alpha={self.aux_alpha} must be >= 0")
+    config_check.require(
+      not self.jumprelu_fit_threshold or self.architecture == "jumprelu",
+      p,
+      f"sae.jumprelu_fit_threshold fits a JumpReLU threshold, which {self.architecture} does "
+      "not have; set it False",
+    )
     config_check.require(
       self.encoder_init_scale == -1 or self.encoder_init_scale > 0,
       p,

@@ -141,6 +141,9 @@ class GroupTrainer:
       scales = jax.lax.map(scale, (variables, self.group.hyper()))
       params = variables["params"]
       variables["params"] = {**params, "W_enc": params["W_enc"] * scales[:, None, None]}
+    if self.group.config.jumprelu_fit_threshold and sample_BxD is not None:
+      variables["params"] = {**variables["params"], "threshold": self.fitted_thresholds(
+        variables, sample_BxD)}  # fmt: skip
     n = (self.group.size, self.group.config.n_latents)
     extras = {
       "buffers": variables.get("buffers", {}),
@@ -149,6 +152,20 @@ class GroupTrainer:
     }
     opt_state = jax.vmap(self.optimizer.init)(variables["params"])
     return variables["params"], opt_state, extras
+
+  def fitted_thresholds(self, variables, sample_BxD: jax.Array) -> jax.Array:
+    """Each member's θ₀ (`jumprelu_fit_threshold`): per latent, the (1 − k/n) quantile of its
+    pre-activation on the sample, so each latent fires on a share k/n of it and a token's L0
+    starts near k; never below the fixed θ₀."""
+    n, floor = self.group.config.n_latents, self.group.config.init_threshold
+
+    def one(args):
+      member, hyper = args
+      pre = self.sae.apply(member, sample_BxD, method=lambda m, x: m.pre_activations(x))
+      share = jnp.clip(hyper.k.astype(jnp.float32) / n, 0.0, 1.0)
+      return jnp.maximum(jnp.quantile(pre, 1.0 - share, axis=0), floor)
+
+    return jax.lax.map(one, (variables, self.group.hyper()))
 
   # ---- loss ---------------------------------------------------------------------------------
   def loss(self, params, buffers, x_BxD, hyper, dead_SxN, target_BxO=None):

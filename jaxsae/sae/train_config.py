@@ -74,6 +74,7 @@ def _defaults() -> ml_collections.ConfigDict:
   c.sae.prolu_penalty = "l1"  # "l1" | "sqrt_l1".
   c.sae.jumprelu_bandwidth = -1.0  # ε; -1: 0.001·√d.
   c.sae.jumprelu_init_threshold = -1.0  # θ₀; -1: 0.001·√d.
+  c.sae.jumprelu_fit_threshold = False  # True: θ₀ per latent from the initial sample (L0 ≈ k).
   # JumpReLU's penalty: "l0" (λ·L0, the paper's) or "target" (λ·(2/k)(L0 − k)², Gemma Scope 2).
   c.sae.jumprelu_penalty = "l0"
   # EMA decay of BatchTopK's inference threshold; 0.99 forgets the first batches' within a
