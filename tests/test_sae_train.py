@@ -391,3 +391,18 @@ def test_the_default_clip_is_saelens_over_d_for_jumprelus_target_penalty(
   mu = next(s.mu for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, "mu")))
   got = float(jnp.sqrt(sum(jnp.sum(m**2) for m in jax.tree.leaves(mu))))
   assert got == pytest.approx(clip, rel=1e-5)
+
+
+def test_a_flag_changes_the_configured_architectures_own_recipe():
+  """--config.sae.<field> on a base_config(arch) reaches the SAE: arch's recipe lives in `sae`
+  only (held in `overrides` too, it silently won over the flag: a CLT's λ was ignored). Other
+  architectures of a sweep still get their own recipes."""
+  c = train_config.base_config("jumprelu")
+  c.sae.sparsity_coefficient = 18.0
+  c.sweep.architecture = ("jumprelu", "relu")
+  groups = {g.name: g.config for g in train_config.plan(c, 16)}
+  assert groups["jumprelu"].sparsity_coefficient == 18.0
+  assert groups["jumprelu"].jumprelu_penalty == "target"  # The rest of the recipe stays.
+  assert groups["relu"].sparsity_coefficient == train_config.RECIPES["relu"]["sparsity_coefficient"]
+  default = train_config.plan(train_config.base_config("jumprelu"), 16)[0].config
+  assert default.sparsity_coefficient == train_config.RECIPES["jumprelu"]["sparsity_coefficient"]

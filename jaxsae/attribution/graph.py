@@ -288,10 +288,15 @@ def _feature_writes(targets, features, activations, L: int, d: int) -> np.ndarra
 @jax.jit
 def _edges(g_emb_BxTxD, g_out_BxLxTxD, writes_FxLxD, positions_F, errors_LxTxD, emb_TxD):
   """The B × (features + errors + tokens) row block of direct effects."""
-  feature_edges = sum(  # One target layer at a time: B × F × d at most in memory.
-    jnp.einsum("bfd,fd->bf", g_out_BxLxTxD[:, j, positions_F], writes_FxLxD[:, j])
-    for j in range(writes_FxLxD.shape[1])
-  )
+
+  def one_layer(edges_BxF, j):  # A scan, so only one B × F × d gather is ever in memory (a
+    # sum over a Python loop let XLA hold all L: 29 GB for Gemma 3's 18 layers and 10k features).
+    g_BxFxD = jax.lax.dynamic_index_in_dim(g_out_BxLxTxD, j, 1, keepdims=False)[:, positions_F]
+    w_FxD = jax.lax.dynamic_index_in_dim(writes_FxLxD, j, 1, keepdims=False)
+    return edges_BxF + jnp.einsum("bfd,fd->bf", g_BxFxD, w_FxD), None
+
+  zeros = jnp.zeros((g_out_BxLxTxD.shape[0], writes_FxLxD.shape[0]), jnp.float32)
+  feature_edges, _ = jax.lax.scan(one_layer, zeros, jnp.arange(writes_FxLxD.shape[1]))
   error_edges = jnp.einsum("bltd,ltd->blt", g_out_BxLxTxD, errors_LxTxD)
   token_edges = jnp.einsum("btd,td->bt", g_emb_BxTxD, emb_TxD)
   return jnp.concatenate([feature_edges, error_edges.reshape(len(g_emb_BxTxD), -1), token_edges], 1)

@@ -46,11 +46,14 @@ RECIPES: dict[str, dict] = {
 
 def base_config(architecture: str = "topk") -> ml_collections.ConfigDict:
   """Every field with its default, `sae` set to `architecture`'s recipe, and every other
-  architecture's recipe in `overrides` (so a sweep over architectures uses each one's own)."""
+  architecture's recipe in `overrides` (so a sweep over architectures uses each one's own).
+  `architecture`'s own recipe is in `sae` only, so `--config.sae.<field>` changes it (held in
+  `overrides` too, the recipe silently won over the flag)."""
   c = _defaults()
   for name, recipe in RECIPES.items():
     for key, value in recipe.items():
-      c.overrides[name][key] = value
+      if name != architecture:
+        c.overrides[name][key] = value
   c.sae.architecture = architecture
   c.sae.update(RECIPES.get(architecture, {}))
   return c
