@@ -52,14 +52,31 @@ class Plan:
   steps: int
   features_per_layer: int
   pairs: int  # Contrast pairs per task (two prompts each).
+  graphs: bool = True  # Whether the task prompts' attribution graphs are computed.
+  why_no_graphs: str = ""  # Said on the page where they are not.
 
 
 PLANS = {
   "default": Plan("The shipped byte model", clt.get_config, (16, 48), 1500, 512, 4),
-  # 400 steps of 256 rows (102k tokens) per dictionary: 2 CPU cores stream ~360 tokens/s through
-  # Gemma's 18 layers into the per-layer set (its forward is most of the step) and ~200 into the
-  # CLT (its 28M-parameter decoder), which with the graphs fits the study's hour.
-  "gemma-3-270m": Plan("Gemma 3 270M", clt_gemma3.get_config, (32, 96), 400, 256, 2),
+  # 400 steps of 256 rows (102k tokens) per dictionary: 2 CPU cores stream ~270 tokens/s through
+  # Gemma's 18 layers into the per-layer set (its forward is most of the step) and fewer into the
+  # CLT (its 28M-parameter decoder). No graphs on CPU: at the L0 400 steps reach (~470 features
+  # per token over the 18 layers), a prompt's graph has ~10k feature nodes, and the first one
+  # had not finished after 9 minutes on 2 cores. --graphs=true computes them anyway.
+  "gemma-3-270m": Plan(
+    "Gemma 3 270M",
+    clt_gemma3.get_config,
+    (32, 96),
+    400,
+    256,
+    2,
+    graphs=False,
+    why_no_graphs=(
+      "Not computed on CPU: at the total L0 400 steps reach, a prompt's graph has ~10k feature "
+      "nodes, and the first one had not finished after 9 minutes on 2 cores (`--graphs=true` "
+      "computes them; a GPU is the place)."
+    ),
+  ),  # fmt: skip
 }
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/attribution_study", "Where results go.")
@@ -72,6 +89,7 @@ _TASKS = flags.DEFINE_list(
   "tasks", ["closing_quote", "bracket_depth", "closing_bracket_type"], "Circuit tasks."
 )
 _PAIRS = flags.DEFINE_integer("pairs", None, "Contrast pairs per task (default: the plan's).")
+_GRAPHS = flags.DEFINE_bool("graphs", None, "Compute the task graphs (default: the plan's).")
 _MAX_LEN = flags.DEFINE_integer("max_len", 64, "Longest prompt, in tokens (the end is kept).")
 _WINDOWS = flags.DEFINE_list(
   "windows", [], "TRAIN,EVAL: the job's training and held-out windows (default: its own)."
@@ -95,6 +113,7 @@ def plan_for(model: str) -> Plan:
     steps=_STEPS.value or p.steps,
     features_per_layer=_FEATURES.value or p.features_per_layer,
     pairs=_PAIRS.value or p.pairs,
+    graphs=p.graphs if _GRAPHS.value is None else _GRAPHS.value,
   )
 
 
@@ -277,14 +296,19 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
     "",
     "### Attribution graphs of circuit tasks",
     "",
-    f"Mean over {2 * plan.pairs} prompts per task (both prompts of the first {plan.pairs} "
-    f"held-out contrast pairs, in the model's own tokens, at most {_MAX_LEN.value} of them), "
-    "pruned at node 0.8 / edge 0.98: active features, the feature nodes and edges pruning "
-    "keeps, and the unpruned graph's replacement and completeness scores.",
-    "",
-    tables.markdown(_without_model(mine["graphs"])),
-    "",
   ]
+  if plan.graphs:
+    lines += [
+      f"Mean over {2 * plan.pairs} prompts per task (both prompts of the first {plan.pairs} "
+      f"held-out contrast pairs, in the model's own tokens, at most {_MAX_LEN.value} of them), "
+      "pruned at node 0.8 / edge 0.98: active features, the feature nodes and edges pruning "
+      "keeps, and the unpruned graph's replacement and completeness scores.",
+      "",
+      tables.markdown(_without_model(mine["graphs"])),
+      "",
+    ]
+  else:
+    lines += [plan.why_no_graphs, ""]
   if model == "default":
     lines += [
       "Pruned weight-sparse circuits of the same tasks (`docs/circuits`: channels of the "
@@ -318,7 +342,8 @@ def page(sections: dict[str, dict], circuits: list[dict], total_s: float) -> str
     "what this run computed: a rerun reuses each finished dictionary and its graphs). Made "
     "from scratch, the dictionaries and graphs took "
     f"{sum(sum(part_seconds(s).values()) for s in sections.values()) / 60:.1f} minutes as "
-    "recorded (each model's part is below).",
+    "recorded when each was made, some while other jobs shared the machine (each model's part "
+    "is below).",
     "",
     "![frontier](figures/frontier.png)",
     "",
@@ -343,7 +368,8 @@ def study_model(model: str, workdir: pathlib.Path) -> dict:
       s["frontier"].append(frontier_row(model, kind, target, out))
       s["layers"] += layer_rows(model, kind, target, out)
       skip_first = config.harvest.skip_first
-      s["graphs"] += graph_rows(lm, model, kind, target, out, prompts, skip_first, run_dir)
+      if plan.graphs:
+        s["graphs"] += graph_rows(lm, model, kind, target, out, prompts, skip_first, run_dir)
   s.update(
     n_layers=lm.config.n_layers, d=lm.config.d_model, batch=config.train.batch_size,
     eval_windows=config.harvest.eval_windows,
