@@ -60,9 +60,7 @@ PLANS = {
   "default": Plan("The shipped byte model", clt.get_config, (16, 48), 1500, 512, 4),
   # 400 steps of 256 rows (102k tokens) per dictionary: 2 CPU cores stream ~270 tokens/s through
   # Gemma's 18 layers into the per-layer set (its forward is most of the step) and fewer into the
-  # CLT (its 28M-parameter decoder). No graphs on CPU: at the L0 400 steps reach (~470 features
-  # per token over the 18 layers), a prompt's graph has ~10k feature nodes, and the first one
-  # had not finished after 9 minutes on 2 cores. --graphs=true computes them anyway.
+  # CLT (its 28M-parameter decoder). Its graphs are off on CPU (why_no_graphs says why).
   "gemma-3-270m": Plan(
     "Gemma 3 270M",
     clt_gemma3.get_config,
@@ -76,7 +74,7 @@ PLANS = {
       "nodes, and the first one had not finished after 9 minutes on 2 cores (`--graphs=true` "
       "computes them; a GPU is the place)."
     ),
-  ),  # fmt: skip
+  ),
 }
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/attribution_study", "Where results go.")

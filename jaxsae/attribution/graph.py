@@ -289,8 +289,9 @@ def _feature_writes(targets, features, activations, L: int, d: int) -> np.ndarra
 def _edges(g_emb_BxTxD, g_out_BxLxTxD, writes_FxLxD, positions_F, errors_LxTxD, emb_TxD):
   """The B × (features + errors + tokens) row block of direct effects."""
 
-  def one_layer(edges_BxF, j):  # A scan, so only one B × F × d gather is ever in memory (a
-    # sum over a Python loop let XLA hold all L: 29 GB for Gemma 3's 18 layers and 10k features).
+  # Summed over target layers in a scan, so only one B × F × d gather is ever in memory (a sum
+  # over a Python loop let XLA hold all L: 29 GB for Gemma 3's 18 layers and 10k features).
+  def one_layer(edges_BxF, j):
     g_BxFxD = jax.lax.dynamic_index_in_dim(g_out_BxLxTxD, j, 1, keepdims=False)[:, positions_F]
     w_FxD = jax.lax.dynamic_index_in_dim(writes_FxLxD, j, 1, keepdims=False)
     return edges_BxF + jnp.einsum("bfd,fd->bf", g_BxFxD, w_FxD), None

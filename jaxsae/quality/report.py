@@ -148,7 +148,7 @@ def page(rows: list[dict], config: dict) -> str:
     "(its L0s are listed).",
   ]
   match = matched_l0(config)
-  other = {a: v for a, v in config.get("quality", {}).get("match_l0", {}).items() if v}
+  other = {a: v for a, v in match.items() if v != s["k"]}
   if other:
     lines.append(
       "- Read at another L0 than k (`quality.match_l0`, where the family does not reach "

@@ -67,10 +67,10 @@ class SAEConfig:
                     -1 means 0.001·√d, the same value on our E‖x̃‖² = d scale.
   jumprelu_init_threshold: θ₀, with the same convention (-1 means 0.001·√d).
   jumprelu_fit_threshold: True: θ₀ of each latent is instead the (1 − k/n) quantile of its
-                    pre-activation on the trainer's initial sample, so training starts near
-                    L0 = k rather than with every latent whose pre-activation clears 0.001·√d
-                    firing (~40% of a Gemma 3 CLT's), which the target penalty takes hundreds
-                    of steps to bring down.
+                    pre-activation on the trainer's initial sample (never below the fixed θ₀),
+                    so training starts near L0 = k rather than with every latent whose
+                    pre-activation clears the fixed θ₀ firing (~40% of a Gemma 3 CLT's), which
+                    the target penalty takes hundreds of steps to bring down.
   jumprelu_penalty: "l0": λ·L0 (the paper's eq. 10); "target": λ·(2/k)·(L0 − k)² per token,
                     Gemma Scope 2's quadratic penalty around a target L0 of k (as SAELens's
                     "quadratic" mode), so k sets the L0 and λ how firmly.

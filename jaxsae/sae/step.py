@@ -121,7 +121,8 @@ class GroupTrainer:
     `sample_BxD` (scaled rows): where `encoder_init_scale` is -1 and the architecture fits it,
     each member's W_enc is scaled to the least-squares fit of its initial reconstruction of
     these rows, or of their targets `target_BxO` (a transcoder's)
-    (`SparseAutoencoder.fitted_encoder_scale`); without it W_enc keeps scale 1."""
+    (`SparseAutoencoder.fitted_encoder_scale`); without it W_enc keeps scale 1. With
+    `jumprelu_fit_threshold`, θ₀ is fitted on them too (`fitted_thresholds`)."""
     x = jnp.zeros((1, self.group.config.d_in), jnp.float32)
 
     def one(seed):
@@ -142,8 +143,8 @@ class GroupTrainer:
       params = variables["params"]
       variables["params"] = {**params, "W_enc": params["W_enc"] * scales[:, None, None]}
     if self.group.config.jumprelu_fit_threshold and sample_BxD is not None:
-      variables["params"] = {**variables["params"], "threshold": self.fitted_thresholds(
-        variables, sample_BxD)}  # fmt: skip
+      thresholds = self.fitted_thresholds(variables, sample_BxD)
+      variables["params"] = {**variables["params"], "threshold": thresholds}
     n = (self.group.size, self.group.config.n_latents)
     extras = {
       "buffers": variables.get("buffers", {}),
