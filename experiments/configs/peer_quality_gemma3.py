@@ -19,7 +19,7 @@ LAMBDAS = {
   "jaxsae_jumprelu": "24,44",
   "saelens_jumprelu_target": "24,44",
   "jaxsae_relu": "0.002,0.004,0.007",
-  "saelens_relu": "1.3,3.2",
+  "saelens_relu": "3.2,10",  # 3.2 → L0 389: SAELens needs a larger λ than d × jaxsae's here.
   "jaxsae_gated": "0.002,0.0007",
   "saelens_gated": "1.3,0.45",
 }
