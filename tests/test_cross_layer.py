@@ -215,6 +215,22 @@ def test_the_tanh_penalty_and_its_gradient_by_hand(architecture):
   )
 
 
+@pytest.mark.parametrize("cross", [True, False])
+def test_the_l0_target_penalty_and_clip_are_in_one_layers_units(cross):
+  """jumprelu_penalty="target": λ·mean_t (2/k)(Σ_l L0_l − k)²/d_out and the default clip
+  1/d_out, with d_out one layer's width: the error is Σ_l of per-layer normalized MSEs, so the
+  penalty is the sum of L per-layer ones (over all layers' L·d_out it was L times too weak)."""
+  sae, v, x = clt("jumprelu", jumprelu_penalty="target", k=5, cross_layer=cross)
+  y = jax.random.normal(jax.random.key(5), (BATCH, L * D_OUT))
+  out = sae.apply(v, x, y, method=lambda m, x, y: m.loss(x, target=y))
+  pre = np.asarray(sae.apply(v, x, method=lambda m, x: m.pre_activations(x)), np.float64)
+  l0 = (pre > np.asarray(v["params"]["threshold"])).sum(-1)
+  assert len(set(l0.tolist())) > 1 and (l0 != 5).any()
+  want = sae.config.sparsity_coefficient * np.mean((2 / 5) * (l0 - 5) ** 2 / D_OUT)
+  np.testing.assert_allclose(out.terms["sparsity"], want, rtol=1e-5)
+  assert sae.default_clip_norm == pytest.approx(1 / D_OUT)
+
+
 def test_one_layer_formats_refuse_a_clt_and_name_its_record():
   from jaxsae.errors import CheckpointError
   from jaxsae.sae import saelens, transcoder_format
@@ -237,15 +253,15 @@ def test_without_cross_layer_writes_the_features_are_per_layer_transcoders(archi
 
   writes = np.abs(np.asarray(jax.jacobian(output)(jnp.ones((1, N)))[0])).reshape(L, D_OUT, N)
   np.testing.assert_array_equal(writes.sum(1).T > 0, np.arange(N)[:, None] % L == np.arange(L))
-  grad = jax.grad(lambda p: sae.apply({**v, "params": p}, x).sum())(v["params"])["W_dec"]
-  blocks = np.abs(np.asarray(grad)).reshape(N, L, D_OUT).sum(-1) > 0
-  assert not blocks[np.arange(N)[:, None] % L != np.arange(L)[None, :]].any()
-  # The block-by-block product is the masked dense one, whatever the other blocks hold.
-  W = jax.random.normal(jax.random.key(3), (N, L * D_OUT))
+  # W_dec holds only the written blocks: row g is what latent g writes to layer g mod L.
+  assert v["params"]["W_dec"].shape == (N, D_OUT)
+  # The block-by-block product is the dense one with each row placed in its own layer's block.
+  W = jax.random.normal(jax.random.key(3), (N, D_OUT))
   z = jax.random.normal(jax.random.key(4), (5, N))
   mask = cross_layer.decoder_mask(jnp.arange(N), L, D_OUT, cross=False)
+  placed = jnp.tile(W, (1, L)) * mask
   np.testing.assert_allclose(
-    cross_layer.own_layer_decode(z, W, L, jnp.matmul), z @ (W * mask), rtol=1e-5, atol=1e-5
+    cross_layer.own_layer_decode(z, W, L, jnp.matmul), z @ placed, rtol=1e-5, atol=1e-5
   )
 
   c, c_y = 0.7, 1.9

@@ -406,3 +406,28 @@ def test_a_flag_changes_the_configured_architectures_own_recipe():
   assert groups["relu"].sparsity_coefficient == train_config.RECIPES["relu"]["sparsity_coefficient"]
   default = train_config.plan(train_config.base_config("jumprelu"), 16)[0].config
   assert default.sparsity_coefficient == train_config.RECIPES["jumprelu"]["sparsity_coefficient"]
+
+
+def test_the_threshold_learning_rate_scale_multiplies_only_thetas_step():
+  """optim.threshold_lr_scale = s: JumpReLU θ's update is s times the one it gets at 1, every
+  other parameter's is unchanged; a bad value is refused by name."""
+  from jaxsae.sae import optim, registry
+  from jaxsae.sae.config import SAEConfig
+
+  sae = registry.build(SAEConfig("jumprelu", d_in=16, n_latents=32))
+  params = {"W_enc": jnp.ones((16, 32)), "W_dec": jnp.ones((32, 16)), "threshold": jnp.ones(32)}
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+  steps = {}
+  for scale in (1.0, 7.0):
+    c = train_config.base_config("jumprelu")
+    c.optim.threshold_lr_scale = scale
+    tx, _ = optim.make_optimizer(c.optim, 100, 32, sae)
+    steps[scale], _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(steps[7.0]["threshold"], 7.0 * steps[1.0]["threshold"], rtol=1e-5)
+  assert float(jnp.abs(steps[1.0]["threshold"]).max()) > 0
+  for name in ("W_enc", "W_dec"):
+    np.testing.assert_array_equal(steps[7.0][name], steps[1.0][name])
+  c = train_config.base_config("jumprelu")
+  c.optim.threshold_lr_scale = 0.0
+  with pytest.raises(ConfigError, match="threshold_lr_scale must be positive"):
+    train_config.validate(c)

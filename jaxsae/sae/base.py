@@ -133,14 +133,15 @@ class SparseAutoencoder(nn.Module):
       )
 
     def decoder_init(key, shape, dtype=jnp.float32):
-      if layers == 1:
+      if layers == 1 or self.own_layer_only:
         return unit_rows(key, shape, dtype) * norm
       w = jax.random.normal(key, shape, jnp.float32) * self.decoder_mask()  # Own layer onwards.
       return (w / jnp.linalg.norm(w, axis=-1, keepdims=True) * norm).astype(dtype)
 
     d_out = cfg.d_target
+    d_written = d_out // layers if self.own_layer_only else d_out
     self.W_dec = self.param(
-      "W_dec", _partitioned(decoder_init, ("latents", "embed")), (self.n_local, d_out)
+      "W_dec", _partitioned(decoder_init, ("latents", "embed")), (self.n_local, d_written)
     )
     self.b_dec = self.param("b_dec", _partitioned(nn.initializers.zeros, ("embed",)), (d_out,))
 
@@ -168,6 +169,12 @@ class SparseAutoencoder(nn.Module):
   def latent_param(self, name: str, value: float) -> jax.Array:
     """A float32 per-latent parameter initialized to `value`."""
     return self.param(name, _partitioned(_constant(value), ("latents",)), (self.n_local,))
+
+  @property
+  def own_layer_only(self) -> bool:
+    """Per-layer transcoders held as one (layers > 1, cross_layer False): W_dec is n × d_out/L,
+    each row the block its latent writes to its own layer (`cross_layer`)."""
+    return self.config.layers > 1 and not self.config.cross_layer
 
   @property
   def n_local(self) -> int:
@@ -239,7 +246,16 @@ class SparseAutoencoder(nn.Module):
   def decoder(self) -> jax.Array:
     """The W_dec the forward pass uses: W_dec, or a CLT's M ⊙ W_dec (no gradient to the zero
     blocks, which so stay zero)."""
-    return self.W_dec if self.config.layers == 1 else self.W_dec * self.decoder_mask()
+    if self.config.layers == 1 or self.own_layer_only:
+      return self.W_dec
+    return self.W_dec * self.decoder_mask()
+
+  def write(self, z_BxN: jax.Array) -> jax.Array:
+    """z W_dec on this shard's latents (before the sum over latent shards and b_dec); per-layer
+    transcoders multiply block by block (`cross_layer.own_layer_decode`)."""
+    if self.own_layer_only:
+      return cross_layer.own_layer_decode(z_BxN, self.W_dec, self.config.layers, self.matmul)
+    return self.matmul(z_BxN, self.decoder)
 
   def output_bias(self, x_BxD: jax.Array | None = None) -> jax.Array:
     """The part of ŷ the latents do not write: b_dec, plus x̃ W_skip with a skip connection."""
@@ -252,12 +268,7 @@ class SparseAutoencoder(nn.Module):
   def decode(self, z_BxN: jax.Array, x_BxD: jax.Array | None = None) -> jax.Array:
     """ŷ = z W_dec + b_dec (+ x̃ W_skip, which needs the input x̃); partial products summed
     over latent shards."""
-    cfg = self.config
-    if cfg.layers > 1 and not cfg.cross_layer:  # Per-layer transcoders: their own blocks only.
-      y = cross_layer.own_layer_decode(z_BxN, self.W_dec, cfg.layers, self.matmul)
-    else:
-      y = self.matmul(z_BxN, self.decoder)
-    return self.axes.sum_latents(y) + self.output_bias(x_BxD)
+    return self.axes.sum_latents(self.write(z_BxN)) + self.output_bias(x_BxD)
 
   def __call__(self, x_BxD: jax.Array) -> jax.Array:
     """The reconstruction (an SAE) or prediction (a transcoder) at inference."""

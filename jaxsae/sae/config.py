@@ -48,7 +48,8 @@ class SAEConfig:
                     layer l reads x_l and writes y_l′ for every l′ ≥ l. 1: one site.
   cross_layer:      with layers > 1, False keeps each feature to its own layer (l′ = l):
                     per-layer transcoders of every layer, trained together from one forward
-                    pass (their loss is the same sum of per-layer normalized errors).
+                    pass (their loss is the same sum of per-layer normalized errors; W_dec
+                    is n × d_out/L, each row its own layer's block).
   n_latents:        dictionary size n.
   k:                active latents per token (topk; batchtopk keeps k·B over a batch of B).
   k_aux:            AuxK: how many dead latents reconstruct the residual; 0 turns AuxK off;
@@ -157,6 +158,11 @@ class SAEConfig:
   def d_layer(self) -> int:
     """Width of one layer's input: d_in, or d_in / L for a cross-layer transcoder."""
     return self.d_in // self.layers
+
+  @property
+  def d_layer_out(self) -> int:
+    """Width of one layer's target: d_target, or d_target / L for a cross-layer transcoder."""
+    return self.d_target // self.layers
 
   @property
   def aux_k(self) -> int:

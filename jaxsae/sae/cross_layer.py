@@ -19,11 +19,14 @@ checkpoints and evaluations need nothing new:
   writes to every layer, with the blocks of layers before its own held at zero: the decoder
   used is M ⊙ W_dec (`decoder_mask`), so those blocks get no gradient and stay at zero.
 
-With `cross_layer` False the mask keeps only each feature's own block: per-layer transcoders
-of all L layers, trained together from one forward pass (their record is a list of
-`Transcoder`s). They decode block by block (`own_layer_decode`): L products of B × n/L · n/L × d,
-1/L of the dense product's FLOPs; the zero blocks still cost (L − 1)/L of the decoder's memory
-and of Adam's elementwise pass, which keeps one parameter layout for both kinds.
+With `cross_layer` False each feature writes its own layer only: per-layer transcoders of all L
+layers, trained together from one forward pass (their record is a list of `Transcoder`s). Their
+W_dec is n × d_out, row g the block latent g writes to layer g mod L (no zero blocks: a CLT's
+layout would hold (L − 1)/L of the decoder at zero, and Adam, the gather's gradient and the
+row norms would pay for them). They decode block by block (`own_layer_decode`): L products of
+B × n/L · n/L × d_out, 1/L of a CLT's dense product's FLOPs. At Gemma 3 270M's 18 × 256
+features, batch 256, that took a step's loss, gradient and Adam update from 353 ms (the zero
+blocks kept) to the figure in `docs/attribution/RESULTS.md`'s speed table.
 
 Decoder row norms are so over all target layers, as the tanh and L1 penalties and the unit-norm
 constraint want. The price of the plain matrix is the zero blocks: (L − 1)/2L of the decoder
@@ -92,14 +95,13 @@ def pre_activations(x_BxLD: jax.Array, W_enc_DxN: jax.Array, layers: int, matmul
   return out.reshape(B, -1)
 
 
-def own_layer_decode(z_BxN: jax.Array, W_dec_NxLD: jax.Array, layers: int, matmul) -> jax.Array:
+def own_layer_decode(z_BxN: jax.Array, W_dec_NxD: jax.Array, layers: int, matmul) -> jax.Array:
   """ŷ_l = z_l W_dec^{l→l} (before b_dec) for per-layer transcoders: each layer's features times
-  their own block only, B × L·d_out, latents in the local order. Equal to z (M ⊙ W_dec) with the
-  own-layer M; the gather gives the other blocks no gradient, as the mask does."""
+  their own rows (W_dec n × d_out, row g written to layer g mod L), B × L·d_out, latents in the
+  local order. Equal to z (M ⊙ W) for the n × L·d_out W holding row g in block g mod L."""
   B, n = z_BxN.shape
-  F, d = n // layers, W_dec_NxLD.shape[1] // layers
-  own = jnp.arange(layers)
-  W_FxLxD = W_dec_NxLD.reshape(F, layers, layers, d)[:, own, own, :]  # Block (l → l) of row f·L+l.
+  F, d = n // layers, W_dec_NxD.shape[1]
+  W_FxLxD = W_dec_NxD.reshape(F, layers, d)  # Row f·L + l: feature f of layer l.
   z_BxFxL = z_BxN.reshape(B, F, layers)
   y_BxLxD = jax.vmap(matmul, in_axes=(2, 1), out_axes=1)(z_BxFxL, W_FxLxD)
   return y_BxLxD.reshape(B, layers * d)
@@ -133,30 +135,33 @@ def record(
   c_y = c if target_scale is None else float(target_scale)
   p = {k: np.asarray(v, np.float32) for k, v in params.items()}
   d_out = config.d_target // L
+  W_enc = [p["W_enc"][:, l::L] * c for l in range(L)]  # Latent f·L + l: feature f of layer l.
+  b_enc = [p["b_enc"][l::L] for l in range(L)]
+  threshold = [p["threshold"][l::L] for l in range(L)] if "threshold" in p else None
+  b_dec = p["b_dec"].reshape(L, d_out) / c_y
+  if not config.cross_layer:  # Row f·L + l of W_dec (n × d_out): its own layer's block.
+    hook = lambda names, l: names[l] if names else None  # noqa: E731
+    return [
+      Transcoder(
+        W_enc=W_enc[l],
+        b_enc=b_enc[l],
+        W_dec=p["W_dec"][l::L] / c_y,
+        b_dec=b_dec[l],
+        activation=config.architecture,
+        threshold=None if threshold is None else threshold[l],
+        input_hook=hook(input_hooks, l),
+        output_hook=hook(output_hooks, l),
+      )
+      for l in range(L)
+    ]
   W_dec = p["W_dec"].reshape(-1, L, L, d_out)  # feature, layer read, layer written, d_out
-  clt = CrossLayerTranscoder(
-    W_enc=np.stack([p["W_enc"][:, l::L] * c for l in range(L)]),
-    b_enc=np.stack([p["b_enc"][l::L] for l in range(L)]),
+  return CrossLayerTranscoder(
+    W_enc=np.stack(W_enc),
+    b_enc=np.stack(b_enc),
     W_dec=tuple(W_dec[:, l, l:] / c_y for l in range(L)),
-    b_dec=p["b_dec"].reshape(L, d_out) / c_y,
+    b_dec=b_dec,
     activation=config.architecture,
-    threshold=np.stack([p["threshold"][l::L] for l in range(L)]) if "threshold" in p else None,
+    threshold=None if threshold is None else np.stack(threshold),
     input_hooks=tuple(input_hooks),
     output_hooks=tuple(output_hooks),
   )
-  if config.cross_layer:
-    return clt
-  hook = lambda names, l: names[l] if names else None  # noqa: E731
-  return [  # Each layer's own block of the decoder: the only one it writes.
-    Transcoder(
-      W_enc=clt.W_enc[l],
-      b_enc=clt.b_enc[l],
-      W_dec=clt.W_dec[l][:, 0],
-      b_dec=clt.b_dec[l],
-      activation=clt.activation,
-      threshold=None if clt.threshold is None else clt.threshold[l],
-      input_hook=hook(clt.input_hooks, l),
-      output_hook=hook(clt.output_hooks, l),
-    )
-    for l in range(L)
-  ]

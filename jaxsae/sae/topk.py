@@ -115,9 +115,7 @@ class TopKSAE(SparseAutoencoder):
     """(L_aux, number of dead latents): the dead latents' top-k_aux reconstruct the residual."""
     dead_pre = jnp.where(dead_N, pre_BxN, -jnp.inf)
     z_aux = top_k_latents(dead_pre, self._k_aux, self._k_aux, self.axes)  # Live: ReLU(-inf) = 0.
-    return self._aux_ratio(
-      x_BxD, x_hat_BxD, self.axes.sum_latents(self.matmul(z_aux, self.decoder)), dead_N
-    )
+    return self._aux_ratio(x_BxD, x_hat_BxD, self.axes.sum_latents(self.write(z_aux)), dead_N)
 
   @property
   def _k_aux(self) -> int:

@@ -171,6 +171,10 @@ def _defaults() -> ml_collections.ConfigDict:
   # Per-SAE global gradient-norm clip; 0: none; -1: the architecture's (1; 1/d for JumpReLU's
   # target penalty, SAELens's clip of 1 on an error summed over d, as `jumprelu.py` explains).
   c.optim.clip_norm = -1.0
+  # JumpReLU θ's learning rate as a multiple of lr. Under Adam every W_enc entry of a latent
+  # moves by about lr a step, so its pre-activation can move by lr·‖x̃‖ ≈ lr·√d while θ moves by
+  # lr: short runs leave L0 where the encoder's growth puts it (`clt_gemma3.py`).
+  c.optim.threshold_lr_scale = 1.0
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis; -1: all that `model` leaves.
@@ -280,6 +284,11 @@ def _check_values(c, p: list[str], d_in: int | None, d_out: int | None = None) -
   req(c.optim.b1 == -1 or 0 <= c.optim.b1 < 1, p, "optim.b1 must be in [0, 1) (or -1)")
   req(0 <= c.optim.b2 < 1, p, "optim.b2 must be in [0, 1)")
   req(c.optim.eps > 0, p, "optim.eps must be positive")
+  req(
+    c.optim.get("threshold_lr_scale", 1.0) > 0,
+    p,
+    "optim.threshold_lr_scale must be positive (1: θ at the learning rate of the rest)",
+  )
   req(
     c.optim.clip_norm == -1 or c.optim.clip_norm >= 0,
     p,
