@@ -21,7 +21,7 @@ LAMBDAS = {
   "jaxsae_relu": "0.002,0.004,0.007",
   "saelens_relu": "3.2,10",  # 3.2 → L0 389: SAELens needs a larger λ than d × jaxsae's here.
   "jaxsae_gated": "0.002,0.0007",
-  "saelens_gated": "1.3,4,12",  # 1.3 → L0 797: as for ReLU, λ well above d × jaxsae's.
+  "saelens_gated": "1.3,4,12,40",  # 1.3 → L0 797, 12 → 201: λ far above d × jaxsae's.
 }
 # ReLU and Gated are compared at L0 = 128, not k = 32. On these rows, scaled to E‖x‖² = d, the
 # mean is 94% of ‖x‖² (the centered rows' norm is ~5.4 of √640 ≈ 25), and one direction holds
