@@ -25,8 +25,8 @@ W_dec is n × d_out, row g the block latent g writes to layer g mod L (no zero b
 layout would hold (L − 1)/L of the decoder at zero, and Adam, the gather's gradient and the
 row norms would pay for them). They decode block by block (`own_layer_decode`): L products of
 B × n/L · n/L × d_out, 1/L of a CLT's dense product's FLOPs. At Gemma 3 270M's 18 × 256
-features, batch 256, that took a step's loss, gradient and Adam update from 353 ms (the zero
-blocks kept) to the figure in `docs/attribution/RESULTS.md`'s speed table.
+features, batch 256, that took a training step from 353 ms (zero blocks kept) to 118 ms
+(`docs/attribution/RESULTS.md`'s speed table, beside sparsify's 18 transcoders at 42 ms).
 
 Decoder row norms are so over all target layers, as the tanh and L1 penalties and the unit-norm
 constraint want. The price of the plain matrix is the zero blocks: (L − 1)/2L of the decoder
