@@ -139,7 +139,7 @@ class SparseAutoencoder(nn.Module):
       return (w / jnp.linalg.norm(w, axis=-1, keepdims=True) * norm).astype(dtype)
 
     d_out = cfg.d_target
-    d_written = d_out // layers if self.own_layer_only else d_out
+    d_written = cfg.d_layer_out if self.own_layer_only else d_out
     self.W_dec = self.param(
       "W_dec", _partitioned(decoder_init, ("latents", "embed")), (self.n_local, d_written)
     )
@@ -238,7 +238,7 @@ class SparseAutoencoder(nn.Module):
     return cross_layer.decoder_mask(
       index,
       self.config.layers,
-      self.config.d_target // self.config.layers,
+      self.config.d_layer_out,
       self.config.cross_layer,
     )
 

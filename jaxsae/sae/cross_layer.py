@@ -134,7 +134,7 @@ def record(
   L, c = config.layers, float(scale)
   c_y = c if target_scale is None else float(target_scale)
   p = {k: np.asarray(v, np.float32) for k, v in params.items()}
-  d_out = config.d_target // L
+  d_out = config.d_layer_out
   W_enc = [p["W_enc"][:, l::L] * c for l in range(L)]  # Latent f·L + l: feature f of layer l.
   b_enc = [p["b_enc"][l::L] for l in range(L)]
   threshold = [p["threshold"][l::L] for l in range(L)] if "threshold" in p else None

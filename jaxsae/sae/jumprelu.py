@@ -13,8 +13,9 @@ per-layer transcoders (`cross_layer`) d is one layer's width: the error there is
 layer's normalized MSE, SAELens's per-layer error over d, so the penalty on the total L0 against
 a total k is the sum of L per-layer penalties in the same units. (Dividing by all layers' L·d
 made it L times too weak: at Gemma 3 270M's 18 layers the penalty was 0.17 against an error of
-17 at L0 194 for k = 32, and a per-layer set's L0 rose from 56 to 900 in 50 steps.) With `tanh_c` = c > 0
-the sparsity term is instead λ Σ_i tanh(c·z_i·‖w_i‖) (Circuit Tracing's, for CLTs).
+17 at L0 194 for k = 32, and a per-layer set's L0 rose from 56 to 900 in 50 steps.) With
+`tanh_c` = c > 0 the sparsity term is instead λ Σ_i tanh(c·z_i·‖w_i‖) (Circuit Tracing's, for
+CLTs).
 
 Both functions use the straight-through pseudo-derivatives of `nonlinearities` (rectangle
 kernel, bandwidth ε); the step acts on the pre-activations. The paper's ε = θ₀ = 0.001 are for

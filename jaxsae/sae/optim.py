@@ -3,7 +3,7 @@
     chain(project_decoder_gradients,        g_i ← g_i − ⟨g_i, w_i⟩ w_i   (unit-norm decoders)
           clip_by_global_norm(1.0),
           adam(schedule, b1, b2, eps),      eps 6.25e-10 (OpenAI TopK code)
-          scale_update("threshold", s),     JumpReLU θ's lr × optim.threshold_lr_scale
+          masked(scale(s), threshold),     JumpReLU θ's lr × optim.threshold_lr_scale
           constrain(sae.constrain))         W_dec rows renormalized, JumpReLU θ ≥ 0
 
 The last transform turns "take the step, then project" into an optax update: u ← Π(w + u) − w.
@@ -74,18 +74,6 @@ def project_decoder_gradients() -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def scale_update(name: str, factor: float) -> optax.GradientTransformation:
-  """Multiply parameter `name`'s update by `factor`: its learning rate times `factor` (a no-op
-  where the parameter does not exist)."""
-
-  def update(updates, state, params=None):
-    if name not in updates:
-      return updates, state
-    return {**updates, name: updates[name] * factor}, state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
 def constrain(project: Callable[[dict], dict]) -> optax.GradientTransformation:
   """Make the update land on the constraint set: u ← project(w + u) − w."""
 
@@ -111,7 +99,8 @@ def make_optimizer(
     parts.append(optax.clip_by_global_norm(clip))
   parts.append(optax.adam(schedule, b1=b1, b2=optim.b2, eps=optim.eps))
   threshold_scale = optim.get("threshold_lr_scale", 1.0)
-  if threshold_scale != 1.0:
-    parts.append(scale_update("threshold", threshold_scale))
+  if threshold_scale != 1.0:  # θ's update only (JumpReLU; no-op for architectures without θ).
+    only_threshold = lambda params: {name: name == "threshold" for name in params}  # noqa: E731
+    parts.append(optax.masked(optax.scale(threshold_scale), only_threshold))
   parts.append(constrain(sae.constrain))
   return optax.chain(*parts), schedule
