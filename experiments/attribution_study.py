@@ -10,17 +10,17 @@ the byte model), and each training step beside sparsify's per-layer transcoders.
 aborts in XLA's CPU all-reduce, "Termination timeout ... only 1 of them arrived"; one device
 runs it.)
 
-Each dictionary is the CLT job's (`jaxsae/clt_job.py`, JumpReLU, trained streamed from the model;
-Gemma's windows and sizes are experiments/configs/clt_gemma3.py's), once with
-`clt.cross_layer=False` (per-layer transcoders) and once without, at each target total L0 of the
-model's plan (`PLANS`; --targets, --steps, --features_per_layer and --pairs override every
-model's). Graphs: the first pairs of each task of --tasks from the model's held-out text
+The dictionaries are the CLT job's (`jaxsae/clt_job.py`, JumpReLU, trained streamed from the
+model; Gemma's windows and sizes are experiments/configs/clt_gemma3.py's): per-layer transcoders
+(`cross_layer=False`) and a CLT at each target total L0 of the model's plan (`PLANS`; --targets,
+--steps, --features_per_layer and --pairs override every model's), all trained by one sweep from
+the same forward passes. Graphs: the first pairs of each task of --tasks from the model's held-out text
 (`jaxsae.sparse.task_suite`, with the model's own tokenizer), both prompts of a pair, pruned at
 circuit-tracer's thresholds; the weight-sparse circuits are the rows of --circuits
 (docs/circuits/results.csv, `experiments.prune`). Writes RESULTS.md, frontier.csv, layers.csv,
-graphs.csv, speed.csv and figures/frontier.png to the workdir (and --publish). Every dictionary
-and its graphs resume from their folder (the byte model's in the workdir, others' in
-<workdir>/<model>).
+graphs.csv, speed.csv and figures/frontier.png to the workdir (and --publish). The sweep
+(`dictionaries/`) and each dictionary's graphs (`graphs/<kind>_l0_<target>/`) resume from their
+folders (the byte model's in the workdir, others' in <workdir>/<model>).
 """
 
 import csv
@@ -57,29 +57,15 @@ class Plan:
   features_per_layer: int
   pairs: int  # Contrast pairs per task (two prompts each).
   graphs: bool = True  # Whether the task prompts' attribution graphs are computed.
-  why_no_graphs: str = ""  # Said on the page where they are not.
 
 
 PLANS = {
   "default": Plan("The shipped byte model", clt.get_config, (16, 48), 1500, 512, 4),
-  # 400 steps of 256 rows (102k tokens) per dictionary: 2 CPU cores stream ~270 tokens/s through
-  # Gemma's 18 layers into the per-layer set (its forward is most of the step) and fewer into the
-  # CLT (its 28M-parameter decoder). Its graphs are off on CPU (why_no_graphs says why).
-  "gemma-3-270m": Plan(
-    "Gemma 3 270M",
-    clt_gemma3.get_config,
-    (32, 96),
-    400,
-    256,
-    2,
-    graphs=False,
-    why_no_graphs=(
-      "Not computed on CPU: a prompt's graph has a node per active feature and token, and the "
-      "first one tried (~10k feature nodes, at the total L0 of ~470 an earlier recipe reached) "
-      "had not finished after 9 minutes on 2 cores; the 3 tasks' 8 prompts for 4 dictionaries "
-      "are 96 graphs (`--graphs=true` computes them; a GPU is the place)."
-    ),
-  ),
+  # 400 steps of 256 rows (102k tokens), one sweep for all four dictionaries: 2 CPU cores run
+  # Gemma's 18 layers at ~430 rows/s (most of a per-layer set's step); the CLTs' 28M-parameter
+  # decoders take most of the rest. A graph of a prompt of ≤ 20 Gemma tokens (~500–900 feature
+  # nodes at total L0 ~55) takes 13–35 s.
+  "gemma-3-270m": Plan("Gemma 3 270M", clt_gemma3.get_config, (32, 96), 400, 256, 2),
 }
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/attribution_study", "Where results go.")
@@ -120,26 +106,36 @@ def plan_for(model: str) -> Plan:
   )
 
 
-def job_config(plan: Plan, kind: str, target: int) -> ml_collections.ConfigDict:
+def job_config(plan: Plan) -> ml_collections.ConfigDict:
+  """The CLT job's config for a model's four dictionaries: per-layer transcoders and a CLT at
+  each target, trained by one sweep from the same forward passes (`clt_job.run`)."""
   c = plan.config()
-  c.clt.cross_layer, c.clt.prompts = KINDS[kind], ()
+  c.clt.prompts = ()
   c.clt.features_per_layer = plan.features_per_layer
-  c.sae.k, c.train.steps = target, plan.steps
+  c.train.steps = plan.steps
+  c.sweep.architecture, c.sweep.k = tuple(KINDS), plan.targets
+  c.variants = {
+    kind: {"architecture": c.sae.architecture, "cross_layer": cross}
+    for kind, cross in KINDS.items()
+  }
   if _WINDOWS.value:
     c.harvest.train_windows, c.harvest.eval_windows = (int(w) for w in _WINDOWS.value)
   return c
 
 
-def train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
-  """One dictionary and its replacement-model report (cached in workdir/results.json)."""
+def train(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, dict]:
+  """The model's dictionaries and their replacement-model reports, by (kind, target) (cached in
+  workdir/results.json)."""
   done = workdir / "results.json"
-  if done.exists():
-    return json.loads(done.read_text())
-  start = time.perf_counter()
-  out = clt_job.run(config, workdir)
-  out["wall_s"] = time.perf_counter() - start
-  done.write_text(json.dumps(out, indent=2, default=float))
-  return out
+  if not done.exists():
+    reports = clt_job.run(config, workdir)
+    done.write_text(json.dumps(list(reports.values()), indent=2, default=float))
+  reports = json.loads(done.read_text())
+  return {(kind_of(r), r["target_l0"]): r for r in reports}
+
+
+def kind_of(report: dict) -> str:
+  return next(kind for kind, cross in KINDS.items() if cross == report["cross_layer"])
 
 
 def frontier_row(model: str, kind: str, target: int, out: dict) -> dict:
@@ -150,7 +146,7 @@ def frontier_row(model: str, kind: str, target: int, out: dict) -> dict:
     "best_layer_fvu": min(fvus), "worst_layer_fvu": max(fvus),
     "ce_original": out["ce_original"], "ce_replacement": out["ce_replacement"],
     "delta_ce": out["layers"][0]["delta_ce"], "kl": out["layers"][0]["kl"],
-    "train_s": out["train_s"], "wall_s": out["wall_s"],
+    "eval_s": out["eval_s"],
   }  # fmt: skip
 
 
@@ -192,6 +188,7 @@ def graph_rows(lm, model, kind, target, out, prompts, skip_first, workdir) -> li
       "kept_edges": mean[2], "replacement": mean[3], "completeness": mean[4],
       "seconds_per_graph": (time.perf_counter() - start) / len(prompt_list),
     })  # fmt: skip
+  workdir.mkdir(parents=True, exist_ok=True)
   done.write_text(json.dumps(rows, indent=2, default=float))
   return rows
 
@@ -266,9 +263,10 @@ def layer_table(layers: list[dict]) -> list[dict]:
 
 def part_seconds(s: dict) -> dict[str, float]:
   """A model's part of the study as recorded when each piece was made (cached pieces keep
-  their first run's times): its dictionaries (training and evaluation) and its graphs."""
+  their first run's times): its dictionaries (the one training pass and each evaluation) and its
+  graphs."""
   return {
-    "dictionaries": sum(r["wall_s"] for r in s["frontier"]),
+    "dictionaries": s["train_s"] + sum(r["eval_s"] for r in s["frontier"]),
     "graphs": sum(r["seconds_per_graph"] * r["prompts"] for r in s["graphs"]),
   }
 
@@ -281,15 +279,16 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
     f"## {plan.title}",
     "",
     f"This part took {sum(took.values()) / 60:.1f} minutes of computing as recorded: "
-    f"{took['dictionaries'] / 60:.1f} training and evaluating the dictionaries, "
+    f"{took['dictionaries'] / 60:.1f} training and evaluating the dictionaries (training "
+    f"{s['train_s'] / 60:.1f}), "
     f"{took['graphs'] / 60:.1f} computing the graphs.",
     "",
     f"JumpReLU dictionaries of all {s['n_layers']} MLPs ({plan.features_per_layer} features per "
     f"layer, {plan.steps} steps of {s['batch']:,} rows streamed from the model; "
     f"`{s['config']}`), per-layer transcoders (`clt.cross_layer=False`) and a CLT, at each "
-    f"target total L0. FVU and L0 on {s['eval_windows']} held-out windows; CE and KL of the "
-    "replacement model without error terms. Wall seconds per dictionary: its training and its "
-    "replacement-model evaluation.",
+    "target total L0, all four trained by one sweep from the same forward passes. FVU and L0 "
+    f"on {s['eval_windows']} held-out windows; CE and KL of the replacement model without "
+    "error terms; eval_s: the seconds of that evaluation.",
     "",
     tables.markdown(_without_model(mine["frontier"])),
     "",
@@ -311,7 +310,7 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
       "",
     ]
   else:
-    lines += [plan.why_no_graphs, ""]
+    lines += ["Not computed in this run (`--graphs=false`).", ""]
   if model == "default":
     lines += [
       "Pruned weight-sparse circuits of the same tasks (`docs/circuits`: channels of the "
@@ -363,20 +362,21 @@ def study_model(model: str, workdir: pathlib.Path) -> dict:
   lm = pretrained.load(model)
   prompts = task_prompts(lm, plan.pairs)
   home = workdir if model == "default" else workdir / model
+  config = job_config(plan)
+  reports = train(config, home / "dictionaries")
   s = {"plan": plan, "frontier": [], "layers": [], "graphs": []}
   for kind in KINDS:
     for target in plan.targets:
-      config = job_config(plan, kind, target)
-      run_dir = home / f"{kind}_l0_{target}"
-      out = train(config, run_dir)
+      out = reports[kind, target]
       s["frontier"].append(frontier_row(model, kind, target, out))
       s["layers"] += layer_rows(model, kind, target, out)
-      skip_first = config.harvest.skip_first
       if plan.graphs:
+        run_dir = home / "graphs" / f"{kind}_l0_{target}"
+        skip_first = config.harvest.skip_first
         s["graphs"] += graph_rows(lm, model, kind, target, out, prompts, skip_first, run_dir)
   s.update(
     n_layers=lm.config.n_layers, d=lm.config.d_model, batch=config.train.batch_size,
-    eval_windows=config.harvest.eval_windows,
+    eval_windows=config.harvest.eval_windows, train_s=next(iter(reports.values()))["train_s"],
     config=f"experiments/configs/{plan.config.__module__.rsplit('.', 1)[-1]}.py",
   )  # fmt: skip
   s["speed"] = speed_rows(model, lm, plan, config.train.batch_size)

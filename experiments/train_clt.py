@@ -5,7 +5,9 @@
 
 Writes <workdir>/clt (circuit-tracer's CLT files), results.md and results.json: per-layer FVU
 and L0 on held-out windows, the replacement model's CE, ΔCE and KL, and the attribution
-graphs of `clt.prompts` (size, kept nodes and edges, replacement and completeness scores).
+graphs of `clt.prompts` (size, kept nodes and edges, replacement and completeness scores). A
+sweep (`--config.sweep.k=16,48`, or variants: `jaxsae.clt_job`) trains several from the same
+forward passes and writes each to <workdir>/<name>.
 """
 
 import json
@@ -19,13 +21,16 @@ from jaxsae import cli, clt_job
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "clt.py")
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "CLT job config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/clt", "Directory for checkpoints and results.")
+_SUMMARY = ("ce_original", "ce_replacement", "train_s", "eval_s")
 
 
 def main(argv):
   del argv
-  out = clt_job.run(_CONFIG.value, _WORKDIR.value)
-  print((pathlib.Path(_WORKDIR.value) / "results.md").read_text())
-  print(json.dumps({k: out[k] for k in ("ce_original", "ce_replacement", "train_s")}))
+  reports = clt_job.run(_CONFIG.value, _WORKDIR.value)
+  workdir = pathlib.Path(_WORKDIR.value)
+  for name, out in reports.items():
+    print(((workdir if len(reports) == 1 else workdir / name) / "results.md").read_text())
+    print(json.dumps({"dictionary": name, **{k: out[k] for k in _SUMMARY}}))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,23 @@ No store of every layer is written: `StreamingSource` runs the model for each ba
 with `clt`: the sites and the features per layer; `sae.n_latents` is set to L × that and
 `sae.layers` to L. The CLT is JumpReLU or ReLU (circuit-tracer's CLT activations), with the
 recipe of its architecture (`train_config.RECIPES`).
+
+A sweep trains several dictionaries from the same forward passes, e.g. a CLT and per-layer
+transcoders at two targets:
+
+    sweep.architecture = ("per-layer", "cross-layer"); sweep.k = (32, 96)
+    variants = {"per-layer": dict(architecture="jumprelu", cross_layer=False),
+                "cross-layer": dict(architecture="jumprelu", cross_layer=True)}
+
+On Gemma 3 270M the forward pass is most of a per-layer set's step, so one pass for four
+dictionaries costs about what two alone did.
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
+import re
 import time
 
 import ml_collections
@@ -28,7 +39,7 @@ from jaxsae.attribution import prune as prune_lib
 from jaxsae.errors import ConfigError
 from jaxsae.evals import replacement
 from jaxsae.models import pretrained
-from jaxsae.sae import cross_layer
+from jaxsae.sae import cross_layer, train_config
 from jaxsae.sae import train as train_lib
 from jaxsae.sae.zoo import circuit_tracer
 
@@ -57,18 +68,29 @@ def _without_clt(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
 def validate(config: ml_collections.ConfigDict) -> None:
   main_job.validate(_without_clt(config))
   p = []
-  arch = config.sae.architecture
-  config_check.require(
-    arch in ("jumprelu", "relu"),
-    p,
-    f"sae.architecture={arch!r}: circuit-tracer's CLTs are jumprelu or relu; choose one",
-  )
+  variants = train_config.variants(config)
+  for name in config.sweep.architecture or (config.sae.architecture,):
+    arch = variants.get(name, {}).get("architecture", name)
+    where = f"variants.{name}.architecture" if name in variants else "sae.architecture"
+    config_check.require(
+      arch in ("jumprelu", "relu"),
+      p,
+      f"{where}={arch!r}: circuit-tracer's CLTs are jumprelu or relu; choose one",
+    )
   config_check.require(config.clt.features_per_layer >= 1, p, "clt.features_per_layer must be ≥ 1")
   if p:
     raise ConfigError(p)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, dict]:
+  """Train every dictionary of `config` in one streamed pass, write each in circuit-tracer's
+  format and report its replacement model and graphs: {name: report}.
+
+  One dictionary (no sweep) is named after its architecture and written to `workdir`. A sweep
+  (`sweep.k`: several target L0s; `variants` with `cross_layer` True and False: a CLT and
+  per-layer transcoders) trains all of them from the same forward passes, in one jitted step,
+  so the model runs once however many there are; each is written to `workdir/<name>` (its label,
+  e.g. `per-layer_k32`) and its report carries the pass's `train_s`."""
   validate(config)
   sharding.initialize_distributed(config.mesh.distributed)
   workdir = pathlib.Path(workdir)
@@ -93,47 +115,72 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
   start = time.perf_counter()
   result = train_lib.train(sae, workdir / "train", source, progress_desc="train clt")
   train_s = time.perf_counter() - start
-  group = result.groups[0]
-  params = result.member_params(group.name)
-  record = cross_layer.record(group.config, params, result.scale, result.target_scale, ins, outs)
-  if config.clt.cross_layer:
-    folder = circuit_tracer.write_clt(workdir / "clt", record, model_name=str(h.model))
+  members = [(g, i) for g in result.groups for i in range(g.size)]
+  reports = {}
+  for group, index in members:
+    name = dictionary_name(group.labels[index] or group.name)
+    folder = workdir if len(members) == 1 else workdir / name
+    reports[name] = _report(
+      config, lm, windows["validation"], result, group, index, folder, (ins, outs), train_s
+    )
+  return reports
+
+
+def dictionary_name(label: str) -> str:
+  """A sweep member's label as a folder name: "per-layer[k=32]" → "per-layer_k32"."""
+  return re.sub(r"[\[\],]+", "_", label.replace("=", "")).strip("_")
+
+
+def _report(config, lm, windows, result, group, index, folder, hooks, train_s) -> dict:
+  """One trained dictionary: its circuit-tracer files, replacement model and graphs."""
+  start, h, (ins, outs) = time.perf_counter(), config.harvest, hooks
+  member_config = group.member_config(index)
+  params = result.member_params(group.name, index)
+  record = cross_layer.record(member_config, params, result.scale, result.target_scale, ins, outs)
+  if member_config.cross_layer:
+    written = circuit_tracer.write_clt(folder / "clt", record, model_name=str(h.model))
   else:
     by_layer = dict(enumerate(record))
-    folder = circuit_tracer.write_set(workdir / "transcoders", by_layer, model_name=str(h.model))
-  report = replacement.evaluate(lm, record, windows["validation"], skip_first=h.skip_first)
-  graphs = []
-  for prompt in config.clt.prompts:
-    tokens = np.asarray(lm.tokenizer.encode(prompt), np.int32)
-    g = graph_lib.compute(lm, record, tokens, skip_first=h.skip_first)
-    pruned = prune_lib.prune(g)
-    scores = prune_lib.scores(g)
-    top = lm.tokenizer.decode([int(g.logit_tokens[0])])
-    graphs.append({
-      "prompt": repr(prompt), "top logit": repr(top), "p": float(g.logit_probabilities[0]),
-      "features": g.n_features, "kept nodes": int(pruned.node_mask.sum()),
-      "kept edges": int(pruned.edge_mask.sum()), "replacement": scores["replacement"],
-      "completeness": scores["completeness"],
-    })  # fmt: skip
+    written = circuit_tracer.write_set(folder / "transcoders", by_layer, model_name=str(h.model))
+  report = replacement.evaluate(lm, record, windows, skip_first=h.skip_first)
+  graphs = [_graph_row(lm, record, prompt, h.skip_first) for prompt in config.clt.prompts]
   out = {
     "layers": report.rows(),
     "graphs": graphs,
     "train_s": train_s,
-    "dictionaries": str(folder),
+    "eval_s": time.perf_counter() - start,
+    "target_l0": group.members[index].k,
+    "cross_layer": member_config.cross_layer,
+    "dictionaries": str(written),
     "ce_original": report.ce_original,
     "ce_replacement": report.ce_replacement,
   }
-  kind = "Cross-layer transcoder" if config.clt.cross_layer else "Per-layer transcoders"
+  kind = "Cross-layer transcoder" if member_config.cross_layer else "Per-layer transcoders"
   page = [
     f"# {kind} of {h.model}",
-    f"\n{L} layers × {config.clt.features_per_layer} {group.config.architecture} features, "
-    f"{config.train.steps} steps of {config.train.batch_size} streamed rows "
-    f"({train_s:.0f} s). Per layer on {len(windows['validation'])} held-out windows, and the "
-    "replacement model without error terms:\n",
+    f"\n{len(ins)} layers × {config.clt.features_per_layer} {member_config.architecture} "
+    f"features (target total L0 {out['target_l0']}), {config.train.steps} steps of "
+    f"{config.train.batch_size} streamed rows ({train_s:.0f} s, the pass that trained "
+    f"{sum(g.size for g in result.groups)} dictionaries). Per layer on {len(windows)} held-out "
+    "windows, and the replacement model without error terms:\n",
     tables.markdown(report.rows()),
     "\n## Attribution graphs\n",
     tables.markdown(graphs),
   ]
-  (workdir / "results.md").write_text("\n".join(page) + "\n")
-  (workdir / "results.json").write_text(json.dumps(out, indent=2, default=float))
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "results.md").write_text("\n".join(page) + "\n")
+  (folder / "results.json").write_text(json.dumps(out, indent=2, default=float))
   return out
+
+
+def _graph_row(lm, record, prompt: str, skip_first: int) -> dict:
+  tokens = np.asarray(lm.tokenizer.encode(prompt), np.int32)
+  g = graph_lib.compute(lm, record, tokens, skip_first=skip_first)
+  pruned, scores = prune_lib.prune(g), prune_lib.scores(g)
+  top = lm.tokenizer.decode([int(g.logit_tokens[0])])
+  return {
+    "prompt": repr(prompt), "top logit": repr(top), "p": float(g.logit_probabilities[0]),
+    "features": g.n_features, "kept nodes": int(pruned.node_mask.sum()),
+    "kept edges": int(pruned.edge_mask.sum()), "replacement": scores["replacement"],
+    "completeness": scores["completeness"],
+  }  # fmt: skip

@@ -209,12 +209,12 @@ def plan(
     config.seed,
     d_in,
     overrides,
-    _variants(config),
+    variants(config),
     d_out,
   )
 
 
-def _variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
+def variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
   variants = config.get("variants")
   return variants.to_dict() if hasattr(variants, "to_dict") else dict(variants or {})
 
@@ -222,7 +222,7 @@ def _variants(config: ml_collections.ConfigDict) -> dict[str, dict]:
 def _variant_problems(c: ml_collections.ConfigDict) -> list[str]:
   p: list[str] = []
   fields = set(c.sae.keys()) - {"architecture"}
-  for name, variant in _variants(c).items():
+  for name, variant in variants(c).items():
     where = f"variants.{name}"
     if not isinstance(variant, dict):
       p.append(f"{where} must be a dict(architecture=..., <sae field>=..., sweep=dict(...))")
@@ -320,7 +320,7 @@ def _check_values(c, p: list[str], d_in: int | None, d_out: int | None = None) -
       f"sweep.{name}={values!r} must be a tuple of values, e.g. (16, 32)",
     )
   sweep_problems.extend(_variant_problems(c))
-  groups = [*registry.names(), *_variants(c)]
+  groups = [*registry.names(), *variants(c)]
   for arch in c.sweep.architecture or ():
     config_check.require_choice(arch, groups, "sweep.architecture", sweep_problems)
   p.extend(sweep_problems)
@@ -361,7 +361,7 @@ def validate(
     if problem:
       p.append(f"train.batch_size: {problem}")
     widths = {c.sae.n_latents} | {
-      v["n_latents"] for v in _variants(c).values() if isinstance(v, dict) and "n_latents" in v
+      v["n_latents"] for v in variants(c).values() if isinstance(v, dict) and "n_latents" in v
     }
     for width in sorted(widths):
       if c.mesh.model >= 1 and width % c.mesh.model:
