@@ -14,13 +14,14 @@ The dictionaries are the CLT job's (`jaxsae/clt_job.py`, JumpReLU, trained strea
 model; Gemma's windows and sizes are experiments/configs/clt_gemma3.py's): per-layer transcoders
 (`cross_layer=False`) and a CLT at each target total L0 of the model's plan (`PLANS`; --targets,
 --steps, --features_per_layer and --pairs override every model's), all trained by one sweep from
-the same forward passes. Graphs: the first pairs of each task of --tasks from the model's held-out text
-(`jaxsae.sparse.task_suite`, with the model's own tokenizer), both prompts of a pair, pruned at
-circuit-tracer's thresholds; the weight-sparse circuits are the rows of --circuits
-(docs/circuits/results.csv, `experiments.prune`). Writes RESULTS.md, frontier.csv, layers.csv,
-graphs.csv, speed.csv and figures/frontier.png to the workdir (and --publish). The sweep
-(`dictionaries/`) and each dictionary's graphs (`graphs/<kind>_l0_<target>/`) resume from their
-folders (the byte model's in the workdir, others' in <workdir>/<model>).
+the same forward passes. Graphs: the first pairs of each task of --tasks from the model's
+held-out text (`jaxsae.sparse.task_suite`, with the model's own tokenizer), both prompts of a
+pair, pruned at circuit-tracer's thresholds; the weight-sparse circuits are the rows of
+--circuits (docs/circuits/results.csv, `experiments.prune`); the device memory of a graph at
+circuit-tracer's scale, compiled for the CLT. Writes RESULTS.md, frontier.csv, layers.csv,
+graphs.csv, speed.csv, memory.csv and figures/frontier.png to the workdir (and --publish). The
+sweep (`dictionaries/`) and each dictionary's graphs (`graphs/<kind>_l0_<target>/`) resume from
+their folders (the byte model's in the workdir, others' in <workdir>/<model>).
 """
 
 import csv
@@ -39,6 +40,7 @@ from experiments.configs import clt, clt_gemma3
 from jaxsae import cli, clt_job, tables
 from jaxsae.attribution import graph as graph_lib
 from jaxsae.attribution import prune as prune_lib
+from jaxsae.attribution.memory import graph_memory
 from jaxsae.bench import harness
 from jaxsae.models import pretrained
 from jaxsae.sae import zoo
@@ -89,6 +91,9 @@ _CIRCUITS = flags.DEFINE_string(
 )
 _CIRCUIT_MODELS = ("sparse", "dense")
 KINDS = {"per-layer": False, "cross-layer": True}
+# The graph whose device memory is reported: circuit-tracer's scale (7,500 feature nodes over 64
+# tokens), its targets pulled back 64 at a time (`graph.compute`'s batch_size here).
+_MEMORY_TOKENS, _MEMORY_FEATURES, _MEMORY_BATCH = 64, 7500, 64
 
 
 def plan_for(model: str) -> Plan:
@@ -177,7 +182,9 @@ def graph_rows(lm, model, kind, target, out, prompts, skip_first, workdir) -> li
   for task, prompt_list in prompts.items():
     start, found = time.perf_counter(), []
     for tokens in prompt_list:
-      g = graph_lib.compute(lm, dictionaries, tokens, batch_size=64, skip_first=skip_first)
+      g = graph_lib.compute(
+        lm, dictionaries, tokens, batch_size=_MEMORY_BATCH, skip_first=skip_first
+      )
       pruned, scores = prune_lib.prune(g), prune_lib.scores(g)
       kept = pruned.node_mask[: g.n_features]
       found.append([g.n_features, kept.sum(), pruned.edge_mask.sum(), *scores.values()])
@@ -191,6 +198,17 @@ def graph_rows(lm, model, kind, target, out, prompts, skip_first, workdir) -> li
   workdir.mkdir(parents=True, exist_ok=True)
   done.write_text(json.dumps(rows, indent=2, default=float))
   return rows
+
+
+def memory_row(model: str, lm, kind: str, target: int, out: dict) -> dict:
+  """Device memory of a circuit-tracer-scale graph of the dictionary (`attribution.memory`)."""
+  dictionaries = zoo.load_replacement(out["dictionaries"])
+  m = graph_memory(lm, dictionaries, _MEMORY_TOKENS, _MEMORY_FEATURES, _MEMORY_BATCH)
+  return {
+    "model": model, "kind": kind, "target_l0": target, "tokens": _MEMORY_TOKENS,
+    "feature_nodes": _MEMORY_FEATURES, "batch": _MEMORY_BATCH,
+    **{f"{name}_gib": bytes_ / 2**30 for name, bytes_ in m.items()},
+  }  # fmt: skip
 
 
 def circuit_rows(path: pathlib.Path) -> list[dict]:
@@ -311,6 +329,15 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
     ]
   else:
     lines += ["Not computed in this run (`--graphs=false`).", ""]
+  lines += [
+    f"Device memory of a graph at circuit-tracer's scale ({_MEMORY_FEATURES:,} feature nodes "
+    f"over {_MEMORY_TOKENS} tokens, targets pulled back {_MEMORY_BATCH} at a time) of the CLT "
+    "(`jaxsae.attribution.memory`: both jitted programs compiled on abstract inputs, XLA's "
+    "peak = argument + output + temp − alias; the adjacency is filled on the host):",
+    "",
+    tables.markdown(_without_model(s["memory"])),
+    "",
+  ]
   if model == "default":
     lines += [
       "Pruned weight-sparse circuits of the same tasks (`docs/circuits`: channels of the "
@@ -374,6 +401,8 @@ def study_model(model: str, workdir: pathlib.Path) -> dict:
         run_dir = home / "graphs" / f"{kind}_l0_{target}"
         skip_first = config.harvest.skip_first
         s["graphs"] += graph_rows(lm, model, kind, target, out, prompts, skip_first, run_dir)
+  top = plan.targets[-1]
+  s["memory"] = [memory_row(model, lm, "cross-layer", top, reports["cross-layer", top])]
   s.update(
     n_layers=lm.config.n_layers, d=lm.config.d_model, batch=config.train.batch_size,
     eval_windows=config.harvest.eval_windows, train_s=next(iter(reports.values()))["train_s"],
@@ -391,7 +420,7 @@ def main(argv):
   circuits = circuit_rows(pathlib.Path(_CIRCUITS.value))
   every = {
     name: [r for s in sections.values() for r in s[name]]
-    for name in ("frontier", "layers", "graphs", "speed")
+    for name in ("frontier", "layers", "graphs", "speed", "memory")
   }
   figure(every["frontier"], workdir / "figures" / "frontier.png")
   for name, rows in every.items():

@@ -288,6 +288,36 @@ def test_streaming_rows_equal_the_models_and_batches_resume(lm, windows):
   assert distances.max() < 1e-4
 
 
+def test_streamed_batches_run_at_most_a_few_forwards_ahead_of_the_trainer(lm, windows):
+  """One forward at a time, a couple of batches ahead: grain's default read options ran 16
+  forwards at once and queued up to 500 batches, which filled the host's memory on Gemma."""
+  import threading
+  import time
+
+  from jaxsae.activations.streaming import StreamingSource
+
+  source = StreamingSource(lm, windows, HOOKS[0])
+  made, running, most = [], [0], [0]
+  lock, batch = threading.Lock(), source.batch
+
+  def counted(*args):
+    with lock:
+      running[0] += 1
+      most[0] = max(most[0], running[0])
+    time.sleep(0.01)
+    out = batch(*args)
+    with lock:
+      running[0] -= 1
+      made.append(1)
+    return out
+
+  source.batch = counted
+  it = source.train_batches(16, seed=0)
+  next(it)
+  time.sleep(1.0)  # Time for dozens of batches, were the reader unbounded.
+  assert most[0] == 1 and len(made) <= 4
+
+
 def test_a_streamed_sample_is_whole_windows_and_one_forward_gives_its_pairs(lm, windows):
   from jaxsae.activations.streaming import StreamingSource
   from jaxsae.sae import row_sources

@@ -257,3 +257,18 @@ def test_the_experiment_writes_a_graph_of_a_saved_model_and_clt(lm, tmp_path):
   html = (workdir / "graph.html").read_text()
   assert html.count("<circle") == record["kept_nodes"] and "<svg" in html
   assert 0 < html.count('<path class="e"') <= record["kept_edges"]
+
+
+def test_a_graphs_compiled_memory_holds_its_writes_and_gradients(lm):
+  """The edges program holds every feature's F × L × d writes; the pullback, B targets'
+  gradients at every write site (embedding and L MLP outputs)."""
+  from jaxsae.attribution.memory import graph_memory
+
+  clt, T = _random_clt(lm), 10
+  L, d = clt.n_layers, lm.config.d_model
+  small = graph_memory(lm, clt, T, n_features=100, batch_size=8)
+  large = graph_memory(lm, clt, T, n_features=1000, batch_size=32)
+  assert large["edges_peak"] - small["edges_peak"] >= 900 * L * d * 4
+  assert large["pullback_peak"] - small["pullback_peak"] >= 24 * (L + 1) * T * d * 4
+  assert large["device_peak"] == max(large["pullback_peak"], large["edges_peak"])
+  assert large["adjacency"] == (1000 + L * T + T + 10) ** 2 * 4

@@ -80,5 +80,6 @@ def test_the_attribution_study_writes_its_page_tables_and_figure(tmp_path):
   assert len(graphs) == 3 and all(",closing_quote,2," in line for line in graphs[1:])
   assert "| sparse | closing_quote |" in page  # The weight-sparse circuit of the same task.
   assert len((out / "speed.csv").read_text().splitlines()) == 3
+  assert len((out / "memory.csv").read_text().splitlines()) == 2  # The CLT's 7,500-node graph.
   assert (out / "graphs" / "cross-layer_l0_8" / "graphs.json").is_file()  # Reruns reuse them.
   assert (out / "dictionaries" / "results.json").is_file()  # ...and the one sweep.

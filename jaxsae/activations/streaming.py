@@ -24,6 +24,10 @@ from jaxsae.models.language_model import LanguageModel
 from jaxsae.sae.row_sources import local_batch_size
 
 _BATCHES = 1 << 40
+# One forward at a time, at most two batches ahead of the step: the forward already uses every
+# core, and grain's default (16 threads, 500 batches) ran 16 at once beside the step while its
+# queue grew; a Gemma 3 CLT sweep's batches (24 MB each) filled 24 GB and the run was killed.
+_READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
 
 
 class StreamingSource:
@@ -140,4 +144,5 @@ class StreamingSource:
       rows = self.batch(int(index), batch_size, seed)
       return tuple(r[mine] for r in rows) if self.target_hooks else rows[mine]
 
-    return iter(grain.MapDataset.range(_BATCHES).map(local_batch).to_iter_dataset())
+    dataset = grain.MapDataset.range(_BATCHES).map(local_batch)
+    return iter(dataset.to_iter_dataset(_READ_OPTIONS))
