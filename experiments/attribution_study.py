@@ -6,9 +6,9 @@ the byte model), and each training step beside sparsify's per-layer transcoders.
   python -m experiments.attribution_study --workdir=runs/attribution_study \
       --publish=docs/attribution --cpu_devices=1
 
-(--cpu_devices=1: on 2 CPU devices of a 2-core machine, Gemma's first streamed training step
-aborts in XLA's CPU all-reduce, "Termination timeout ... only 1 of them arrived"; one device
-runs it.)
+(--cpu_devices=1: how the page was made, one XLA device on both cores. Two devices run too; they
+stalled Gemma's first step in XLA's all-reduce only while the streaming reader ran 16 forwards
+beside the step, which `activations.streaming` no longer does.)
 
 The dictionaries are the CLT job's (`jaxsae/clt_job.py`, JumpReLU, trained streamed from the
 model; Gemma's windows and sizes are experiments/configs/clt_gemma3.py's): per-layer transcoders
@@ -303,7 +303,7 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
     "",
     f"JumpReLU dictionaries of all {s['n_layers']} MLPs ({plan.features_per_layer} features per "
     f"layer, {plan.steps} steps of {s['batch']:,} rows streamed from the model; "
-    f"`{s['config']}`), per-layer transcoders (`clt.cross_layer=False`) and a CLT, at each "
+    f"`{s['config']}`), per-layer transcoders (`cross_layer=False`) and a CLT, at each "
     "target total L0, all four trained by one sweep from the same forward passes. FVU and L0 "
     f"on {s['eval_windows']} held-out windows; CE and KL of the replacement model without "
     "error terms; eval_s: the seconds of that evaluation.",
@@ -372,8 +372,7 @@ def page(sections: dict[str, dict], circuits: list[dict], total_s: float) -> str
     "graphs). Made "
     "from scratch, the dictionaries and graphs took "
     f"{sum(sum(part_seconds(s).values()) for s in sections.values()) / 60:.1f} minutes as "
-    "recorded when each was made, some while other jobs shared the machine (each model's part "
-    "is below).",
+    "recorded when each was made (each model's part is below).",
     "",
     "![frontier](figures/frontier.png)",
     "",

@@ -164,9 +164,9 @@ def _report(config, lm, windows, result, group, index, folder, hooks, train_s) -
     f"{sum(g.size for g in result.groups)} dictionaries). Per layer on {len(windows)} held-out "
     "windows, and the replacement model without error terms:\n",
     tables.markdown(report.rows()),
-    "\n## Attribution graphs\n",
-    tables.markdown(graphs),
   ]
+  if graphs:
+    page += ["\n## Attribution graphs\n", tables.markdown(graphs)]
   folder.mkdir(parents=True, exist_ok=True)
   (folder / "results.md").write_text("\n".join(page) + "\n")
   (folder / "results.json").write_text(json.dumps(out, indent=2, default=float))
