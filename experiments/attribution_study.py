@@ -332,7 +332,7 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
   lines += [
     f"Device memory of a graph at circuit-tracer's scale ({_MEMORY_FEATURES:,} feature nodes "
     f"over {_MEMORY_TOKENS} tokens, targets pulled back {_MEMORY_BATCH} at a time) of the CLT "
-    "(`jaxsae.attribution.memory`: both jitted programs compiled on abstract inputs, XLA's "
+    "(`jaxsae.attribution.memory`: its jitted programs compiled on abstract inputs, XLA's "
     "peak = argument + output + temp − alias; the adjacency is filled on the host):",
     "",
     tables.markdown(_without_model(s["memory"])),
