@@ -91,9 +91,9 @@ _CIRCUITS = flags.DEFINE_string(
 )
 _CIRCUIT_MODELS = ("sparse", "dense")
 KINDS = {"per-layer": False, "cross-layer": True}
-# The graph whose device memory is reported: circuit-tracer's scale (7,500 feature nodes over 64
-# tokens), its targets pulled back 64 at a time (`graph.compute`'s batch_size here).
-_MEMORY_TOKENS, _MEMORY_FEATURES, _MEMORY_BATCH = 64, 7500, 64
+# Targets pulled back per batch by every graph here (`graph.compute`'s batch_size), and the graph
+# whose device memory is reported: circuit-tracer's scale, 7,500 feature nodes over 64 tokens.
+_MEMORY_TOKENS, _MEMORY_FEATURES, _GRAPH_BATCH = 64, 7500, 64
 
 
 def plan_for(model: str) -> Plan:
@@ -183,7 +183,7 @@ def graph_rows(lm, model, kind, target, out, prompts, skip_first, workdir) -> li
     start, found = time.perf_counter(), []
     for tokens in prompt_list:
       g = graph_lib.compute(
-        lm, dictionaries, tokens, batch_size=_MEMORY_BATCH, skip_first=skip_first
+        lm, dictionaries, tokens, batch_size=_GRAPH_BATCH, skip_first=skip_first
       )
       pruned, scores = prune_lib.prune(g), prune_lib.scores(g)
       kept = pruned.node_mask[: g.n_features]
@@ -203,10 +203,10 @@ def graph_rows(lm, model, kind, target, out, prompts, skip_first, workdir) -> li
 def memory_row(model: str, lm, kind: str, target: int, out: dict) -> dict:
   """Device memory of a circuit-tracer-scale graph of the dictionary (`attribution.memory`)."""
   dictionaries = zoo.load_replacement(out["dictionaries"])
-  m = graph_memory(lm, dictionaries, _MEMORY_TOKENS, _MEMORY_FEATURES, _MEMORY_BATCH)
+  m = graph_memory(lm, dictionaries, _MEMORY_TOKENS, _MEMORY_FEATURES, _GRAPH_BATCH)
   return {
     "model": model, "kind": kind, "target_l0": target, "tokens": _MEMORY_TOKENS,
-    "feature_nodes": _MEMORY_FEATURES, "batch": _MEMORY_BATCH,
+    "feature_nodes": _MEMORY_FEATURES, "batch": _GRAPH_BATCH,
     **{f"{name}_gib": bytes_ / 2**30 for name, bytes_ in m.items()},
   }  # fmt: skip
 
@@ -331,7 +331,7 @@ def section(model: str, s: dict, circuits: list[dict]) -> list[str]:
     lines += ["Not computed in this run (`--graphs=false`).", ""]
   lines += [
     f"Device memory of a graph at circuit-tracer's scale ({_MEMORY_FEATURES:,} feature nodes "
-    f"over {_MEMORY_TOKENS} tokens, targets pulled back {_MEMORY_BATCH} at a time) of the CLT "
+    f"over {_MEMORY_TOKENS} tokens, targets pulled back {_GRAPH_BATCH} at a time) of the CLT "
     "(`jaxsae.attribution.memory`: its jitted programs compiled on abstract inputs, XLA's "
     "peak = argument + output + temp − alias; the adjacency is filled on the host):",
     "",

@@ -26,10 +26,9 @@ _SUMMARY = ("ce_original", "ce_replacement", "train_s", "eval_s")
 
 def main(argv):
   del argv
-  reports = clt_job.run(_CONFIG.value, _WORKDIR.value)
-  workdir = pathlib.Path(_WORKDIR.value)
-  for name, out in reports.items():
-    print(((workdir if len(reports) == 1 else workdir / name) / "results.md").read_text())
+  for name, out in clt_job.run(_CONFIG.value, _WORKDIR.value).items():
+    # Each dictionary's files (clt/ or transcoders/) sit beside its results.md.
+    print((pathlib.Path(out["dictionaries"]).parent / "results.md").read_text())
     print(json.dumps({"dictionary": name, **{k: out[k] for k in _SUMMARY}}))
 
 
